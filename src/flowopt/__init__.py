@@ -1,0 +1,92 @@
+"""flowopt: declarative LLM pipelines on LangGraph with optimization middleware over vLLM.
+
+    from flowopt import pipeline
+    pipe = pipeline("support",
+                    backend={"vllm": {"base_url": "http://127.0.0.1:8000", "model": "smollm2"}},
+                    middleware=["logging"],
+                    steps=[{"name": "answer", "prompt": "Answer briefly: {input}"}])
+    print(pipe.invoke("What is vLLM?", user="alice").text)
+"""
+
+from flowopt.backends.base import Backend, ModelInfo
+from flowopt.backends.vllm import VLLMBackend
+from flowopt.errors import (
+    BackendError,
+    BackendHTTPError,
+    BackendProtocolError,
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+    FlowoptError,
+    IncompleteStream,
+    InvalidRequestError,
+    MissingDependencyError,
+    PluginConflictError,
+    RejectedError,
+    RunError,
+    SpecError,
+    StepError,
+    StoreError,
+    UnknownNameError,
+)
+from flowopt.middleware.base import CallNext, Middleware, MiddlewareBase, PipelineContext, Use
+from flowopt.pipeline import RECOMMENDED_ORDER, Pipeline, load, pipeline
+from flowopt.result import Hop, Result, StepEvent, TokenEvent
+from flowopt.spec import PipelineSpec, StepSpec, load_spec, parse_spec
+from flowopt.stream import Stream, replay
+from flowopt.tracing import configure_tracing
+from flowopt.types import Chunk, Decision, Message, Params, Request, Response, TokenLogprob, Usage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RECOMMENDED_ORDER",
+    "Backend",
+    "BackendError",
+    "BackendHTTPError",
+    "BackendProtocolError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "CallNext",
+    "Chunk",
+    "ConfigError",
+    "Decision",
+    "FlowoptError",
+    "Hop",
+    "IncompleteStream",
+    "InvalidRequestError",
+    "Message",
+    "Middleware",
+    "MiddlewareBase",
+    "MissingDependencyError",
+    "ModelInfo",
+    "Params",
+    "Pipeline",
+    "PipelineContext",
+    "PipelineSpec",
+    "PluginConflictError",
+    "RejectedError",
+    "Request",
+    "Response",
+    "Result",
+    "RunError",
+    "SpecError",
+    "StepError",
+    "StepEvent",
+    "StepSpec",
+    "StoreError",
+    "Stream",
+    "TokenEvent",
+    "TokenLogprob",
+    "UnknownNameError",
+    "Usage",
+    "Use",
+    "VLLMBackend",
+    "__version__",
+    "configure_tracing",
+    "load",
+    "load_spec",
+    "parse_spec",
+    "pipeline",
+    "replay",
+]

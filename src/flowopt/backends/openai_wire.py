@@ -1,0 +1,161 @@
+"""Translate between flowopt's types and the OpenAI-compatible wire format.
+
+Kept apart from the HTTP client so the parsing can be unit-tested on recorded bodies and
+reused by the gateway. Every parse validates shape and raises
+:class:`~flowopt.errors.BackendProtocolError` naming the endpoint on garbage, instead of a
+``KeyError`` from deep inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flowopt.errors import BackendProtocolError
+from flowopt.types import Chunk, Request, TokenLogprob, Usage
+
+__all__ = ["build_payload", "parse_chunk", "parse_completion", "parse_usage"]
+
+
+def build_payload(request: Request, served_model: str) -> dict[str, Any]:
+    """The JSON body for ``/v1/chat/completions`` or ``/v1/completions``."""
+    p = request.params
+    body: dict[str, Any] = {"model": served_model}
+    if request.kind == "chat":
+        body["messages"] = [m.to_openai() for m in request.messages]
+    else:
+        body["prompt"] = request.prompt
+    if p.temperature is not None:
+        body["temperature"] = p.temperature
+    if p.top_p is not None:
+        body["top_p"] = p.top_p
+    if p.max_tokens is not None:
+        body["max_tokens"] = p.max_tokens
+    if p.stop:
+        body["stop"] = list(p.stop)
+    if p.seed is not None:
+        body["seed"] = p.seed
+    if p.logprobs:
+        if request.kind == "chat":
+            body["logprobs"] = True
+            if p.top_logprobs is not None:
+                body["top_logprobs"] = p.top_logprobs
+        else:
+            body["logprobs"] = p.top_logprobs or 1
+    if p.response_format is not None:
+        body["response_format"] = dict(p.response_format)
+    if request.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    for k, v in p.extra.items():
+        body[k] = v
+    return body
+
+
+def _expect(cond: bool, what: str, endpoint: str) -> None:
+    if not cond:
+        raise BackendProtocolError(
+            f"malformed response from the backend: {what}",
+            endpoint=endpoint,
+            hint="check that the URL points at an OpenAI-compatible server (e.g. vLLM's /v1)",
+        )
+
+
+def parse_usage(body: Mapping[str, Any] | None) -> Usage:
+    if not body:
+        return Usage()
+    cached = 0
+    details = body.get("prompt_tokens_details")
+    if isinstance(details, Mapping):
+        cached = int(details.get("cached_tokens") or 0)
+    return Usage(
+        input_tokens=int(body.get("prompt_tokens") or 0),
+        output_tokens=int(body.get("completion_tokens") or 0),
+        cached_input_tokens=cached,
+    )
+
+
+def _chat_logprobs(lp: Any) -> tuple[TokenLogprob, ...]:
+    if not isinstance(lp, Mapping):
+        return ()
+    content = lp.get("content") or []
+    out: list[TokenLogprob] = []
+    for item in content:
+        top = tuple(
+            (str(t.get("token", "")), float(t.get("logprob", 0.0)))
+            for t in (item.get("top_logprobs") or [])
+        )
+        out.append(TokenLogprob(str(item.get("token", "")), float(item.get("logprob", 0.0)), top))
+    return tuple(out)
+
+
+def _completion_logprobs(lp: Any) -> tuple[TokenLogprob, ...]:
+    if not isinstance(lp, Mapping):
+        return ()
+    tokens = lp.get("tokens") or []
+    values = lp.get("token_logprobs") or []
+    tops = lp.get("top_logprobs") or [None] * len(tokens)
+    out: list[TokenLogprob] = []
+    for tok, val, top in zip(tokens, values, tops, strict=False):
+        alts = tuple((str(k), float(v)) for k, v in (top or {}).items())
+        out.append(TokenLogprob(str(tok), float(val if val is not None else 0.0), alts))
+    return tuple(out)
+
+
+def parse_completion(
+    body: Any, *, kind: str, endpoint: str
+) -> tuple[str, str | None, Usage, tuple[TokenLogprob, ...] | None, str, str | None]:
+    """Parse a non-streamed body into ``(text, finish_reason, usage, logprobs, model, id)``."""
+    _expect(isinstance(body, Mapping), f"expected a JSON object, got {type(body).__name__}", endpoint)
+    choices = body.get("choices")
+    _expect(isinstance(choices, list) and len(choices) > 0, "no 'choices' in the body", endpoint)
+    choice = choices[0]
+    _expect(isinstance(choice, Mapping), "choices[0] is not an object", endpoint)
+    if kind == "chat":
+        msg = choice.get("message")
+        _expect(isinstance(msg, Mapping), "choices[0].message is missing", endpoint)
+        text = msg.get("content") or ""
+        logprobs = _chat_logprobs(choice.get("logprobs")) if choice.get("logprobs") else None
+    else:
+        text = choice.get("text")
+        _expect(isinstance(text, str), "choices[0].text is missing", endpoint)
+        logprobs = (
+            _completion_logprobs(choice.get("logprobs")) if choice.get("logprobs") else None
+        )
+    _expect(isinstance(text, str), "the answer text is not a string", endpoint)
+    usage_raw = body.get("usage")
+    usage = parse_usage(usage_raw if isinstance(usage_raw, Mapping) else None)
+    return (
+        text,
+        choice.get("finish_reason"),
+        usage,
+        logprobs,
+        str(body.get("model", "")),
+        body.get("id"),
+    )
+
+
+def parse_chunk(
+    body: Any, *, kind: str, endpoint: str, index: int
+) -> tuple[Chunk | None, Usage | None, str | None]:
+    """Parse one SSE ``data:`` object into ``(chunk or None, usage or None, model)``."""
+    _expect(isinstance(body, Mapping), "a stream event is not a JSON object", endpoint)
+    usage_raw = body.get("usage")
+    usage = parse_usage(usage_raw) if isinstance(usage_raw, Mapping) else None
+    choices = body.get("choices") or []
+    _expect(isinstance(choices, list), "a stream event's 'choices' is not a list", endpoint)
+    if not choices:
+        return None, usage, body.get("model")
+    choice = choices[0]
+    _expect(isinstance(choice, Mapping), "a stream event's choice is not an object", endpoint)
+    if kind == "chat":
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or "" if isinstance(delta, Mapping) else ""
+        lps = _chat_logprobs(choice.get("logprobs"))
+    else:
+        text = choice.get("text") or ""
+        lps = _completion_logprobs(choice.get("logprobs"))
+    finish = choice.get("finish_reason")
+    if not text and finish is None and not lps:
+        return None, usage, body.get("model")
+    return Chunk(str(text), index, lps, finish), usage, body.get("model")

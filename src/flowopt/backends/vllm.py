@@ -1,0 +1,400 @@
+"""A backend for vLLM (or any OpenAI-compatible server) over HTTP.
+
+Why httpx and not the ``openai`` client: we need the transport seam (tests plug in
+``httpx.MockTransport``), typed errors that name the endpoint, and least-outstanding
+balancing over several replicas of one model, without a second layer of retries (the
+resilience middleware owns retrying).
+
+One backend = one model, possibly served by several replica URLs. Each request goes to the
+replica with the fewest requests in flight, so a burst from ``abatch`` spreads over the
+replicas and keeps every server's continuous batching full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+
+from flowopt.backends.base import ModelInfo
+from flowopt.backends.openai_wire import build_payload, parse_chunk, parse_completion
+from flowopt.errors import (
+    BackendError,
+    BackendHTTPError,
+    BackendProtocolError,
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+    IncompleteStream,
+)
+from flowopt.stream import Stream
+from flowopt.types import Chunk, Request, Response, TokenLogprob, Usage
+
+__all__ = ["VLLMBackend"]
+
+
+def _normalise(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"backend URL {url!r} has no scheme",
+            hint="write it as http://host:port (the /v1 suffix is optional)",
+        )
+    if url.endswith("/v1"):
+        url = url[: -len("/v1")]
+    return url
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(raw)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+class _Replica:
+    __slots__ = ("outstanding", "url")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.outstanding = 0
+
+
+class VLLMBackend:
+    """OpenAI-compatible HTTP backend.
+
+    Options (the spec's ``backend: {vllm: {...}}`` block):
+
+    - ``base_url`` / ``base_urls``: one URL or several replicas of the same model.
+    - ``model``: the served model name (``--served-model-name``); discovered from
+      ``/v1/models`` when omitted.
+    - ``api_key``: sent as a bearer token when set.
+    - ``timeout``: seconds to wait for an answer (default 120); a request's deadline
+      shortens it.
+    - ``max_connections``: connection pool size (default 256).
+    - ``transport``: an ``httpx.AsyncBaseTransport`` (tests pass ``MockTransport``).
+    """
+
+    provider = "vllm"
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        base_urls: Sequence[str] | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        connect_timeout: float = 5.0,
+        max_connections: int = 256,
+        transport: httpx.AsyncBaseTransport | None = None,
+        name: str = "vllm",
+    ) -> None:
+        urls = list(base_urls or ([] if base_url is None else [base_url]))
+        if not urls:
+            raise ConfigError(
+                "the vllm backend needs base_url (or base_urls for replicas)",
+                hint="e.g. backend: {vllm: {base_url: 'http://127.0.0.1:8000', model: smollm2}}"
+                " — `flowopt backend up` starts a local server and prints its URL",
+            )
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be > 0, got {timeout}", hint="use seconds, e.g. 60")
+        self.name = name
+        self._replicas = [_Replica(_normalise(u)) for u in urls]
+        self._rr = itertools.count()
+        self.model = model
+        self._api_key = api_key
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._max_connections = max_connections
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._info: ModelInfo | None = None
+
+    # -- plumbing ------------------------------------------------------------------------
+    @property
+    def base_urls(self) -> list[str]:
+        return [r.url for r in self._replicas]
+
+    def endpoint_for_display(self) -> str:
+        return self._replicas[0].url if len(self._replicas) == 1 else ",".join(self.base_urls)
+
+    def _http(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop or self._client.is_closed:
+            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+            limits = httpx.Limits(
+                max_connections=self._max_connections,
+                max_keepalive_connections=self._max_connections,
+            )
+            self._client = httpx.AsyncClient(
+                headers=headers,
+                limits=limits,
+                timeout=httpx.Timeout(self._timeout, connect=self._connect_timeout),
+                transport=self._transport,
+            )
+            self._client_loop = loop
+        return self._client
+
+    def _pick(self) -> _Replica:
+        if len(self._replicas) == 1:
+            return self._replicas[0]
+        low = min(r.outstanding for r in self._replicas)
+        candidates = [r for r in self._replicas if r.outstanding == low]
+        return candidates[next(self._rr) % len(candidates)]
+
+    def _timeout_for(self, request: Request) -> httpx.Timeout:
+        remaining = request.remaining()
+        total = self._timeout if remaining is None else max(0.001, min(self._timeout, remaining))
+        return httpx.Timeout(total, connect=min(self._connect_timeout, total))
+
+    def _translate(self, exc: Exception, url: str, request: Request) -> BackendError:
+        rid = request.request_id
+        if isinstance(exc, httpx.TimeoutException):
+            return BackendTimeout(
+                f"no answer within {self._timeout_for(request).read:.3g}s",
+                endpoint=url,
+                request_id=rid,
+                hint="raise the backend timeout or the request deadline, or check server load",
+            )
+        if isinstance(exc, httpx.ConnectError):
+            return BackendUnavailable(
+                "cannot connect",
+                endpoint=url,
+                request_id=rid,
+                hint="is the server running? `flowopt backend status` checks the local one",
+            )
+        return BackendUnavailable(
+            f"connection failed: {type(exc).__name__}: {exc}", endpoint=url, request_id=rid
+        )
+
+    async def _raise_for_status(self, resp: httpx.Response, url: str, request: Request) -> None:
+        if resp.status_code < 400:
+            return
+        body = (await resp.aread()).decode("utf-8", "replace")[:2000]
+        hint = None
+        if resp.status_code == 404 and "model" in body.lower():
+            hint = f"the server does not serve model {self.model!r}; see GET {url}/v1/models"
+        elif resp.status_code == 400:
+            hint = "the server rejected the request parameters; see the body above"
+        raise BackendHTTPError(
+            f"HTTP {resp.status_code}: {body[:300]}",
+            endpoint=url,
+            status=resp.status_code,
+            body=body,
+            hint=hint,
+            request_id=request.request_id,
+            retry_after=_retry_after(resp.headers),
+        )
+
+    # -- model identity --------------------------------------------------------------------
+    async def model_info(self) -> ModelInfo:
+        """Read ``/v1/models`` once; the served model's identity keys caches."""
+        if self._info is not None:
+            return self._info
+        url = self._replicas[0].url
+        try:
+            resp = await self._http().get(f"{url}/v1/models")
+        except httpx.HTTPError as exc:
+            raise self._translate(exc, url, Request(prompt="")) from None
+        if resp.status_code >= 400:
+            raise BackendHTTPError(
+                f"HTTP {resp.status_code} from /v1/models", endpoint=url, status=resp.status_code
+            )
+        try:
+            data = resp.json()["data"]
+        except (ValueError, KeyError, TypeError):
+            raise BackendProtocolError(
+                "/v1/models did not return {'data': [...]}", endpoint=url
+            ) from None
+        if not data:
+            raise BackendProtocolError("/v1/models lists no model", endpoint=url)
+        entry = next((d for d in data if d.get("id") == self.model), None)
+        if entry is None:
+            if self.model is not None:
+                ids = [d.get("id") for d in data]
+                raise ConfigError(
+                    f"the server at {url} does not serve model {self.model!r}; it serves {ids}",
+                    hint="set backend model to one of those names",
+                )
+            entry = data[0]
+        self.model = self.model or str(entry["id"])
+        self._info = ModelInfo(
+            id=str(entry["id"]),
+            root=entry.get("root"),
+            max_model_len=entry.get("max_model_len"),
+            owned_by=entry.get("owned_by"),
+        )
+        return self._info
+
+    # -- generation ------------------------------------------------------------------------
+    async def generate(self, request: Request) -> Response:
+        if self.model is None:
+            await self.model_info()
+        served = request.model or self.model or ""
+        path = "/v1/chat/completions" if request.kind == "chat" else "/v1/completions"
+        payload = build_payload(request, served)
+        replica = self._pick()
+        url = replica.url
+        replica.outstanding += 1
+        started = time.perf_counter()
+        client = self._http()
+        try:
+            http_req = client.build_request(
+                "POST", url + path, json=payload, timeout=self._timeout_for(request)
+            )
+            resp = await client.send(http_req, stream=request.stream)
+        except httpx.HTTPError as exc:
+            replica.outstanding -= 1
+            raise self._translate(exc, url, request) from None
+        except BaseException:
+            replica.outstanding -= 1
+            raise
+        if request.stream:
+            try:
+                await self._raise_for_status(resp, url, request)
+            except BaseException:
+                replica.outstanding -= 1
+                await resp.aclose()
+                raise
+            return self._streaming(request, resp, replica, started, served)
+        try:
+            await self._raise_for_status(resp, url, request)
+            try:
+                body = resp.json()
+            except ValueError:
+                raise BackendProtocolError(
+                    f"the body is not JSON: {resp.text[:200]!r}",
+                    endpoint=url,
+                    request_id=request.request_id,
+                ) from None
+            text, finish, usage, lps, model, rid = parse_completion(
+                body, kind=request.kind, endpoint=url
+            )
+        finally:
+            replica.outstanding -= 1
+        return Response(
+            text=text,
+            model=model or served,
+            usage=usage,
+            finish_reason=finish,
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+            logprobs=lps,
+            backend=self.name,
+            endpoint=url,
+            metadata={"response_id": rid} if rid else {},
+        )
+
+    def _streaming(
+        self,
+        request: Request,
+        resp: httpx.Response,
+        replica: _Replica,
+        started: float,
+        served: str,
+    ) -> Response:
+        url = replica.url
+        state: dict[str, Any] = {"usage": Usage(), "finish": None, "model": served, "done": False}
+        texts: list[str] = []
+        lps: list[TokenLogprob] = []
+
+        released = [False]
+
+        async def release() -> None:
+            if not released[0]:
+                released[0] = True
+                replica.outstanding -= 1
+                await resp.aclose()
+
+        async def chunks() -> AsyncIterator[Chunk]:
+            index = 0
+            try:
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        state["done"] = True
+                        break
+                    try:
+                        obj = json.loads(data)
+                    except ValueError:
+                        raise BackendProtocolError(
+                            f"a stream event is not JSON: {data[:200]!r}", endpoint=url
+                        ) from None
+                    if isinstance(obj, dict) and "error" in obj and "choices" not in obj:
+                        raise IncompleteStream(
+                            f"the server reported an error mid-stream: {obj['error']}",
+                            endpoint=url,
+                            partial_text="".join(texts),
+                        )
+                    chunk, usage, model = parse_chunk(
+                        obj, kind=request.kind, endpoint=url, index=index
+                    )
+                    if usage is not None:
+                        state["usage"] = usage
+                    if model:
+                        state["model"] = model
+                    if chunk is None:
+                        continue
+                    if chunk.finish_reason is not None:
+                        state["finish"] = chunk.finish_reason
+                    texts.append(chunk.text)
+                    lps.extend(chunk.logprobs)
+                    index += 1
+                    yield chunk
+            except httpx.HTTPError as exc:
+                raise IncompleteStream(
+                    f"the stream broke off: {type(exc).__name__}",
+                    endpoint=url,
+                    partial_text="".join(texts),
+                ) from None
+            finally:
+                await release()
+            if not state["done"] or state["finish"] is None:
+                raise IncompleteStream(
+                    "the stream ended before the server's final event",
+                    endpoint=url,
+                    partial_text="".join(texts),
+                )
+
+        holder: list[Stream] = []
+
+        def finalize() -> Response:
+            return Response(
+                text="".join(texts),
+                model=state["model"],
+                usage=state["usage"],
+                finish_reason=state["finish"],
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                ttft_ms=holder[0].ttft_ms,
+                logprobs=tuple(lps) if request.params.logprobs else None,
+                backend=self.name,
+                endpoint=url,
+            )
+
+        stream = Stream(chunks(), finalize, endpoint=url, started_at=started, on_abandon=release)
+        holder.append(stream)
+        return Response(
+            text="", model=served, finish_reason=None, backend=self.name, endpoint=url,
+            stream=stream,
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None and not self._client.is_closed:
+            try:
+                await self._client.aclose()
+            except RuntimeError:
+                pass  # the loop that owned it is gone; nothing left to release
+        self._client = None

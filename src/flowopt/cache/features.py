@@ -1,0 +1,204 @@
+"""Pair features for the verification stage: is a cached question the *same* question?
+
+Why hand-written features on top of the embedding: cosine similarity of sentence embeddings
+measures topic, not intent. "How do I minimize stray loss?" and "What is a stray loss?" sit
+close together in embedding space, and so do "Is 7 prime?" and "Is 9 prime?". The
+differences that matter are small and lexical: a question word, a negation, a number, a
+named entity, an extra content word. These features make those differences visible to a
+small learned model (:mod:`flowopt.cache.verifier`), which is trained by
+``scripts/train_cache_verifier.py`` on the dev pairs file only.
+
+Everything here is pure Python + numpy and costs a few tens of microseconds per pair, so
+the verifier adds nothing noticeable to a lookup that already pays for one embedding.
+The same function computes features at training time and at serving time: one code path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["HAND_FEATURES", "TextInfo", "hand_features", "pair_vector", "text_info"]
+
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]", re.IGNORECASE)
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_CAP = re.compile(r"\b[A-Z][a-zA-Z0-9]+(?:\s+[A-Z][a-zA-Z0-9]+)*")
+
+QUESTION_WORDS = frozenset(
+    "what how why when where who whom whose which can could should would will is are do "
+    "does did was were has have".split()
+)
+NEGATIONS = frozenset("not no never without nor none cannot can't don't doesn't didn't "
+                      "isn't aren't wasn't weren't won't wouldn't shouldn't couldn't".split())
+STOPWORDS = frozenset(
+    "a an the of to in on for and or with at by from as is are was were be been being do does "
+    "did i you he she it we they me my your our their his her its this that these those there "
+    "here what how why when where who whom which can could should would will shall may might "
+    "must have has had if so than then into about over under up down out some any all "
+    "get got one s t just very more most much many also ? . , ! ' \" ( ) : ; -".split()
+)
+COMPARATIVES = frozenset("best worst better worse most least top first last".split())
+_NEG_SUFFIX = "n't"
+
+
+@dataclass(frozen=True, slots=True)
+class TextInfo:
+    """What the features need to know about one question, computed once per text."""
+
+    tokens: tuple[str, ...]
+    content: frozenset[str]
+    qwords: frozenset[str]
+    first: str
+    negations: int
+    numbers: frozenset[str]
+    entities: frozenset[str]
+    trigrams: frozenset[str]
+    comparatives: frozenset[str]
+    n_chars: int
+
+
+def _stem(word: str) -> str:
+    """A crude suffix strip, enough to match 'learn'/'learning'/'learns' as one word."""
+    for suffix in ("ing", "ies", "es", "ed", "ly", "s"):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+@lru_cache(maxsize=65536)
+def text_info(text: str) -> TextInfo:
+    """Tokenise and summarise one text (cached: the cached side repeats across lookups)."""
+    raw_tokens = _WORD.findall(text)
+    tokens = tuple(t.lower() for t in raw_tokens)
+    content = frozenset(_stem(t) for t in tokens if t not in STOPWORDS and t.isalnum())
+    qwords = frozenset(t for t in tokens if t in QUESTION_WORDS)
+    negations = sum(1 for t in tokens if t in NEGATIONS or t.endswith(_NEG_SUFFIX))
+    numbers = frozenset(n.replace(",", "") for n in _NUMBER.findall(text))
+    entities: set[str] = set()
+    for match in _CAP.finditer(text):
+        start = match.start()
+        # A capital word at the start of the text or of a sentence is not a name.
+        if start == 0 or text[:start].rstrip()[-1:] in ".?!":
+            words = match.group(0).split()
+            if len(words) > 1:
+                entities.add(" ".join(words[1:]).lower())
+            continue
+        entities.add(match.group(0).lower())
+    squashed = " " + " ".join(tokens) + " "
+    trigrams = frozenset(squashed[i : i + 3] for i in range(max(0, len(squashed) - 2)))
+    return TextInfo(
+        tokens=tokens,
+        content=content,
+        qwords=qwords,
+        first=tokens[0] if tokens else "",
+        negations=negations,
+        numbers=numbers,
+        entities=frozenset(entities),
+        trigrams=trigrams,
+        comparatives=frozenset(t for t in tokens if t in COMPARATIVES),
+        n_chars=len(text),
+    )
+
+
+def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
+HAND_FEATURES: tuple[str, ...] = (
+    "cos",
+    "cos_sq",
+    "token_jaccard",
+    "content_jaccard",
+    "content_only_a",
+    "content_only_b",
+    "content_diff_min",
+    "content_diff_max",
+    "trigram_jaccard",
+    "first_word_match",
+    "qword_jaccard",
+    "qword_mismatch",
+    "negation_mismatch",
+    "number_mismatch",
+    "has_numbers",
+    "entity_mismatch",
+    "entity_only",
+    "comparative_mismatch",
+    "len_ratio",
+    "log_len_diff",
+    "token_len_ratio",
+    "exact_lower",
+)
+
+
+def hand_features(a: TextInfo, b: TextInfo, cos: float) -> list[float]:
+    """The interpretable features, in :data:`HAND_FEATURES` order."""
+    only_a = len(a.content - b.content)
+    only_b = len(b.content - a.content)
+    ent_sym = a.entities ^ b.entities
+    la, lb = max(a.n_chars, 1), max(b.n_chars, 1)
+    ta, tb = max(len(a.tokens), 1), max(len(b.tokens), 1)
+    return [
+        cos,
+        cos * cos,
+        _jaccard(frozenset(a.tokens), frozenset(b.tokens)),
+        _jaccard(a.content, b.content),
+        float(min(only_a, 6)),
+        float(min(only_b, 6)),
+        float(min(only_a, only_b, 6)),
+        float(min(max(only_a, only_b), 6)),
+        _jaccard(a.trigrams, b.trigrams),
+        1.0 if a.first == b.first else 0.0,
+        _jaccard(a.qwords, b.qwords),
+        1.0 if a.qwords != b.qwords else 0.0,
+        1.0 if (a.negations > 0) != (b.negations > 0) else 0.0,
+        1.0 if a.numbers != b.numbers else 0.0,
+        1.0 if (a.numbers or b.numbers) else 0.0,
+        1.0 if a.entities != b.entities else 0.0,
+        float(min(len(ent_sym), 4)),
+        1.0 if a.comparatives != b.comparatives else 0.0,
+        min(la, lb) / max(la, lb),
+        abs(float(np.log(la / lb))),
+        min(ta, tb) / max(ta, tb),
+        1.0 if a.tokens == b.tokens else 0.0,
+    ]
+
+
+def pair_vector(
+    query: str,
+    cached: str,
+    query_vec: npt.NDArray[np.float32],
+    cached_vec: npt.NDArray[np.float32],
+) -> npt.NDArray[np.float32]:
+    """Hand features, then ``|u - v|`` and ``u * v`` of the unit embeddings (the SBERT
+    classification head's inputs), as one float32 vector. Symmetric in the two texts
+    except for ``content_only_a/b``, which the model learns to weigh equally."""
+    cos = float(np.dot(query_vec, cached_vec))
+    hand = hand_features(text_info(query), text_info(cached), cos)
+    return np.concatenate(
+        [
+            np.asarray(hand, dtype=np.float32),
+            np.abs(query_vec - cached_vec).astype(np.float32),
+            (query_vec * cached_vec).astype(np.float32),
+        ]
+    )
+
+
+def pair_matrix(
+    queries: Sequence[str],
+    cached: Sequence[str],
+    query_vecs: npt.NDArray[np.float32],
+    cached_vecs: npt.NDArray[np.float32],
+) -> npt.NDArray[np.float32]:
+    """:func:`pair_vector` for many pairs at once (training and evaluation)."""
+    rows = [
+        pair_vector(q, c, query_vecs[i], cached_vecs[i])
+        for i, (q, c) in enumerate(zip(queries, cached, strict=True))
+    ]
+    return np.vstack(rows) if rows else np.zeros((0, len(HAND_FEATURES) + 768), np.float32)

@@ -1,0 +1,181 @@
+"""``flowopt backend``: run the local vLLM-CPU server in the background.
+
+::
+
+    flowopt backend up [--model smollm2] [--port 8000] [--max-model-len 2048]
+                       [--served-name NAME] [--server-arg '--no-enable-prefix-caching']
+    flowopt backend status [--port P] [--json]
+    flowopt backend down [--port P | --all]
+
+``up`` returns once the server answers (it keeps running after the command exits);
+``status`` exits 0 only when every recorded server is up; ``down`` stops by recorded pid.
+The heavy lifting lives in :mod:`flowopt.local.server`; this module only maps flags.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from flowopt.errors import FlowoptError
+from flowopt.local.server import (
+    DEFAULT_PORT,
+    LocalServer,
+    ServerConfig,
+    ServerStatus,
+    split_extra_args,
+)
+
+__all__ = ["command"]
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _fail(err: FlowoptError) -> click.ClickException:
+    return click.ClickException(str(err))
+
+
+@click.group(name="backend")
+def command() -> None:
+    """Manage the local vLLM-CPU server (the backend flowopt pipelines talk to)."""
+
+
+@command.command()
+@click.option(
+    "--model",
+    default="smollm2",
+    show_default=True,
+    help="Registered model name, or the path of a local Hugging Face checkpoint.",
+)
+@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind; keep loopback unless you put an auth proxy in front.",
+)
+@click.option(
+    "--max-model-len",
+    type=int,
+    default=2048,
+    show_default=True,
+    help="Context length the server accepts (prompt + output tokens).",
+)
+@click.option(
+    "--served-name", default=None, help="Model name clients send; defaults to the model name."
+)
+@click.option(
+    "--kv-cache-gib",
+    type=int,
+    default=1,
+    show_default=True,
+    help="VLLM_CPU_KVCACHE_SPACE: GiB of RAM for the KV cache.",
+)
+@click.option(
+    "--server-arg",
+    "server_args",
+    multiple=True,
+    metavar="ARGS",
+    help="Extra vLLM arguments, repeatable, e.g. --server-arg=--no-enable-prefix-caching.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the server to answer.",
+)
+def up(
+    model: str,
+    port: int,
+    host: str,
+    max_model_len: int,
+    served_name: str | None,
+    kv_cache_gib: int,
+    server_args: tuple[str, ...],
+    timeout: float,
+) -> None:
+    """Start the server in the background and wait until it serves."""
+    config = ServerConfig(
+        model=model,
+        port=port,
+        host=host,
+        served_name=served_name,
+        max_model_len=max_model_len,
+        kv_cache_gib=kv_cache_gib,
+        extra_args=split_extra_args(server_args),
+    )
+    try:
+        state = LocalServer(port).start(config, timeout=timeout, log=_echo_err)
+    except FlowoptError as err:
+        raise _fail(err) from None
+    click.echo(f"{state.base_url}/v1  model={state.served_name}  pid={state.pid}")
+
+
+def _status_line(st: ServerStatus) -> str:
+    s = st.state
+    if s is None:
+        return "down"
+    uptime = time.time() - s.started_at
+    return (
+        f"{st.label:8} {s.base_url}/v1  model={s.served_name}  pid={s.pid}  "
+        f"up {uptime:.0f}s  ({st.detail})  log={s.log_path}"
+    )
+
+
+@command.command()
+@click.option("--port", type=int, default=None, help="Only this server (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def status(port: int | None, as_json: bool) -> None:
+    """Show recorded servers and probe their health (exit 1 unless all are up)."""
+    servers = [LocalServer(port)] if port is not None else LocalServer.all()
+    try:
+        statuses = [s.status() for s in servers]
+    except FlowoptError as err:
+        raise _fail(err) from None
+    recorded = [st for st in statuses if st.state is not None]
+    if as_json:
+        payload: dict[str, Any] = {"servers": [st.to_dict() for st in recorded]}
+        click.echo(json.dumps(payload, indent=2))
+    elif not recorded:
+        where = f"on port {port}" if port is not None else "recorded"
+        click.echo(f"down (no flowopt-managed server {where})")
+    else:
+        for st in recorded:
+            click.echo(_status_line(st))
+    if not recorded or any(st.label != "up" for st in recorded):
+        raise SystemExit(1)
+
+
+@command.command()
+@click.option(
+    "--port", type=int, default=None, help="The server to stop (default: the only one recorded)."
+)
+@click.option("--all", "stop_all", is_flag=True, help="Stop every recorded server.")
+def down(port: int | None, stop_all: bool) -> None:
+    """Stop a server started with `up` (by its recorded pid, after checking it is ours)."""
+    if port is not None:
+        servers = [LocalServer(port)]
+    else:
+        servers = LocalServer.all()
+        if len(servers) > 1 and not stop_all:
+            ports = ", ".join(str(s.port) for s in servers)
+            raise click.UsageError(f"several servers are recorded (ports {ports}); "
+                                   "pass --port P or --all")  # fmt: skip
+    if not servers:
+        click.echo("nothing to stop (no flowopt-managed server recorded)")
+        return
+    for server in servers:
+        try:
+            stopped = server.stop()
+        except FlowoptError as err:
+            raise _fail(err) from None
+        if stopped:
+            click.echo(f"stopped the server on port {server.port}")
+        else:
+            click.echo(f"no server was running on port {server.port} (cleared its state)")

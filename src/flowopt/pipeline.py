@@ -1,0 +1,566 @@
+"""The Pipeline: a spec made runnable — backends, middleware stacks and a LangGraph graph.
+
+Built once and immutable: middleware and backends are resolved and instantiated when the
+pipeline is built (so a bad name fails at build time, not at the first request), the stacks
+are composed once, and the spec cannot change afterwards. The async methods are the core;
+``invoke``/``stream``/``batch`` are thin facades that run them on a background loop.
+
+Default middleware order is the list order, outermost first. The recommended order is
+``memory -> cache -> compression -> triage -> resilience`` (then the backend), which is what
+:data:`RECOMMENDED_ORDER` documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import string
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from opentelemetry import trace
+
+from flowopt import _runner, registry
+from flowopt.backends.base import Backend
+from flowopt.errors import ConfigError, FlowoptError, InvalidRequestError, StepError
+from flowopt.graph import build_graph
+from flowopt.middleware.base import (
+    Handler,
+    Middleware,
+    PipelineContext,
+    Use,
+    build_stack,
+    traced_backend,
+)
+from flowopt.result import Hop, Result, StepEvent, TokenEvent
+from flowopt.spec import PipelineSpec, StepSpec, load_spec, parse_spec
+from flowopt.tracing import configure_tracing, get_tracer, record_error
+from flowopt.types import Message, Params, Request, Response
+
+__all__ = ["RECOMMENDED_ORDER", "Pipeline", "load", "pipeline"]
+
+RECOMMENDED_ORDER = ("memory", "cache", "compression", "triage", "resilience")
+
+_configured_exporters: set[tuple[str, str | None]] = set()
+
+
+@dataclass(frozen=True, slots=True)
+class _RunOptions:
+    tenant: str | None
+    user: str | None
+    deadline: float | None
+    stream: bool
+    priority: int
+    metadata: Mapping[str, Any]
+    parent: Any = None  # the OTel context holding the pipeline span
+
+
+class _StateView(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        raise KeyError(key)
+
+
+def _instantiate(use: Use, kind: str, where: str) -> Any:
+    target = use.target
+    if isinstance(target, str):
+        try:
+            cls = getattr(registry, {"middleware": "middleware", "backend": "backends"}[kind]).load(
+                target
+            )
+        except ConfigError as exc:
+            exc.message = f"{where}: {exc.message}"
+            raise
+        return use.instantiate(cls, where=where)
+    if inspect.isclass(target):
+        return use.instantiate(target, where=where)
+    if use.options:
+        raise ConfigError(
+            f"{where}: options were given for an already-built object {target!r}",
+            hint="pass the class (or a registered name) with options, or the object alone",
+        )
+    return target
+
+
+class Pipeline:
+    """A runnable pipeline. Build it with :func:`pipeline` or :func:`load`.
+
+    ``graph`` is the compiled LangGraph graph (checkpointers, ``get_graph()``, stream
+    modes all work on it). ``spec`` is the validated description; two pipelines are equal
+    when their specs are.
+    """
+
+    def __init__(self, spec: PipelineSpec, *, checkpointer: Any = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self._backends: dict[str, Backend] = {
+            "default": self._make_backend(spec.backend, "backend")
+        }
+        for bname, buse in spec.backends.items():
+            self._backends[bname] = self._make_backend(buse, f"backends.{bname}")
+        self._middleware: list[tuple[str, Middleware]] = []
+        for i, use in enumerate(spec.middleware):
+            obj = _instantiate(use, "middleware", f"middleware[{i}] ({use.name})")
+            if not callable(obj):
+                raise ConfigError(
+                    f"middleware[{i}] ({use.name}) is not callable",
+                    hint="a middleware is `async def __call__(self, request, call_next)`",
+                )
+            name = str(getattr(obj, "name", None) or use.name)
+            self._middleware.append((name, obj))
+        traced = spec.tracing.middleware_spans
+        self._handlers: dict[str, Handler] = {
+            bname: build_stack(self._middleware, traced_backend(b, name=bname), traced=traced)
+            for bname, b in self._backends.items()
+        }
+        self._params: dict[str, Params] = {}
+        self._templates: dict[str, str] = {}
+        for step in spec.steps:
+            if step.kind == "llm":
+                merged = {**spec.defaults, **step.params}
+                try:
+                    self._params[step.name] = Params(**merged)
+                except (TypeError, FlowoptError) as exc:
+                    raise ConfigError(
+                        f"step {step.name!r}: invalid params {merged}: {exc}",
+                        hint="params take temperature, top_p, max_tokens, stop, seed, "
+                        "logprobs, top_logprobs, response_format, extra",
+                    ) from None
+                self._templates[step.name] = _template_id(spec.name, step)
+            else:
+                step.callable()  # import now: a bad reference fails at build time
+        self._configure_tracing()
+        self.graph = build_graph(spec, self._run_step, checkpointer=checkpointer)
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self._tracer = get_tracer()
+
+    # -- construction helpers ------------------------------------------------------------
+    @staticmethod
+    def _make_backend(use: Use, where: str) -> Backend:
+        obj = _instantiate(use, "backend", where)
+        for attr in ("generate", "model_info"):
+            if not hasattr(obj, attr):
+                raise ConfigError(
+                    f"{where}: {obj!r} is not a backend (no {attr}())",
+                    hint="a backend implements flowopt.backends.Backend",
+                )
+        return obj  # type: ignore[no-any-return]
+
+    def _configure_tracing(self) -> None:
+        t = self.spec.tracing
+        if t.exporter == "none":
+            if t.capture_content:
+                configure_tracing(exporter=None, capture_content=True)
+            return
+        key = (t.exporter, t.endpoint)
+        if key in _configured_exporters:
+            return
+        _configured_exporters.add(key)
+        configure_tracing(
+            exporter=t.exporter,
+            endpoint=t.endpoint,
+            headers=t.headers or None,
+            service_name=t.service_name,
+            capture_content=t.capture_content,
+        )
+
+    # -- equality & serialisation ----------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Pipeline):
+            return NotImplemented
+        return self.spec == other.spec
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        mws = ", ".join(n for n, _ in self._middleware)
+        return f"Pipeline({self.name!r}, steps={[s.name for s in self.spec.steps]}, middleware=[{mws}])"
+
+    def to_yaml(self) -> str:
+        return self.spec.to_yaml()
+
+    @property
+    def backends(self) -> Mapping[str, Backend]:
+        return dict(self._backends)
+
+    @property
+    def middleware(self) -> list[tuple[str, Middleware]]:
+        return list(self._middleware)
+
+    def handler(self, backend: str = "default") -> Handler:
+        """The composed middleware stack over one backend (for direct single calls)."""
+        return self._handlers[backend]
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Run every middleware's ``setup(ctx)`` once (done lazily by the first call)."""
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            ctx = PipelineContext(
+                name=self.name, backend=self._backends["default"], backends=self.backends
+            )
+            for _, mw in self._middleware:
+                setup = getattr(mw, "setup", None)
+                if setup is not None:
+                    await setup(ctx)
+            self._started = True
+
+    async def aclose(self) -> None:
+        for _, mw in self._middleware:
+            close = getattr(mw, "aclose", None)
+            if close is not None:
+                await close()
+        for b in self._backends.values():
+            await b.aclose()
+        self._started = False
+
+    def close(self) -> None:
+        _runner.run(self.aclose())
+
+    async def __aenter__(self) -> Pipeline:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- one LLM call (no graph) -----------------------------------------------------------
+    async def acall(self, request: Request, *, backend: str = "default") -> Response:
+        """Send one request through the middleware stack (bypassing the steps)."""
+        await self.start()
+        response = await self._handlers[backend](request)
+        return response
+
+    # -- step execution ---------------------------------------------------------------------
+    async def _run_step(
+        self, step: StepSpec, state: dict[str, Any], config: RunnableConfig
+    ) -> dict[str, Any]:
+        opts: _RunOptions = (config.get("configurable") or {})["flowopt"]
+        # The parent is passed explicitly: LangGraph runs nodes in tasks whose context is
+        # copied from whichever task drives the graph, which for a sync or streamed run is
+        # not the one that opened the pipeline span.
+        with self._tracer.start_as_current_span(f"step {step.name}", context=opts.parent) as span:
+            span.set_attribute("flowopt.step.name", step.name)
+            span.set_attribute("flowopt.step.kind", step.kind)
+            try:
+                if step.kind == "function":
+                    return await self._run_function(step, state)
+                return await self._run_llm(step, state, opts)
+            except BaseException as exc:
+                record_error(span, exc)
+                raise
+
+    async def _run_function(self, step: StepSpec, state: dict[str, Any]) -> dict[str, Any]:
+        fn = step.callable()
+        view = {k: v for k, v in state.items() if not k.startswith("_")}
+        try:
+            out = fn(view)
+            if inspect.isawaitable(out):
+                out = await out
+        except FlowoptError:
+            raise
+        except Exception as exc:
+            raise StepError(step.name, exc) from exc
+        return {step.output_key: out, "_trail": [step.name]}
+
+    def _render(self, step: StepSpec, tpl: str, state: dict[str, Any]) -> str:
+        try:
+            return string.Formatter().vformat(tpl, (), _StateView(state))
+        except (KeyError, IndexError, AttributeError) as exc:
+            raise InvalidRequestError(
+                f"step {step.name!r}: template field {exc} has no value in this run",
+                hint="the step that produces it did not run before this one; check edges",
+            ) from None
+
+    async def _run_llm(
+        self, step: StepSpec, state: dict[str, Any], opts: _RunOptions
+    ) -> dict[str, Any]:
+        assert step.prompt is not None
+        messages: list[Message] = []
+        if step.system:
+            messages.append(Message("system", self._render(step, step.system, state)))
+        messages.append(Message("user", self._render(step, step.prompt, state)))
+        request = Request(
+            messages=tuple(messages),
+            params=self._params[step.name],
+            stream=opts.stream,
+            tenant=opts.tenant,
+            user=opts.user,
+            template=self._templates[step.name],
+            step=step.name,
+            priority=opts.priority,
+            deadline=opts.deadline,
+            metadata=opts.metadata,
+        )
+        handler = self._handlers[step.backend or "default"]
+        response = await handler(request)
+        if response.stream is not None and not response.stream.done:
+            from langgraph.config import get_stream_writer
+
+            writer = get_stream_writer()
+            async with response.stream as chunks:
+                async for chunk in chunks:
+                    if chunk.text:
+                        writer(TokenEvent(step.name, chunk.text))
+            final = response.stream.response
+            assert final is not None
+        else:
+            final = response if response.stream is None else await response.complete()
+        return {step.output_key: final.text, "_hops": [Hop(step.name, final)], "_trail": [step.name]}
+
+    # -- runs --------------------------------------------------------------------------------
+    def _prepare(
+        self,
+        input: str | Mapping[str, Any],
+        user: str | None,
+        tenant: str | None,
+        timeout: float | None,
+        stream: bool,
+        priority: int,
+        metadata: Mapping[str, Any] | None,
+        thread_id: str | None,
+    ) -> tuple[dict[str, Any], RunnableConfig]:
+        if isinstance(input, Mapping):
+            state: dict[str, Any] = dict(input)
+            if "input" not in state:
+                raise InvalidRequestError(
+                    "a mapping input needs an 'input' key", hint="pass {'input': 'text', ...}"
+                )
+        elif isinstance(input, str):
+            state = {"input": input}
+        else:
+            raise InvalidRequestError(
+                f"input must be text or a mapping, got {type(input).__name__}",
+                hint="pass the user's question as a string",
+            )
+        state.setdefault("user", user)
+        state.setdefault("tenant", tenant)
+        if timeout is not None and timeout <= 0:
+            raise InvalidRequestError(f"timeout must be > 0, got {timeout}", hint="seconds")
+        opts = _RunOptions(
+            tenant=tenant,
+            user=user,
+            deadline=None if timeout is None else time.monotonic() + timeout,
+            stream=stream,
+            priority=priority,
+            metadata=dict(metadata or {}),
+        )
+        configurable: dict[str, Any] = {"flowopt": opts}
+        if thread_id is not None:
+            configurable["thread_id"] = thread_id
+        return state, {"configurable": configurable}
+
+    def _result(self, state: Mapping[str, Any], started: float, trace_id: str | None) -> Result:
+        trail: list[str] = state.get("_trail") or []
+        by_name = {s.name: s for s in self.spec.steps}
+        text = ""
+        if trail:
+            out = state.get(by_name[trail[-1]].output_key)
+            text = out if isinstance(out, str) else ("" if out is None else str(out))
+        outputs = {k: v for k, v in state.items() if not k.startswith("_")}
+        return Result(
+            text=text,
+            outputs=outputs,
+            hops=tuple(state.get("_hops") or ()),
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+            pipeline=self.name,
+            trace_id=trace_id,
+        )
+
+    def _span(self) -> trace.Span:
+        span = self._tracer.start_span(f"pipeline {self.name}")
+        span.set_attribute("flowopt.pipeline.name", self.name)
+        return span
+
+    async def ainvoke(
+        self,
+        input: str | Mapping[str, Any],
+        *,
+        user: str | None = None,
+        tenant: str | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        metadata: Mapping[str, Any] | None = None,
+        thread_id: str | None = None,
+    ) -> Result:
+        """Run the pipeline on one input and return its :class:`Result`."""
+        await self.start()
+        state, config = self._prepare(
+            input, user, tenant, timeout, False, priority, metadata, thread_id
+        )
+        started = time.perf_counter()
+        span = self._span()
+        config = _with_parent(config, span)
+        try:
+            final = await self.graph.ainvoke(state, config)
+            result = self._result(final, started, _trace_id(span))
+            span.set_attribute("flowopt.pipeline.hops", len(result.hops))
+            return result
+        except BaseException as exc:
+            record_error(span, exc)
+            raise
+        finally:
+            span.end()
+
+    async def astream(
+        self,
+        input: str | Mapping[str, Any],
+        *,
+        user: str | None = None,
+        tenant: str | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        metadata: Mapping[str, Any] | None = None,
+        thread_id: str | None = None,
+    ) -> AsyncIterator[TokenEvent | StepEvent | Result]:
+        """Yield :class:`TokenEvent` as LLM steps stream, :class:`StepEvent` as steps end,
+        and the :class:`Result` last."""
+        await self.start()
+        state, config = self._prepare(
+            input, user, tenant, timeout, True, priority, metadata, thread_id
+        )
+        started = time.perf_counter()
+        span = self._span()
+        config = _with_parent(config, span)
+        final: dict[str, Any] = dict(state)
+        try:
+            async for mode, data in self.graph.astream(
+                state, config, stream_mode=["custom", "updates", "values"]
+            ):
+                if mode == "custom" and isinstance(data, TokenEvent):
+                    yield data
+                elif mode == "updates" and isinstance(data, Mapping):
+                    for node, update in data.items():
+                        step = next((s for s in self.spec.steps if s.name == node), None)
+                        if step is not None and isinstance(update, Mapping):
+                            yield StepEvent(node, update.get(step.output_key))
+                elif mode == "values" and isinstance(data, Mapping):
+                    final = dict(data)
+            result = self._result(final, started, _trace_id(span))
+        except BaseException as exc:
+            record_error(span, exc)
+            span.end()
+            raise
+        span.end()
+        yield result
+
+    async def abatch(
+        self,
+        inputs: Sequence[str | Mapping[str, Any]],
+        *,
+        concurrency: int = 32,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Result | BaseException]:
+        """Run many inputs at once, at most ``concurrency`` in flight, keeping the server's
+        continuous batching full. Results come back in input order. With
+        ``return_exceptions`` a failed input yields its error instead of raising."""
+        if concurrency < 1:
+            raise InvalidRequestError(f"concurrency must be >= 1, got {concurrency}", hint="")
+        await self.start()
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(item: str | Mapping[str, Any]) -> Result | BaseException:
+            async with sem:
+                try:
+                    return await self.ainvoke(item, **kwargs)
+                except FlowoptError as exc:
+                    if return_exceptions:
+                        return exc
+                    raise
+
+        return list(await asyncio.gather(*(one(i) for i in inputs)))
+
+    # -- sync facades ----------------------------------------------------------------------
+    def invoke(self, input: str | Mapping[str, Any], **kwargs: Any) -> Result:
+        """Sync :meth:`ainvoke`."""
+        return _runner.run(self.ainvoke(input, **kwargs))
+
+    def stream(
+        self, input: str | Mapping[str, Any], **kwargs: Any
+    ) -> Iterator[TokenEvent | StepEvent | Result]:
+        """Sync :meth:`astream`."""
+        return _runner.iterate(self.astream(input, **kwargs))
+
+    def batch(
+        self, inputs: Sequence[str | Mapping[str, Any]], **kwargs: Any
+    ) -> list[Result | BaseException]:
+        """Sync :meth:`abatch`."""
+        return _runner.run(self.abatch(inputs, **kwargs))
+
+
+def _with_parent(config: RunnableConfig, span: trace.Span) -> RunnableConfig:
+    conf = dict(config.get("configurable") or {})
+    opts: _RunOptions = conf["flowopt"]
+    conf["flowopt"] = dataclasses.replace(opts, parent=trace.set_span_in_context(span))
+    return {**config, "configurable": conf}
+
+
+def _trace_id(span: trace.Span) -> str | None:
+    ctx = span.get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+def _template_id(pipeline_name: str, step: StepSpec) -> str:
+    import hashlib
+
+    raw = f"{step.system or ''}\x00{step.prompt or ''}"
+    return f"{pipeline_name}/{step.name}@{hashlib.blake2b(raw.encode(), digest_size=6).hexdigest()}"
+
+
+def pipeline(
+    name: str = "pipeline",
+    *,
+    backend: Any,
+    steps: Sequence[Any],
+    middleware: Sequence[Any] = (),
+    backends: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    edges: Sequence[tuple[str, str]] | None = None,
+    routes: Sequence[Mapping[str, Any]] = (),
+    tracing: Mapping[str, Any] | None = None,
+    description: str | None = None,
+    checkpointer: Any = None,
+) -> Pipeline:
+    """Declare a pipeline in Python. Produces the same :class:`PipelineSpec` as YAML.
+
+    ``backend`` is ``{"vllm": {"base_url": ..., "model": ...}}``, a registered name, or a
+    backend object. ``steps`` are dicts (``{"name", "prompt" | "function", "output",
+    "system", "params", "backend"}``) or :class:`StepSpec`. ``middleware`` entries are
+    names, ``{name: {options}}``, :class:`Use` records or middleware objects, outermost
+    first.
+    """
+    data: dict[str, Any] = {
+        "name": name,
+        "backend": backend if isinstance(backend, str | Mapping | Use) else Use(backend),
+        "steps": list(steps),
+        "middleware": [m if isinstance(m, str | Mapping | Use) else Use(m) for m in middleware],
+        "backends": {
+            k: (v if isinstance(v, str | Mapping | Use) else Use(v))
+            for k, v in (backends or {}).items()
+        },
+        "defaults": dict(defaults or {}),
+        "routes": list(routes),
+    }
+    if edges is not None:
+        data["edges"] = [tuple(e) for e in edges]
+    if tracing is not None:
+        data["tracing"] = dict(tracing)
+    if description is not None:
+        data["description"] = description
+    return Pipeline(parse_spec(data, source=f"pipeline({name!r})"), checkpointer=checkpointer)
+
+
+def load(path: str | Path, *, checkpointer: Any = None) -> Pipeline:
+    """Build a pipeline from a YAML spec file."""
+    return Pipeline(load_spec(path), checkpointer=checkpointer)

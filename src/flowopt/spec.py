@@ -1,0 +1,403 @@
+"""The pipeline spec: one validated, frozen description that Python and YAML both produce.
+
+``pipeline(...)`` in Python and ``load("pipeline.yaml")`` build the same
+:class:`PipelineSpec`, so two pipelines declared either way compare equal, and
+:meth:`PipelineSpec.to_yaml` writes one back. Validation errors become
+:class:`~flowopt.errors.SpecError` naming the file, the field path and the fix — never a
+raw pydantic dump. ``PipelineSpec.model_json_schema()`` is the spec's JSON Schema
+(``flowopt schema``), for editors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import string
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from flowopt.errors import ConfigError, SpecError
+from flowopt.middleware.base import Use
+
+__all__ = [
+    "PipelineSpec",
+    "RouteSpec",
+    "StepSpec",
+    "TracingSpec",
+    "expand_env",
+    "load_spec",
+    "parse_spec",
+]
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_RESERVED = {"input", "user", "tenant"}
+
+
+def _fn_ref(fn: Any) -> str:
+    if isinstance(fn, str):
+        if ":" not in fn:
+            raise ValueError(f"function reference {fn!r} must look like 'package.module:function'")
+        return fn
+    module = getattr(fn, "__module__", None)
+    qual = getattr(fn, "__qualname__", None)
+    if not module or not qual:
+        raise ValueError(f"{fn!r} is not a function")
+    return f"{module}:{qual}"
+
+
+def resolve_function(ref: str) -> Callable[..., Any]:
+    """Import ``package.module:attr`` (function steps and routers in YAML)."""
+    module_name, _, attr = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"cannot import module {module_name!r} for function {ref!r}: {exc}",
+            hint="make sure the module is importable (installed, or on PYTHONPATH)",
+        ) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(
+                f"module {module_name!r} has no attribute {attr!r}",
+                hint=f"check the spelling of {ref!r}",
+            )
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"{ref!r} is not callable", hint="point at a function")
+    return obj  # type: ignore[no-any-return]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class StepSpec(_Frozen):
+    """One node of the pipeline graph: an LLM call (``prompt``) or a Python function
+    (``function``). ``output`` is the state key the result is written to (default: the
+    step's name)."""
+
+    name: str = Field(description="Unique step name; also the default output key.")
+    prompt: str | None = Field(
+        None, description="User-message template; {input} and earlier outputs are filled in."
+    )
+    system: str | None = Field(None, description="System-message template (LLM steps).")
+    function: str | None = Field(
+        None, description="'package.module:function' for a function step (gets the state)."
+    )
+    output: str | None = Field(None, description="State key for the result (default: name).")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Sampling params overriding the pipeline defaults."
+    )
+    backend: str | None = Field(None, description="Named backend for this step (see backends).")
+    fn: Any = Field(None, exclude=True, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _function_objects(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and callable(data.get("function")):
+            data = dict(data)
+            data["fn"] = data["function"]
+            data["function"] = _fn_ref(data["function"])
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> StepSpec:
+        if not _NAME.match(self.name):
+            raise ValueError(f"step name {self.name!r} must be letters, digits, '_' or '-'")
+        if (self.prompt is None) == (self.function is None):
+            raise ValueError(f"step {self.name!r} needs exactly one of 'prompt' or 'function'")
+        if self.function is not None:
+            _fn_ref(self.function)
+            if self.system is not None:
+                raise ValueError(f"step {self.name!r}: 'system' only applies to prompt steps")
+        if self.output_key in _RESERVED:
+            raise ValueError(f"step {self.name!r} cannot write to reserved key {self.output_key!r}")
+        for tpl in (self.prompt, self.system):
+            if tpl is not None:
+                try:
+                    list(string.Formatter().parse(tpl))
+                except ValueError as exc:
+                    raise ValueError(
+                        f"step {self.name!r}: bad template ({exc}); escape braces as {{{{ }}}}"
+                    ) from None
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StepSpec):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    @property
+    def kind(self) -> Literal["llm", "function"]:
+        return "llm" if self.prompt is not None else "function"
+
+    @property
+    def output_key(self) -> str:
+        return self.output or self.name
+
+    def template_fields(self) -> set[str]:
+        fields: set[str] = set()
+        for tpl in (self.prompt, self.system):
+            if tpl:
+                for _, fname, _, _ in string.Formatter().parse(tpl):
+                    if fname:
+                        fields.add(fname.split(".")[0].split("[")[0])
+        return fields
+
+    def callable(self) -> Callable[..., Any]:
+        if self.fn is not None:
+            return self.fn  # type: ignore[no-any-return]
+        assert self.function is not None
+        return resolve_function(self.function)
+
+
+class RouteSpec(_Frozen):
+    """Conditional routing after step ``source``: read state key ``on`` and go to the step
+    named by the first matching case; ``default`` otherwise (or end the run)."""
+
+    source: str = Field(alias="from", description="The step after which to branch.")
+    on: str = Field(description="State key whose value picks the branch.")
+    cases: dict[str, str] = Field(description="value -> next step name ('END' ends the run).")
+    default: str | None = Field(None, description="Next step when no case matches.")
+    match: Literal["exact", "contains"] = Field(
+        "contains",
+        description="'exact': normalised value equals the case; 'contains': the case word "
+        "appears in the value (LLM output is rarely one clean word).",
+    )
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def pick(self, value: Any) -> str:
+        text = str(value).strip().lower()
+        for case, target in self.cases.items():
+            c = case.strip().lower()
+            if text == c:
+                return target
+        if self.match == "contains":
+            for case, target in self.cases.items():
+                if re.search(rf"\b{re.escape(case.strip().lower())}\b", text):
+                    return target
+        return self.default or "END"
+
+
+class TracingSpec(_Frozen):
+    """Where spans go. ``exporter: none`` leaves tracing to the application."""
+
+    exporter: Literal["otlp", "console", "none"] = "none"
+    endpoint: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    service_name: str | None = None
+    capture_content: bool = False
+    middleware_spans: bool = Field(True, description="One span per middleware hop.")
+
+
+def _parse_use(value: Any, where: str) -> Use:
+    try:
+        return Use.parse(value, where=where)
+    except ConfigError as exc:
+        raise ValueError(exc.message) from None
+
+
+class PipelineSpec(_Frozen):
+    """A whole pipeline. Middleware order is outermost first."""
+
+    name: str = "pipeline"
+    description: str | None = None
+    backend: Use = Field(description="{name: {options}} of the default backend, e.g. vllm.")
+    backends: dict[str, Use] = Field(
+        default_factory=dict, description="Extra named backends (tiers) steps/middleware use."
+    )
+    middleware: tuple[Use, ...] = Field(default=(), description="Outermost first.")
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="Sampling params for every LLM step."
+    )
+    steps: tuple[StepSpec, ...] = Field(min_length=1)
+    edges: tuple[tuple[str, str], ...] | None = Field(
+        None, description="[from, to] pairs; omitted: steps run in order."
+    )
+    routes: tuple[RouteSpec, ...] = ()
+    tracing: TracingSpec = Field(default_factory=TracingSpec)
+    version: int = 1
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend(cls, v: Any) -> Use:
+        return _parse_use(v, "backend")
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _backends(cls, v: Any) -> dict[str, Use]:
+        if v is None:
+            return {}
+        if not isinstance(v, Mapping):
+            raise ValueError("backends must be a mapping of name -> {backend: {options}}")
+        return {k: _parse_use(b, f"backends.{k}") for k, b in v.items()}
+
+    @field_validator("middleware", mode="before")
+    @classmethod
+    def _middleware(cls, v: Any) -> tuple[Use, ...]:
+        if v is None:
+            return ()
+        if isinstance(v, str | Mapping):
+            v = [v]
+        return tuple(_parse_use(m, f"middleware[{i}]") for i, m in enumerate(v))
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _steps(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            return tuple(s.model_dump() | {"fn": s.fn} if isinstance(s, StepSpec) else s for s in v)
+        return v
+
+    @model_validator(mode="after")
+    def _graph(self) -> PipelineSpec:
+        names = [s.name for s in self.steps]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"step names must be unique; repeated: {sorted(dupes)}")
+        known = set(names)
+        outputs = {s.output_key for s in self.steps}
+        for s in self.steps:
+            if s.backend is not None and s.backend not in self.backends:
+                raise ValueError(
+                    f"step {s.name!r} uses backend {s.backend!r}, which is not in 'backends' "
+                    f"(have: {sorted(self.backends) or 'none'})"
+                )
+            missing = s.template_fields() - outputs - _RESERVED
+            if missing:
+                raise ValueError(
+                    f"step {s.name!r} template uses {sorted(missing)}, which no step produces"
+                    " (available: input, user, tenant and step outputs "
+                    f"{sorted(outputs)})"
+                )
+        for a, b in self.edges or ():
+            for n in (a, b):
+                if n not in known and n not in ("START", "END"):
+                    raise ValueError(f"edge [{a}, {b}] names unknown step {n!r}")
+        for r in self.routes:
+            if r.source not in known:
+                raise ValueError(f"route from unknown step {r.source!r}")
+            for t in [*r.cases.values(), *([r.default] if r.default else [])]:
+                if t not in known and t != "END":
+                    raise ValueError(f"route from {r.source!r} goes to unknown step {t!r}")
+        return self
+
+    # -- YAML round trip ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (what :meth:`to_yaml` writes); raises ConfigError for Python-only
+        parts (middleware given as objects)."""
+        out: dict[str, Any] = {"name": self.name}
+        if self.description:
+            out["description"] = self.description
+        out["backend"] = self.backend.to_spec()
+        if self.backends:
+            out["backends"] = {k: v.to_spec() for k, v in self.backends.items()}
+        if self.middleware:
+            out["middleware"] = [m.to_spec() for m in self.middleware]
+        if self.defaults:
+            out["defaults"] = dict(self.defaults)
+        out["steps"] = [s.model_dump(exclude_defaults=True, exclude={"fn"}) for s in self.steps]
+        if self.edges is not None:
+            out["edges"] = [list(e) for e in self.edges]
+        if self.routes:
+            out["routes"] = [r.model_dump(by_alias=True, exclude_defaults=True) for r in self.routes]
+        tracing = self.tracing.model_dump(exclude_defaults=True)
+        if tracing:
+            out["tracing"] = tracing
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _spec_error(exc: ValidationError, source: str | None) -> SpecError:
+    err = exc.errors()[0]
+    field = _loc(tuple(err.get("loc", ())))
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    kind = err.get("type", "")
+    hint = {
+        "missing": "add this field",
+        "extra_forbidden": "remove it, or check its spelling against `flowopt schema`",
+        "too_short": "add at least one entry",
+    }.get(kind, "see docs/spec.md for the field's format")
+    more = len(exc.errors()) - 1
+    if more:
+        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return SpecError(msg, source=source, field=field or None, hint=hint)
+
+
+def parse_spec(data: Any, *, source: str | None = None) -> PipelineSpec:
+    """Validate plain data into a :class:`PipelineSpec` (raises SpecError)."""
+    if not isinstance(data, Mapping):
+        raise SpecError(
+            f"a pipeline spec must be a mapping, got {type(data).__name__}",
+            source=source,
+            hint="start the file with 'name: ...', 'backend: ...', 'steps: [...]'",
+        )
+    try:
+        return PipelineSpec.model_validate(dict(data))
+    except ValidationError as exc:
+        raise _spec_error(exc, source) from None
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, *, source: str | None = None) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a loaded spec, so one
+    file serves dev and prod (``base_url: ${VLLM_URL:-http://127.0.0.1:8000}``)."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise SpecError(
+                f"environment variable {name} is not set",
+                source=source,
+                hint=f"export {name}=..., or write ${{{name}:-default}} in the spec",
+            )
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, Mapping):
+        return {k: expand_env(v, source=source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, source=source) for v in value]
+    return value
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Read and validate a YAML (or JSON) spec file; ``${VAR:-default}`` is expanded."""
+    p = Path(path)
+    if not p.exists():
+        raise SpecError(f"no such file: {p}", source=str(p), hint="check the path")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(
+            f"not valid YAML{where}: {getattr(exc, 'problem', exc)}",
+            source=str(p),
+            hint="check indentation and quoting around that line",
+        ) from None
+    return parse_spec(expand_env(data, source=str(p)), source=str(p))

@@ -1,0 +1,221 @@
+"""A streamed answer: an async iterator of chunks that becomes a complete Response.
+
+Why hooks instead of wrapping iterators: every middleware in a stack may care about a
+stream (the tracer ends its span at the last chunk, the cache stores the answer only if the
+stream finished normally, the cascade decides on the whole text). Each one registers a
+hook on the one :class:`Stream` instead of wrapping it in another generator, so a chunk
+costs one ``__anext__`` however deep the stack, and there is exactly one consumer.
+
+Hook order matches the non-streaming order: the innermost middleware sees the stream first,
+registers first, and its completion hook runs first.
+
+A stream that ends without the producer's final chunk (connection cut, consumer broke off)
+never completes: completion hooks do not run, error hooks receive an
+:class:`~flowopt.errors.IncompleteStream`, and :meth:`collect` raises it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from flowopt.errors import IncompleteStream
+from flowopt.types import Chunk, Decision, Response
+
+__all__ = ["Stream", "replay"]
+
+CompleteHook = Callable[[Response], "Awaitable[Response | None] | Response | None"]
+ErrorHook = Callable[[BaseException], Any]
+FirstHook = Callable[[Chunk], Any]
+
+
+class Stream:
+    """Single-consumer async iterator of :class:`Chunk` with completion hooks.
+
+    ``source`` yields chunks; once it is exhausted, ``finalize()`` returns the complete
+    :class:`Response` (text, usage, finish reason). Build one with a backend's generator or
+    with :func:`replay` for an answer that is already known.
+    """
+
+    __slots__ = (
+        "_added",
+        "_done",
+        "_error",
+        "_finalize",
+        "_first",
+        "_on_complete",
+        "_on_error",
+        "_response",
+        "_on_abandon",
+        "_source",
+        "endpoint",
+        "first_chunk_at",
+        "started_at",
+    )
+
+    def __init__(
+        self,
+        source: AsyncIterator[Chunk],
+        finalize: Callable[[], Response],
+        *,
+        endpoint: str | None = None,
+        started_at: float | None = None,
+        on_abandon: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._source = source
+        self._on_abandon = on_abandon
+        self._finalize = finalize
+        self._on_complete: list[CompleteHook] = []
+        self._on_error: list[ErrorHook] = []
+        self._first: list[FirstHook] = []
+        self._added: list[Decision] = []
+        self._done = False
+        self._error: BaseException | None = None
+        self._response: Response | None = None
+        self.endpoint = endpoint
+        self.started_at = time.perf_counter() if started_at is None else started_at
+        self.first_chunk_at: float | None = None
+
+    # -- hooks -------------------------------------------------------------------------
+    def on_complete(self, hook: CompleteHook) -> None:
+        """Run ``hook(response)`` when the stream finished normally. A hook may return a
+        replacement response (e.g. with a decision or a cost added)."""
+        self._on_complete.append(hook)
+
+    def on_error(self, hook: ErrorHook) -> None:
+        """Run ``hook(exc)`` when the stream fails or is abandoned before its end."""
+        self._on_error.append(hook)
+
+    def on_first_chunk(self, hook: FirstHook) -> None:
+        """Run ``hook(chunk)`` at the first chunk (time to first token)."""
+        self._first.append(hook)
+
+    def add_decision(self, decision: Decision) -> None:
+        self._added.append(decision)
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def response(self) -> Response | None:
+        """The complete response once the stream ended normally, else None."""
+        return self._response
+
+    @property
+    def ttft_ms(self) -> float | None:
+        if self.first_chunk_at is None:
+            return None
+        return (self.first_chunk_at - self.started_at) * 1000.0
+
+    # -- iteration -----------------------------------------------------------------------
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if self._done:
+            if self._error is not None:
+                raise self._error
+            raise StopAsyncIteration
+        try:
+            chunk = await self._source.__anext__()
+        except StopAsyncIteration:
+            await self._finish()
+            raise
+        except BaseException as exc:
+            await self._fail(exc)
+            raise
+        if self.first_chunk_at is None:
+            self.first_chunk_at = time.perf_counter()
+            for hook in self._first:
+                hook(chunk)
+        return chunk
+
+    async def collect(self) -> Response:
+        """Consume what is left and return the complete response."""
+        async for _ in self:
+            pass
+        if self._error is not None:
+            raise self._error
+        assert self._response is not None
+        return self._response
+
+    async def aclose(self) -> None:
+        """Abandon the stream. If it had not finished, it is reported as incomplete."""
+        if self._done:
+            return
+        close = getattr(self._source, "aclose", None)
+        if close is not None:
+            await close()
+        if self._on_abandon is not None:
+            await self._on_abandon()
+        await self._fail(
+            IncompleteStream(
+                "the stream was closed by its consumer before the answer finished",
+                endpoint=self.endpoint or "(consumer)",
+            )
+        )
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- internals -----------------------------------------------------------------------
+    async def _finish(self) -> None:
+        self._done = True
+        try:
+            response = self._finalize()
+            if self._added:
+                response = response.replace(decisions=(*response.decisions, *self._added))
+            for hook in self._on_complete:
+                out = hook(response)
+                if inspect.isawaitable(out):
+                    out = await out
+                if isinstance(out, Response):
+                    response = out
+            self._response = response.replace(stream=None)
+        except BaseException as exc:
+            self._error = exc
+            for err_hook in self._on_error:
+                err_hook(exc)
+            raise
+
+    async def _fail(self, exc: BaseException) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._error = exc
+        for hook in self._on_error:
+            hook(exc)
+
+
+def replay(response: Response, *, chunk_texts: list[str] | None = None) -> Response:
+    """Turn a complete response into a streaming one that yields ``chunk_texts`` (or the
+    whole text as one chunk). Used by caches to answer a streamed request from storage;
+    the replayed text is byte-identical to the stored one."""
+    texts = chunk_texts if chunk_texts is not None else [response.text]
+    if "".join(texts) != response.text:
+        raise ValueError("replay chunks do not add up to the response text")
+    started = time.perf_counter()
+
+    async def _gen() -> AsyncIterator[Chunk]:
+        last = len(texts) - 1
+        for i, t in enumerate(texts):
+            yield Chunk(t, i, finish_reason=response.finish_reason if i == last else None)
+
+    holder: list[Stream] = []
+
+    def _final() -> Response:
+        s = holder[0]
+        return response.replace(
+            latency_ms=(time.perf_counter() - started) * 1000.0, ttft_ms=s.ttft_ms, stream=None
+        )
+
+    stream = Stream(_gen(), _final, endpoint=response.endpoint, started_at=started)
+    holder.append(stream)
+    return response.replace(stream=stream)

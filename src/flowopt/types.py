@@ -1,0 +1,394 @@
+"""Frozen value types that flow through a middleware stack.
+
+A :class:`Request` goes in, a :class:`Response` comes out. Both are frozen so a middleware
+can never change what another one already saw; to change a request, build a new one with
+:meth:`Request.replace`. Streaming is a property of the response, not a second API: a
+streamed response carries a :class:`~flowopt.stream.Stream` of :class:`Chunk` and becomes
+complete when the stream is consumed (see :mod:`flowopt.stream`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
+
+from flowopt.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from flowopt.stream import Stream
+
+__all__ = [
+    "Chunk",
+    "Decision",
+    "Message",
+    "Params",
+    "Request",
+    "Response",
+    "TokenLogprob",
+    "Usage",
+]
+
+Role = Literal["system", "user", "assistant", "tool"]
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _freeze(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if not mapping:
+        return _EMPTY
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message. ``content`` is plain text (multimodal parts are out of scope)."""
+
+    role: Role
+    content: str
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in _ROLES:
+            raise InvalidRequestError(
+                f"message role {self.role!r} is not one of {sorted(_ROLES)}",
+                hint="use role 'system', 'user', 'assistant' or 'tool'",
+            )
+        if not isinstance(self.content, str):
+            raise InvalidRequestError(
+                f"message content must be a string, got {type(self.content).__name__}",
+                hint="pass text content; join multimodal parts before sending",
+            )
+
+    @classmethod
+    def parse(cls, value: Any) -> Message:
+        """Accept a Message, an OpenAI-style dict, or a ``(role, content)`` pair."""
+        if isinstance(value, Message):
+            return value
+        if isinstance(value, Mapping):
+            if "role" not in value or "content" not in value:
+                raise InvalidRequestError(
+                    f"message {dict(value)!r} needs 'role' and 'content'",
+                    hint="write messages as {'role': 'user', 'content': '...'}",
+                )
+            return cls(role=value["role"], content=value["content"], name=value.get("name"))
+        if isinstance(value, tuple | list) and len(value) == 2:
+            return cls(role=value[0], content=value[1])
+        raise InvalidRequestError(
+            f"cannot read a message from {type(value).__name__}: {value!r}",
+            hint="use Message(role, content), a dict with role/content, or a (role, content) pair",
+        )
+
+    def to_openai(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.name:
+            out["name"] = self.name
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """Sampling and decoding parameters. ``None`` means "the server's default".
+
+    ``extra`` is passed through to the server unchanged (vLLM's ``structured_outputs``,
+    ``top_k``...). It is part of the cache key like every other field.
+    """
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    response_format: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+    def __post_init__(self) -> None:
+        if self.temperature is not None and not 0 <= self.temperature <= 2:
+            raise InvalidRequestError(
+                f"temperature {self.temperature} is outside [0, 2]", hint="use 0 for greedy"
+            )
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise InvalidRequestError(
+                f"max_tokens must be >= 1, got {self.max_tokens}", hint="omit it for the default"
+            )
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= 20:
+            raise InvalidRequestError(
+                f"top_logprobs must be in [0, 20], got {self.top_logprobs}",
+                hint="vLLM returns at most 20 alternatives per token",
+            )
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "extra", _freeze(self.extra))
+        if self.response_format is not None:
+            object.__setattr__(self, "response_format", _freeze(self.response_format))
+
+    @property
+    def is_sampled(self) -> bool:
+        """True when the answer is random: temperature unset (server default 1.0) or > 0."""
+        return self.temperature is None or self.temperature > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the set fields, in a stable order (used for keys and YAML)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None or v == () or v is False or (f.name == "extra" and not v):
+                continue
+            if isinstance(v, Mapping):
+                v = dict(v)
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        return out
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One LLM call: chat (``messages``) or completion (``prompt``), never both.
+
+    ``tenant`` and ``user`` are identity, not content: caches and limits partition by
+    them, and they are never embedded. ``template`` is a stable id of the prompt template
+    that produced the messages (a step name + template hash): caches key on it so a changed
+    template never serves an old answer. ``deadline`` is an absolute ``time.monotonic()``
+    value that every hop must respect.
+    """
+
+    messages: tuple[Message, ...] = ()
+    prompt: str | None = None
+    model: str | None = None
+    params: Params = field(default_factory=Params)
+    stream: bool = False
+    tenant: str | None = None
+    user: str | None = None
+    template: str | None = None
+    step: str | None = None
+    priority: int = 0
+    deadline: float | None = None
+    metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    request_id: str = field(default_factory=_new_id)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.messages, tuple):
+            object.__setattr__(
+                self, "messages", tuple(Message.parse(m) for m in self.messages)
+            )
+        if self.prompt is None and not self.messages:
+            raise InvalidRequestError(
+                "a request needs messages (chat) or a prompt (completion)",
+                hint="pass messages=[{'role': 'user', 'content': '...'}] or prompt='...'",
+            )
+        if self.prompt is not None and self.messages:
+            raise InvalidRequestError(
+                "a request has both messages and a prompt",
+                hint="use messages for chat models, prompt for plain completions",
+            )
+        object.__setattr__(self, "metadata", _freeze(self.metadata))
+
+    # -- convenience -------------------------------------------------------------------
+    @classmethod
+    def chat(cls, messages: Any, **kw: Any) -> Request:
+        """Build a chat request from a string, a list of dicts/Messages, or a Message."""
+        if isinstance(messages, str):
+            msgs: tuple[Message, ...] = (Message("user", messages),)
+        elif isinstance(messages, Message):
+            msgs = (messages,)
+        else:
+            try:
+                items = list(messages)
+            except TypeError:
+                raise InvalidRequestError(
+                    f"messages must be a list, got {type(messages).__name__}",
+                    hint="pass a list of {'role': ..., 'content': ...} dicts",
+                ) from None
+            msgs = tuple(Message.parse(m) for m in items)
+        if "params" in kw and isinstance(kw["params"], Mapping):
+            kw["params"] = Params(**kw["params"])
+        return cls(messages=msgs, **kw)
+
+    @property
+    def kind(self) -> Literal["chat", "completion"]:
+        return "completion" if self.prompt is not None else "chat"
+
+    def replace(self, **changes: Any) -> Request:
+        """A copy with some fields changed (the request id is kept unless given)."""
+        return dataclasses.replace(self, **changes)
+
+    def with_params(self, **changes: Any) -> Request:
+        return dataclasses.replace(self, params=dataclasses.replace(self.params, **changes))
+
+    @property
+    def system_prompt(self) -> str:
+        return "\n".join(m.content for m in self.messages if m.role == "system")
+
+    @property
+    def last_user_text(self) -> str:
+        """The text a semantic cache or router looks at: the last user turn (or prompt)."""
+        if self.prompt is not None:
+            return self.prompt
+        for m in reversed(self.messages):
+            if m.role == "user":
+                return m.content
+        return ""
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (may be negative), or None without one."""
+        if self.deadline is None:
+            return None
+        return self.deadline - time.monotonic()
+
+    def content_hash(self) -> str:
+        """A hash of everything that determines the answer except identity fields."""
+        payload = {
+            "messages": [m.to_openai() for m in self.messages],
+            "prompt": self.prompt,
+            "model": self.model,
+            "params": self.params.to_dict(),
+        }
+        raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts as the server reported them (``cached_input_tokens`` when it says)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one middleware decided for one request, e.g. ``Decision("cache", "hit",
+    {"tier": "semantic", "score": 0.93})``. Decisions travel on the response and on spans.
+    """
+
+    middleware: str
+    action: str
+    detail: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", _freeze(self.detail))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"middleware": self.middleware, "action": self.action, **dict(self.detail)}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token with its log-probability and the top alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One piece of a streamed answer. ``index`` counts chunks from 0."""
+
+    text: str
+    index: int
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A complete answer, or (when ``stream`` is set) a handle on one still arriving.
+
+    For a streamed response, iterate ``response.stream`` for chunks, or
+    ``await response.complete()`` for the finished :class:`Response` (whose ``stream`` is
+    ``None``). The fields of a streaming handle other than ``model``, ``backend``,
+    ``endpoint`` and ``decisions`` are placeholders until then.
+    """
+
+    text: str
+    model: str
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str | None = "stop"
+    decisions: tuple[Decision, ...] = ()
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    backend: str | None = None
+    endpoint: str | None = None
+    cached: bool = False
+    cost: float | None = None
+    metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    stream: Stream | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metadata", _freeze(self.metadata))
+
+    @property
+    def is_streaming(self) -> bool:
+        return self.stream is not None and not self.stream.done
+
+    @property
+    def truncated(self) -> bool:
+        """True when generation stopped on the token limit or was cut off."""
+        return self.finish_reason in ("length", "aborted", "incomplete")
+
+    def replace(self, **changes: Any) -> Response:
+        return dataclasses.replace(self, **changes)
+
+    def with_decision(self, decision: Decision) -> Response:
+        """A copy with one more decision. On a streaming handle the decision is also
+        added to the final response when the stream completes."""
+        if self.stream is not None and not self.stream.done:
+            self.stream.add_decision(decision)
+        return dataclasses.replace(self, decisions=(*self.decisions, decision))
+
+    async def complete(self) -> Response:
+        """The finished response: consumes the stream if there is one."""
+        if self.stream is None:
+            return self
+        return await self.stream.collect()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (what ``flowopt run --json`` prints)."""
+        out: dict[str, Any] = {
+            "text": self.text,
+            "model": self.model,
+            "usage": {
+                "input_tokens": self.usage.input_tokens,
+                "output_tokens": self.usage.output_tokens,
+            },
+            "finish_reason": self.finish_reason,
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
+            "decisions": [d.to_dict() for d in self.decisions],
+            "cached": self.cached,
+        }
+        if self.ttft_ms is not None:
+            out["ttft_ms"] = round(self.ttft_ms, 3)
+        if self.cost is not None:
+            out["cost"] = self.cost
+        if self.backend:
+            out["backend"] = self.backend
+        return out
