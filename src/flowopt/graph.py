@@ -2,7 +2,7 @@
 
 Each step becomes a node of a real ``StateGraph``; edges and routes become LangGraph edges
 and conditional edges. The state is a ``TypedDict`` with the pipeline's input keys, one key
-per step output, and ``_hops`` (an append-only list of LLM calls). The compiled graph is
+per step output, and ``_trail`` (the steps that ran, in order). The compiled graph is
 returned as is, so users keep checkpointers, ``stream_mode``s and ``get_graph()`` drawing.
 
 The nodes themselves do not know about HTTP or middleware: they call back into the
@@ -31,7 +31,6 @@ def state_schema(spec: PipelineSpec) -> type:
     fields: dict[str, Any] = {"input": Any, "user": Any, "tenant": Any}
     for s in spec.steps:
         fields[s.output_key] = Any
-    fields["_hops"] = Annotated[list, operator.add]
     fields["_trail"] = Annotated[list, operator.add]
     return TypedDict(f"{spec.name.title().replace('-', '')}State", fields, total=False)  # type: ignore[operator]
 

@@ -58,6 +58,9 @@ class _RunOptions:
     priority: int
     metadata: Mapping[str, Any]
     parent: Any = None  # the OTel context holding the pipeline span
+    # LLM calls of this run, in order. Kept out of the graph state on purpose: the state
+    # must stay serialisable for checkpointers, and responses are not plain data.
+    hops: list[Hop] = dataclasses.field(default_factory=list)
 
 
 class _StateView(dict[str, Any]):
@@ -316,7 +319,8 @@ class Pipeline:
             assert final is not None
         else:
             final = response if response.stream is None else await response.complete()
-        return {step.output_key: final.text, "_hops": [Hop(step.name, final)], "_trail": [step.name]}
+        opts.hops.append(Hop(step.name, final))
+        return {step.output_key: final.text, "_trail": [step.name]}
 
     # -- runs --------------------------------------------------------------------------------
     def _prepare(
@@ -360,7 +364,9 @@ class Pipeline:
             configurable["thread_id"] = thread_id
         return state, {"configurable": configurable}
 
-    def _result(self, state: Mapping[str, Any], started: float, trace_id: str | None) -> Result:
+    def _result(
+        self, state: Mapping[str, Any], hops: list[Hop], started: float, trace_id: str | None
+    ) -> Result:
         trail: list[str] = state.get("_trail") or []
         by_name = {s.name: s for s in self.spec.steps}
         text = ""
@@ -371,7 +377,7 @@ class Pipeline:
         return Result(
             text=text,
             outputs=outputs,
-            hops=tuple(state.get("_hops") or ()),
+            hops=tuple(hops),
             latency_ms=(time.perf_counter() - started) * 1000.0,
             pipeline=self.name,
             trace_id=trace_id,
@@ -403,7 +409,7 @@ class Pipeline:
         config = _with_parent(config, span)
         try:
             final = await self.graph.ainvoke(state, config)
-            result = self._result(final, started, _trace_id(span))
+            result = self._result(final, _opts(config).hops, started, _trace_id(span))
             span.set_attribute("flowopt.pipeline.hops", len(result.hops))
             return result
         except BaseException as exc:
@@ -446,7 +452,7 @@ class Pipeline:
                             yield StepEvent(node, update.get(step.output_key))
                 elif mode == "values" and isinstance(data, Mapping):
                     final = dict(data)
-            result = self._result(final, started, _trace_id(span))
+            result = self._result(final, _opts(config).hops, started, _trace_id(span))
         except BaseException as exc:
             record_error(span, exc)
             span.end()
@@ -497,6 +503,10 @@ class Pipeline:
     ) -> list[Result | BaseException]:
         """Sync :meth:`abatch`."""
         return _runner.run(self.abatch(inputs, **kwargs))
+
+
+def _opts(config: RunnableConfig) -> _RunOptions:
+    return (config.get("configurable") or {})["flowopt"]  # type: ignore[no-any-return]
 
 
 def _with_parent(config: RunnableConfig, span: trace.Span) -> RunnableConfig:

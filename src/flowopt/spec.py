@@ -19,12 +19,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from flowopt.errors import ConfigError, SpecError
 from flowopt.middleware.base import Use
 
 __all__ = [
+    "GatewaySpec",
     "PipelineSpec",
     "RouteSpec",
     "StepSpec",
@@ -198,6 +207,51 @@ class TracingSpec(_Frozen):
     middleware_spans: bool = Field(True, description="One span per middleware hop.")
 
 
+class GatewaySpec(_Frozen):
+    """How ``flowopt serve`` exposes the pipeline over the OpenAI-compatible HTTP API.
+
+    Keys are secrets: they are held as ``SecretStr`` so a spec's repr, a log line or a
+    traceback never shows them, and :meth:`PipelineSpec.to_yaml` writes an environment
+    reference (``${FLOWOPT_API_KEY_<TENANT>}``) in their place instead of the value.
+    """
+
+    api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="tenant -> API key (write ${ENV_VAR}). When set, every request needs "
+        "'Authorization: Bearer <key>' and the key decides the tenant.",
+    )
+    host: str = Field("127.0.0.1", description="Interface `flowopt serve` binds by default.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `flowopt serve` binds by default.")
+    expose_graph: bool = Field(
+        True, description="Also serve the multi-step graph as a model (named graph_model)."
+    )
+    graph_model: str | None = Field(
+        None, description="Model name that runs the whole graph (default: the pipeline name)."
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        seen: set[str] = set()
+        for tenant, key in v.items():
+            raw = key.get_secret_value()
+            if len(raw) < 8:
+                raise ValueError(f"the API key of tenant {tenant!r} is shorter than 8 characters")
+            if raw in seen:
+                raise ValueError("two tenants share one API key; each tenant needs its own")
+            seen.add(raw)
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.model_dump(exclude_defaults=True, exclude={"api_keys"})
+        if self.api_keys:
+            out["api_keys"] = {
+                t: "${FLOWOPT_API_KEY_" + re.sub(r"[^A-Za-z0-9]", "_", t).upper() + "}"
+                for t in self.api_keys
+            }
+        return out
+
+
 def _parse_use(value: Any, where: str) -> Use:
     try:
         return Use.parse(value, where=where)
@@ -224,6 +278,7 @@ class PipelineSpec(_Frozen):
     )
     routes: tuple[RouteSpec, ...] = ()
     tracing: TracingSpec = Field(default_factory=TracingSpec)
+    gateway: GatewaySpec | None = Field(None, description="`flowopt serve` settings.")
     version: int = 1
 
     @field_validator("backend", mode="before")
@@ -311,6 +366,8 @@ class PipelineSpec(_Frozen):
         tracing = self.tracing.model_dump(exclude_defaults=True)
         if tracing:
             out["tracing"] = tracing
+        if self.gateway is not None:
+            out["gateway"] = self.gateway.to_dict()
         return out
 
     def to_yaml(self) -> str:

@@ -42,6 +42,7 @@ class Stream:
     __slots__ = (
         "_added",
         "_done",
+        "_each",
         "_error",
         "_finalize",
         "_first",
@@ -70,6 +71,7 @@ class Stream:
         self._on_complete: list[CompleteHook] = []
         self._on_error: list[ErrorHook] = []
         self._first: list[FirstHook] = []
+        self._each: list[FirstHook] = []
         self._added: list[Decision] = []
         self._done = False
         self._error: BaseException | None = None
@@ -91,6 +93,10 @@ class Stream:
     def on_first_chunk(self, hook: FirstHook) -> None:
         """Run ``hook(chunk)`` at the first chunk (time to first token)."""
         self._first.append(hook)
+
+    def on_chunk(self, hook: FirstHook) -> None:
+        """Run ``hook(chunk)`` at every chunk (a cache records the chunk shape with it)."""
+        self._each.append(hook)
 
     def add_decision(self, decision: Decision) -> None:
         self._added.append(decision)
@@ -132,6 +138,8 @@ class Stream:
             self.first_chunk_at = time.perf_counter()
             for hook in self._first:
                 hook(chunk)
+        for each in self._each:
+            each(chunk)
         return chunk
 
     async def collect(self) -> Response:
