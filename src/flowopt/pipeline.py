@@ -35,8 +35,8 @@ from flowopt.middleware.base import (
     PipelineContext,
     Use,
     build_stack,
-    traced_backend,
 )
+from flowopt.routing.steer import steered_backend
 from flowopt.result import Hop, Result, StepEvent, TokenEvent
 from flowopt.spec import PipelineSpec, StepSpec, load_spec, parse_spec
 from flowopt.tracing import configure_tracing, get_tracer, record_error
@@ -116,9 +116,13 @@ class Pipeline:
             name = str(getattr(obj, "name", None) or use.name)
             self._middleware.append((name, obj))
         traced = spec.tracing.middleware_spans
+        # Each stack ends in a steering terminal, so a layer (triage, fallback) can send a
+        # request to another named backend through the layers below it (routing/steer.py).
         self._handlers: dict[str, Handler] = {
-            bname: build_stack(self._middleware, traced_backend(b, name=bname), traced=traced)
-            for bname, b in self._backends.items()
+            bname: build_stack(
+                self._middleware, steered_backend(self._backends, default=bname), traced=traced
+            )
+            for bname in self._backends
         }
         self._params: dict[str, Params] = {}
         self._templates: dict[str, str] = {}
@@ -210,7 +214,12 @@ class Pipeline:
             if self._started:
                 return
             ctx = PipelineContext(
-                name=self.name, backend=self._backends["default"], backends=self.backends
+                name=self.name,
+                backend=self._backends["default"],
+                backends=self.backends,
+                # the stacks end in a steering terminal (routing/steer.py): layers may route
+                # by metadata and rely on endpoint avoidance being enforced below them.
+                extras={"flowopt.steered": True},
             )
             for _, mw in self._middleware:
                 setup = getattr(mw, "setup", None)

@@ -182,6 +182,15 @@ class Request:
     request_id: str = field(default_factory=_new_id)
 
     def __post_init__(self) -> None:
+        if isinstance(self.params, Mapping):
+            try:
+                object.__setattr__(self, "params", Params(**self.params))
+            except TypeError as exc:
+                raise InvalidRequestError(
+                    f"unknown sampling parameter: {exc}",
+                    hint="params take temperature, top_p, max_tokens, stop, seed, logprobs, "
+                    "top_logprobs, response_format, extra",
+                ) from None
         if not isinstance(self.messages, tuple):
             object.__setattr__(
                 self, "messages", tuple(Message.parse(m) for m in self.messages)
@@ -215,8 +224,6 @@ class Request:
                     hint="pass a list of {'role': ..., 'content': ...} dicts",
                 ) from None
             msgs = tuple(Message.parse(m) for m in items)
-        if "params" in kw and isinstance(kw["params"], Mapping):
-            kw["params"] = Params(**kw["params"])
         return cls(messages=msgs, **kw)
 
     @property

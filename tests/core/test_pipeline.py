@@ -50,8 +50,14 @@ def test_routes_pick_branch() -> None:
             {"name": "billing", "prompt": "billing {input}"},
             {"name": "general", "prompt": "general {input}"},
         ],
-        routes=[{"from": "classify", "on": "topic", "cases": {"billing": "billing"},
-                 "default": "general"}],
+        routes=[
+            {
+                "from": "classify",
+                "on": "topic",
+                "cases": {"billing": "billing"},
+                "default": "general",
+            }
+        ],
     )
     assert p.invoke("refund please").hops[-1].step == "billing"  # type: ignore[attr-defined]
     assert p.invoke("hello").hops[-1].step == "general"  # type: ignore[attr-defined]
@@ -100,8 +106,9 @@ def test_bad_inputs() -> None:
 
 def test_graph_is_langgraph_with_checkpointer() -> None:
     saver = InMemorySaver()
-    p = pipeline("c", backend=FakeBackend(), steps=[{"name": "a", "prompt": "{input}"}],
-                 checkpointer=saver)
+    p = pipeline(
+        "c", backend=FakeBackend(), steps=[{"name": "a", "prompt": "{input}"}], checkpointer=saver
+    )
     p.invoke("hello", thread_id="th-1")
     snap = p.graph.get_state({"configurable": {"thread_id": "th-1"}})
     assert snap.values["a"] == "echo: hello"
@@ -109,9 +116,12 @@ def test_graph_is_langgraph_with_checkpointer() -> None:
 
 
 async def test_span_tree_under_concurrency(spans: SpanCapture) -> None:
-    p = pipeline("conc", backend=FakeBackend(delay=0.005),
-                 steps=[{"name": "a", "prompt": "{input}"}, {"name": "b", "prompt": "{a}"}],
-                 middleware=["noop"])
+    p = pipeline(
+        "conc",
+        backend=FakeBackend(delay=0.005),
+        steps=[{"name": "a", "prompt": "{input}"}, {"name": "b", "prompt": "{a}"}],
+        middleware=["noop"],
+    )
     results = await asyncio.gather(*(p.ainvoke(f"q{i}") for i in range(8)))
     roots = spans.by_name("pipeline conc")
     assert len(roots) == 8

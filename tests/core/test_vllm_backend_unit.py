@@ -33,8 +33,9 @@ def _ok_body(text: str = "hello") -> dict[str, object]:
     return {
         "id": "cmpl-1",
         "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": "stop"}],
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
         "usage": {"prompt_tokens": 3, "completion_tokens": 1},
     }
 
@@ -48,8 +49,11 @@ async def test_chat_ok_and_payload() -> None:
         return httpx.Response(200, json=_ok_body())
 
     b = _backend(handler)
-    r = await b.generate(Request.chat("hi", params={"temperature": 0, "max_tokens": 5,
-                                                     "stop": ["\n"], "extra": {"top_k": 3}}))
+    r = await b.generate(
+        Request.chat(
+            "hi", params={"temperature": 0, "max_tokens": 5, "stop": ["\n"], "extra": {"top_k": 3}}
+        )
+    )
     assert r.text == "hello" and r.usage.input_tokens == 3 and r.endpoint == URL
     assert seen[0]["temperature"] == 0 and seen[0]["stop"] == ["\n"] and seen[0]["top_k"] == 3
     assert seen[0]["model"] == "m"
@@ -61,8 +65,11 @@ async def test_chat_ok_and_payload() -> None:
         (httpx.Response(200, text="<html>oops</html>"), BackendProtocolError, "not JSON"),
         (httpx.Response(200, json={"choices": []}), BackendProtocolError, "no 'choices'"),
         (httpx.Response(200, json=[1, 2]), BackendProtocolError, "expected a JSON object"),
-        (httpx.Response(200, json={"choices": [{"message": None}]}), BackendProtocolError,
-         "message is missing"),
+        (
+            httpx.Response(200, json={"choices": [{"message": None}]}),
+            BackendProtocolError,
+            "message is missing",
+        ),
         (httpx.Response(500, text="boom"), BackendHTTPError, "HTTP 500"),
     ],
 )
@@ -111,14 +118,20 @@ def _sse(events: list[object], done: bool = True) -> bytes:
 
 
 def _delta(text: str, finish: str | None = None) -> dict[str, object]:
-    return {"model": "m", "choices": [{"index": 0, "delta": {"content": text},
-                                       "finish_reason": finish}]}
+    return {
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}],
+    }
 
 
 async def test_stream_ok_with_usage() -> None:
-    body = _sse([_delta("he"), _delta("llo", "stop"),
-                 {"model": "m", "choices": [], "usage": {"prompt_tokens": 2,
-                                                         "completion_tokens": 2}}])
+    body = _sse(
+        [
+            _delta("he"),
+            _delta("llo", "stop"),
+            {"model": "m", "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 2}},
+        ]
+    )
     b = _backend(lambda req: httpx.Response(200, content=body))
     r = await b.generate(Request.chat("hi", stream=True))
     assert r.stream is not None
@@ -166,8 +179,9 @@ async def test_least_outstanding_balancing() -> None:
         hits.append(req.url.host)
         return httpx.Response(200, json=_ok_body())
 
-    b = VLLMBackend(base_urls=["http://r1:1", "http://r2:1"], model="m",
-                    transport=httpx.MockTransport(handler))
+    b = VLLMBackend(
+        base_urls=["http://r1:1", "http://r2:1"], model="m", transport=httpx.MockTransport(handler)
+    )
     # hold one stream open on a replica: the next requests must go to the other one
     body = _sse([_delta("x", "stop")])
 
@@ -176,8 +190,9 @@ async def test_least_outstanding_balancing() -> None:
             return httpx.Response(200, content=body)
         return httpx.Response(200, json=_ok_body())
 
-    held = VLLMBackend(base_urls=["http://r1:1", "http://r2:1"], model="m",
-                       transport=httpx.MockTransport(mixed))
+    held = VLLMBackend(
+        base_urls=["http://r1:1", "http://r2:1"], model="m", transport=httpx.MockTransport(mixed)
+    )
     s = await held.generate(Request.chat("hi", stream=True))
     busy = s.endpoint
     assert s.stream is not None

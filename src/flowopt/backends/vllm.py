@@ -147,11 +147,20 @@ class VLLMBackend:
             self._client_loop = loop
         return self._client
 
-    def _pick(self) -> _Replica:
-        if len(self._replicas) == 1:
-            return self._replicas[0]
-        low = min(r.outstanding for r in self._replicas)
-        candidates = [r for r in self._replicas if r.outstanding == low]
+    def _pick(self, request: Request | None = None) -> _Replica:
+        replicas = self._replicas
+        if request is not None and len(replicas) > 1:
+            # Endpoints the resilience layer asked us to avoid (cooling down, circuit open,
+            # just failed): pick among the others; the steering terminal refuses before we
+            # get here when all are avoided. See flowopt.routing.steer.AVOID_KEY.
+            avoid = request.metadata.get("flowopt.avoid") or {}
+            now = time.monotonic()
+            usable = [r for r in replicas if avoid.get(r.url, 0.0) <= now]
+            replicas = usable or replicas
+        if len(replicas) == 1:
+            return replicas[0]
+        low = min(r.outstanding for r in replicas)
+        candidates = [r for r in replicas if r.outstanding == low]
         return candidates[next(self._rr) % len(candidates)]
 
     def _timeout_for(self, request: Request) -> httpx.Timeout:
@@ -245,7 +254,7 @@ class VLLMBackend:
         served = request.model or self.model or ""
         path = "/v1/chat/completions" if request.kind == "chat" else "/v1/completions"
         payload = build_payload(request, served)
-        replica = self._pick()
+        replica = self._pick(request)
         url = replica.url
         replica.outstanding += 1
         started = time.perf_counter()

@@ -1,0 +1,131 @@
+"""The gateway's Prometheus metrics.
+
+Why a registry per app: tests and embedders create several gateways in one process, and
+the default global registry refuses a second metric of the same name. With
+``--workers N`` each worker is a process; when ``PROMETHEUS_MULTIPROC_DIR`` is set (``flowopt
+serve`` sets it for N > 1) values live in shared files and ``/metrics`` aggregates every
+worker, as prometheus_client's multiprocess mode documents.
+
+Labels are bounded on purpose (route, model name from the served list, error kind, a
+decision's middleware/action): never a tenant, user or request id, which would explode the
+series count and leak identity.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from flowopt.errors import MissingDependencyError
+from flowopt.types import Response
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+__all__ = ["CONTENT_TYPE", "GatewayMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Latency buckets (seconds) from a cache hit (~ms) to a long CPU generation (~minutes).
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_TTFT = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def _prom() -> Any:
+    try:
+        import prometheus_client
+    except ImportError:
+        raise MissingDependencyError("prometheus_client", "gateway", "the gateway's /metrics") from None
+    return prometheus_client
+
+
+class GatewayMetrics:
+    """Counters and histograms of one gateway; :meth:`render` is the ``/metrics`` body."""
+
+    def __init__(self) -> None:
+        prom = _prom()
+        self._prom = prom
+        self._multiproc = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.registry: CollectorRegistry = prom.CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.requests = prom.Counter(
+            "flowopt_gateway_requests", "Requests answered, by route, model and status code.",
+            ["route", "model", "status"], registry=reg,
+        )
+        self.errors = prom.Counter(
+            "flowopt_gateway_errors", "Failed requests by error kind.",
+            ["route", "kind"], registry=reg,
+        )
+        self.latency = prom.Histogram(
+            "flowopt_gateway_request_duration_seconds",
+            "Time from request received to last byte of the answer.",
+            ["route", "model"], buckets=_LATENCY, registry=reg,
+        )
+        self.ttft = prom.Histogram(
+            "flowopt_gateway_time_to_first_token_seconds",
+            "Time from request received to the first streamed token sent.",
+            ["route", "model"], buckets=_TTFT, registry=reg,
+        )
+        self.tokens = prom.Counter(
+            "flowopt_gateway_tokens", "Tokens processed, by direction (input/output/cached).",
+            ["model", "direction"], registry=reg,
+        )
+        self.cache = prom.Counter(
+            "flowopt_gateway_cache_lookups", "Cache decisions seen on answers (hit/miss...).",
+            ["result"], registry=reg,
+        )
+        self.routes = prom.Counter(
+            "flowopt_gateway_routes", "Answers by the backend (tier) that produced them.",
+            ["backend"], registry=reg,
+        )
+        self.decisions = prom.Counter(
+            "flowopt_gateway_decisions", "Every middleware decision, by middleware and action.",
+            ["middleware", "action"], registry=reg,
+        )
+        self.shed = prom.Counter(
+            "flowopt_gateway_shed", "Requests refused on purpose (load shed, limits).",
+            ["reason"], registry=reg,
+        )
+        self.disconnects = prom.Counter(
+            "flowopt_gateway_client_disconnects",
+            "Requests whose client left before the answer; the backend call was cancelled.",
+            ["route"], registry=reg,
+        )
+        self.in_flight = prom.Gauge(
+            "flowopt_gateway_in_flight", "Requests being answered now.", registry=reg,
+            multiprocess_mode="livesum",
+        )
+
+    def observe_answer(self, route: str, model: str, response: Response, seconds: float) -> None:
+        """Record one complete answer: status 200, latency, tokens and its decisions."""
+        self.requests.labels(route, model, "200").inc()
+        self.latency.labels(route, model).observe(seconds)
+        u = response.usage
+        if u.input_tokens:
+            self.tokens.labels(model, "input").inc(u.input_tokens)
+        if u.output_tokens:
+            self.tokens.labels(model, "output").inc(u.output_tokens)
+        if u.cached_input_tokens:
+            self.tokens.labels(model, "cached").inc(u.cached_input_tokens)
+        if response.backend:
+            self.routes.labels(response.backend).inc()
+        for d in response.decisions:
+            self.decisions.labels(d.middleware, d.action).inc()
+            if d.middleware == "cache":
+                self.cache.labels(d.action).inc()
+        if response.cached and not any(d.middleware == "cache" for d in response.decisions):
+            self.cache.labels("hit").inc()
+
+    def observe_error(self, route: str, model: str, status: int, kind: str) -> None:
+        self.requests.labels(route, model, str(status)).inc()
+        self.errors.labels(route, kind).inc()
+
+    def render(self) -> bytes:
+        prom = self._prom
+        if self._multiproc:
+            from prometheus_client import multiprocess
+
+            reg = prom.CollectorRegistry()
+            multiprocess.MultiProcessCollector(reg)
+            return bytes(prom.generate_latest(reg))
+        return bytes(prom.generate_latest(self.registry))

@@ -1,0 +1,102 @@
+"""Which model names the gateway serves, and what each one runs.
+
+A client names a model; the gateway answers with one of:
+
+- a **backend** of the pipeline (the default one, or a named tier): the request goes
+  through the middleware stack once (``Pipeline.acall``). Its name is the model the
+  backend serves (``/v1/models`` of vLLM, e.g. ``smollm2``); the backend's name in the spec
+  (``default``, ``fast``...) is accepted as an alias.
+- the **graph**: the whole multi-step pipeline runs on the last user message
+  (``Pipeline.ainvoke``), exposed under the pipeline's name unless the spec's
+  ``gateway.expose_graph`` is false.
+
+Served ids are read from each backend once and cached; when a backend is down at start-up
+the configured model name is used and the lookup is retried at the next request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from flowopt.backends.base import Backend
+from flowopt.errors import FlowoptError
+from flowopt.gateway.errors import HTTPProblem
+
+__all__ = ["ModelTable", "Target"]
+
+_log = logging.getLogger("flowopt.gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a model name runs: ``kind`` "backend" (with ``backend`` name) or "graph"."""
+
+    kind: Literal["backend", "graph"]
+    model: str
+    backend: str = "default"
+
+
+class ModelTable:
+    """Model name -> :class:`Target`, plus the ``/v1/models`` listing."""
+
+    def __init__(self, backends: Mapping[str, Backend], graph_model: str | None) -> None:
+        self._backends = dict(backends)
+        self._graph = graph_model
+        self._ids: dict[str, str] = {}  # backend name -> served model id
+        self._created = int(time.time())
+
+    async def refresh(self) -> None:
+        """Ask each backend which model it serves (quietly keeps going when one is down)."""
+        for name, backend in self._backends.items():
+            if name in self._ids:
+                continue
+            try:
+                info = await backend.model_info()
+            except FlowoptError as exc:
+                _log.warning("backend %r did not say which model it serves: %s", name, exc.code)
+                continue
+            self._ids[name] = info.id
+
+    def _served(self, name: str) -> str:
+        served = self._ids.get(name) or getattr(self._backends[name], "model", None)
+        return str(served or name)
+
+    def resolve(self, model: str | None) -> Target:
+        """The target of a requested model name (None: the default backend)."""
+        if model is None:
+            return Target("backend", self._served("default"), "default")
+        if self._graph is not None and model == self._graph:
+            return Target("graph", model)
+        for name in self._backends:
+            if model == self._served(name) or model == name:
+                return Target("backend", model, name)
+        raise HTTPProblem(
+            404,
+            f"the model {model!r} does not exist here; GET /v1/models lists "
+            f"{self.names()}",
+            code="model_not_found",
+            param="model",
+        )
+
+    def names(self) -> list[str]:
+        out: list[str] = []
+        for name in self._backends:
+            served = self._served(name)
+            if served not in out:
+                out.append(served)
+        if self._graph is not None:
+            out.append(self._graph)
+        return out
+
+    def listing(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": n, "object": "model", "created": self._created, "owned_by": "flowopt"}
+                for n in self.names()
+            ],
+        }
