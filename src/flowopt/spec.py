@@ -220,13 +220,13 @@ class GatewaySpec(_Frozen):
         description="tenant -> API key (write ${ENV_VAR}). When set, every request needs "
         "'Authorization: Bearer <key>' and the key decides the tenant.",
     )
-    host: str = Field("127.0.0.1", description="Interface `flowopt serve` binds by default.")
-    port: int = Field(8000, ge=0, le=65535, description="Port `flowopt serve` binds by default.")
+    host: str = Field(default="127.0.0.1", description="Interface `flowopt serve` binds by default.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `flowopt serve` binds by default.")
     expose_graph: bool = Field(
-        True, description="Also serve the multi-step graph as a model (named graph_model)."
+        default=True, description="Also serve the multi-step graph as a model (named graph_model)."
     )
     graph_model: str | None = Field(
-        None, description="Model name that runs the whole graph (default: the pipeline name)."
+        default=None, description="Model name that runs the whole graph (default: the pipeline name)."
     )
 
     @field_validator("api_keys")
@@ -278,7 +278,7 @@ class PipelineSpec(_Frozen):
     )
     routes: tuple[RouteSpec, ...] = ()
     tracing: TracingSpec = Field(default_factory=TracingSpec)
-    gateway: GatewaySpec | None = Field(None, description="`flowopt serve` settings.")
+    gateway: GatewaySpec | None = Field(default=None, description="`flowopt serve` settings.")
     version: int = 1
 
     @field_validator("backend", mode="before")

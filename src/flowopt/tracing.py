@@ -134,7 +134,14 @@ def configure_tracing(
     return provider
 
 
-def record_request(span: Span, request: Request, *, provider: str, endpoint: str | None) -> None:
+def record_request(
+    span: Span,
+    request: Request,
+    *,
+    provider: str,
+    endpoint: str | None,
+    model: str | None = None,
+) -> None:
     """Set the GenAI request attributes on a backend span."""
     if not span.is_recording():
         return
@@ -143,7 +150,7 @@ def record_request(span: Span, request: Request, *, provider: str, endpoint: str
         GenAI.OPERATION: "chat" if request.kind == "chat" else "text_completion",
         GenAI.PROVIDER: provider,
         GenAI.SYSTEM: provider,
-        GenAI.REQUEST_MODEL: request.model or "",
+        GenAI.REQUEST_MODEL: request.model or model or "",
         "flowopt.request.id": request.request_id,
         "flowopt.request.stream": request.stream,
     }

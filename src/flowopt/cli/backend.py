@@ -10,6 +10,8 @@
 ``up`` returns once the server answers (it keeps running after the command exits);
 ``status`` exits 0 only when every recorded server is up; ``down`` stops by recorded pid.
 The heavy lifting lives in :mod:`flowopt.local.server`; this module only maps flags.
+flowopt errors propagate to the top-level group, which prints them with their hint and
+exits 2 (configuration) or 1 (run time).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from typing import Any
 
 import click
 
-from flowopt.errors import FlowoptError
 from flowopt.local.server import (
     DEFAULT_PORT,
     LocalServer,
@@ -34,10 +35,6 @@ __all__ = ["command"]
 
 def _echo_err(message: str) -> None:
     click.echo(message, err=True)
-
-
-def _fail(err: FlowoptError) -> click.ClickException:
-    return click.ClickException(str(err))
 
 
 @click.group(name="backend")
@@ -110,10 +107,7 @@ def up(
         kv_cache_gib=kv_cache_gib,
         extra_args=split_extra_args(server_args),
     )
-    try:
-        state = LocalServer(port).start(config, timeout=timeout, log=_echo_err)
-    except FlowoptError as err:
-        raise _fail(err) from None
+    state = LocalServer(port).start(config, timeout=timeout, log=_echo_err)
     click.echo(f"{state.base_url}/v1  model={state.served_name}  pid={state.pid}")
 
 
@@ -134,10 +128,7 @@ def _status_line(st: ServerStatus) -> str:
 def status(port: int | None, as_json: bool) -> None:
     """Show recorded servers and probe their health (exit 1 unless all are up)."""
     servers = [LocalServer(port)] if port is not None else LocalServer.all()
-    try:
-        statuses = [s.status() for s in servers]
-    except FlowoptError as err:
-        raise _fail(err) from None
+    statuses = [s.status() for s in servers]
     recorded = [st for st in statuses if st.state is not None]
     if as_json:
         payload: dict[str, Any] = {"servers": [st.to_dict() for st in recorded]}
@@ -171,11 +162,7 @@ def down(port: int | None, stop_all: bool) -> None:
         click.echo("nothing to stop (no flowopt-managed server recorded)")
         return
     for server in servers:
-        try:
-            stopped = server.stop()
-        except FlowoptError as err:
-            raise _fail(err) from None
-        if stopped:
+        if server.stop():
             click.echo(f"stopped the server on port {server.port}")
         else:
             click.echo(f"no server was running on port {server.port} (cleared its state)")

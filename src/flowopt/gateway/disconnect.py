@@ -19,14 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
+import contextvars
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    MutableMapping,
+    Sequence,
+)
 from typing import Any, TypeVar
 
 __all__ = ["ClientLeft", "EventStreamResponse", "until_disconnect"]
 
 T = TypeVar("T")
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class ClientLeft(Exception):
@@ -67,7 +75,10 @@ async def until_disconnect(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
 class EventStreamResponse:
     """An ASGI ``text/event-stream`` answer fed by an async generator of encoded events.
 
-    ``on_disconnect`` is called when the client left before the last event.
+    ``on_disconnect`` is called when the client left before the last event. ``context``
+    is the context the events are produced in: pass ``contextvars.copy_context()`` taken
+    where the request's span is current, since the ASGI server calls this response after
+    the endpoint returned, outside that span.
     """
 
     def __init__(
@@ -76,8 +87,10 @@ class EventStreamResponse:
         *,
         headers: Sequence[tuple[str, str]] = (),
         on_disconnect: Callable[[], None] | None = None,
+        context: contextvars.Context | None = None,
     ) -> None:
         self._events = events
+        self._context = context
         self._on_disconnect = on_disconnect
         self._headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -96,7 +109,7 @@ class EventStreamResponse:
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self._headers})
-        pump = asyncio.ensure_future(self._pump(send))
+        pump = asyncio.get_running_loop().create_task(self._pump(send), context=self._context)
         watch = asyncio.ensure_future(_wait_disconnect(receive))
         try:
             await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)

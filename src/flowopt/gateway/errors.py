@@ -15,6 +15,7 @@ described by kind, the full error goes to the server log with the request id.
 from __future__ import annotations
 
 import math
+
 from flowopt.errors import (
     BackendError,
     BackendHTTPError,

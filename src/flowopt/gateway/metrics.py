@@ -35,7 +35,9 @@ def _prom() -> Any:
     try:
         import prometheus_client
     except ImportError:
-        raise MissingDependencyError("prometheus_client", "gateway", "the gateway's /metrics") from None
+        raise MissingDependencyError(
+            "prometheus_client", "gateway", "the gateway's /metrics"
+        ) from None
     return prometheus_client
 
 
@@ -126,6 +128,6 @@ class GatewayMetrics:
             from prometheus_client import multiprocess
 
             reg = prom.CollectorRegistry()
-            multiprocess.MultiProcessCollector(reg)
+            multiprocess.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
             return bytes(prom.generate_latest(reg))
         return bytes(prom.generate_latest(self.registry))

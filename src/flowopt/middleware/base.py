@@ -238,7 +238,9 @@ def traced_backend(backend: Backend, *, name: str) -> Handler:
         op = "chat" if request.kind == "chat" else "text_completion"
         model = request.model or getattr(backend, "model", None) or name
         span = tracer.start_span(f"{op} {model}", kind=kind)
-        record_request(span, request, provider=provider, endpoint=endpoint_for_display())
+        record_request(
+            span, request, provider=provider, endpoint=endpoint_for_display(), model=model
+        )
         try:
             with trace.use_span(span, end_on_exit=False):
                 response = await backend.generate(request)

@@ -56,7 +56,7 @@ _EMAIL = re.compile(
 #   international: "+" country code, then digits with single separators, an optional
 #                  "(0)" / "(20)" area part: +44 20 7946 0958, +1-202-555-0143, +14155552671
 #   national:      grouped digits with separators: (555) 123-4567, 555-123-4567,
-#                  020 7946 0958, 01 23 45 67 89, 030 12345678
+#                  1-800-555-0199, 020 7946 0958, 01 23 45 67 89, 030 12345678
 # What may not touch a candidate is what rules out look-alikes: a word character, "#"
 # (order ids), a currency sign (prices), "." "," ":" "/" or "-" next to a digit (versions,
 # decimals, times, dates, ranges, IP addresses), and a digit group just before or after
@@ -72,6 +72,7 @@ _PHONE = re.compile(
         (?<![\w#$€£¥+/.,:-])(?<!\d[ .-])
         (?:
             \(\d{2,5}\)[ .-]?\d{3,4}[ .-]?\d{3,4}
+        |   1[ .-]\(?\d{3}\)?[ .-]?\d{3}[ .-]\d{4}
         |   \d{2,5}[ .-]\d{3,4}[ .-]\d{3,4}
         |   0\d(?:[ .-]\d\d){4}
         |   0\d{1,4}[ /-]\d{5,8}

@@ -1,0 +1,203 @@
+"""flowopt's own cost: (a) per no-op middleware hop in-process, (b) throughput through a
+pipeline vs the bare ``openai`` async client against the same vLLM server.
+
+    python benchmarks/overhead.py --base-url http://127.0.0.1:8000 [--requests 64] [--json out]
+
+Figures are ratios against a baseline measured in the same process, interleaved, because
+these machines are noisy. Results are recorded in docs/benchmarks/overhead.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from flowopt import Request, Response, pipeline
+from flowopt.middleware.base import build_stack, traced_backend
+from flowopt.middleware.builtin import NoOp
+
+
+class _DropExporter(SpanExporter):
+    """Exports nothing: prices span creation/recording, not the network."""
+
+    def export(self, spans: Any) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+class _InstantBackend:
+    """A zero-latency backend (a fake) so only the stack itself is timed."""
+
+    provider = "bench"
+    model = "bench"
+    _resp = Response(text="ok", model="bench")
+
+    async def generate(self, request: Request) -> Response:
+        return self._resp
+
+    async def model_info(self) -> Any:
+        raise NotImplementedError
+
+    def endpoint_for_display(self) -> str:
+        return "bench://"
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+async def hop_cost(n_mw: int = 10, calls: int = 20000, traced: bool = False) -> dict[str, float]:
+    """Per-hop cost = (latency with n no-op middleware - latency with none) / n."""
+    backend = _InstantBackend()
+    bare = build_stack([], traced_backend(backend, name="b"), traced=traced)  # type: ignore[arg-type]
+    stack = build_stack(
+        [(f"noop{i}", NoOp()) for i in range(n_mw)],
+        traced_backend(backend, name="b"),  # type: ignore[arg-type]
+        traced=traced,
+    )
+    req = Request.chat("hi")
+    base: list[float] = []
+    full: list[float] = []
+    for _ in range(1000):  # warm-up
+        await bare(req)
+        await stack(req)
+    for _ in range(calls):
+        t0 = time.perf_counter_ns()
+        await bare(req)
+        t1 = time.perf_counter_ns()
+        await stack(req)
+        t2 = time.perf_counter_ns()
+        base.append((t1 - t0) / 1000)
+        full.append((t2 - t1) / 1000)
+    return {
+        "middleware": n_mw,
+        "traced": traced,
+        "hop_p50_us": (_pct(full, 0.5) - _pct(base, 0.5)) / n_mw,
+        "hop_p99_us": (_pct(full, 0.99) - _pct(base, 0.99)) / n_mw,
+        "stack_p50_us": _pct(full, 0.5),
+        "bare_p50_us": _pct(base, 0.5),
+    }
+
+
+async def _bare_openai(base_url: str, model: str, prompts: list[str], conc: int,
+                       max_tokens: int) -> tuple[float, int]:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=base_url.rstrip("/") + "/v1", api_key="none", max_retries=0)
+    sem = asyncio.Semaphore(conc)
+    tokens = 0
+
+    async def one(p: str) -> None:
+        nonlocal tokens
+        async with sem:
+            r = await client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": p}],
+                temperature=0, max_tokens=max_tokens,
+            )
+            tokens += r.usage.completion_tokens if r.usage else 0
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(p) for p in prompts))
+    el = time.perf_counter() - t0
+    await client.close()
+    return el, tokens
+
+
+async def _flowopt(pipe: Any, prompts: list[str], conc: int) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    results = await pipe.abatch(prompts, concurrency=conc)
+    el = time.perf_counter() - t0
+    return el, sum(r.usage.output_tokens for r in results)
+
+
+async def throughput(base_url: str, model: str, n: int, max_tokens: int,
+                     levels: list[int], rounds: int) -> list[dict[str, float]]:
+    pipe = pipeline(
+        "overhead",
+        backend={"vllm": {"base_url": base_url, "model": model}},
+        middleware=["noop"],
+        defaults={"temperature": 0, "max_tokens": max_tokens},
+        steps=[{"name": "answer", "prompt": "{input}"}],
+    )
+    out = []
+    for conc in levels:
+        prompts = [f"Write one sentence about the number {i}." for i in range(n)]
+        await _bare_openai(base_url, model, prompts[: min(8, n)], conc, max_tokens)  # warm
+        b_el = f_el = 0.0
+        b_tok = f_tok = 0
+        for _ in range(rounds):  # interleave so drift hits both sides alike
+            el, tok = await _bare_openai(base_url, model, prompts, conc, max_tokens)
+            b_el, b_tok = b_el + el, b_tok + tok
+            el, tok = await _flowopt(pipe, prompts, conc)
+            f_el, f_tok = f_el + el, f_tok + tok
+        row = {
+            "concurrency": conc,
+            "bare_req_s": rounds * n / b_el,
+            "flowopt_req_s": rounds * n / f_el,
+            "bare_tok_s": b_tok / b_el,
+            "flowopt_tok_s": f_tok / f_el,
+        }
+        row["req_ratio"] = row["flowopt_req_s"] / row["bare_req_s"]
+        row["tok_ratio"] = row["flowopt_tok_s"] / row["bare_tok_s"]
+        out.append(row)
+        print(
+            f"  c={conc:>3}: bare {row['bare_req_s']:.2f} req/s {row['bare_tok_s']:.0f} tok/s | "
+            f"flowopt {row['flowopt_req_s']:.2f} req/s {row['flowopt_tok_s']:.0f} tok/s | "
+            f"ratio req {row['req_ratio']:.3f} tok {row['tok_ratio']:.3f}"
+        )
+    await pipe.aclose()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--base-url", default=None, help="vLLM server; omit to skip part (b)")
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--levels", default="1,8,32")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--calls", type=int, default=20000)
+    ap.add_argument("--json", default=None, help="write the figures to this file")
+    args = ap.parse_args()
+
+    report: dict[str, Any] = {"hop": []}
+    print("(a) per no-op middleware hop, in-process")
+    r = asyncio.run(hop_cost(calls=args.calls, traced=False))
+    report["hop"].append(r)
+    print(f"  untraced: p50 {r['hop_p50_us']:.2f} us  p99 {r['hop_p99_us']:.2f} us per hop")
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_DropExporter()))
+    trace.set_tracer_provider(provider)
+    r = asyncio.run(hop_cost(calls=args.calls, traced=True))
+    report["hop"].append(r)
+    print(f"  traced (SDK, batch processor): p50 {r['hop_p50_us']:.2f} us  "
+          f"p99 {r['hop_p99_us']:.2f} us per hop")
+    if args.base_url:
+        print(f"(b) throughput vs bare openai client, {args.requests} requests x "
+              f"{args.rounds} rounds, max_tokens {args.max_tokens}")
+        levels = [int(x) for x in args.levels.split(",")]
+        report["throughput"] = asyncio.run(
+            throughput(args.base_url, args.model, args.requests, args.max_tokens, levels,
+                       args.rounds)
+        )
+        ratios = [row["req_ratio"] for row in report["throughput"]]
+        print(f"  median req/s ratio {statistics.median(ratios):.3f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

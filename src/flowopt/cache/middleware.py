@@ -1,0 +1,346 @@
+"""The ``cache`` middleware: serve a stored answer, or call the backend and store its answer.
+
+Why it is shaped like this:
+
+- **Policy before data.** A request that must not be cached (sampled, tools) bypasses the
+  cache entirely, before any key is computed; an answer that must not be replayed (error,
+  truncated or aborted stream, tool call, personal data) is never written. Every skip is a
+  decision with a ``skip_reason`` on the response and on the span.
+- **A store failure is a miss.** Stores are optional infrastructure: when Redis or Postgres
+  is down the request goes to the backend, ``flowopt.cache.store_error`` is set on the
+  span, and the user sees an ordinary answer.
+- **Streams are first-class.** On a miss the stream is passed through untouched; a chunk
+  hook records the chunk texts and a completion hook stores the answer only if the stream
+  finished normally. On a hit, :func:`flowopt.stream.replay` yields the stored chunks:
+  same chunk shape, byte-identical text.
+- **No spawned tasks.** Blocking stores and the embedding run in ``asyncio.to_thread``,
+  which copies the context (OpenTelemetry stays attached); in-memory exact lookups run
+  inline because a thread hop would cost more than the lookup.
+
+Request-level controls (``Request.metadata``): ``cache`` (False: bypass),
+``cache.ttl_s`` (per-entry TTL), ``cache.tags`` (list of tags for invalidation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from opentelemetry import trace
+
+from flowopt.cache.config import CacheConfig
+from flowopt.cache.embedder import Embedder, MiniLMEmbedder
+from flowopt.cache.engine import CacheEngine, Lookup, response_from_entry
+from flowopt.cache.keys import CacheKey, cache_key
+from flowopt.cache.policy import (
+    PIIDetector,
+    RegexPIIDetector,
+    SkipReason,
+    request_bypass_reason,
+    response_skip_reason,
+)
+from flowopt.cache.stores import open_store
+from flowopt.cache.stores.base import Store
+from flowopt.cache.verifier import LearnedVerifier, Verifier
+from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
+from flowopt.stream import replay
+from flowopt.types import Chunk, Decision, Request, Response
+
+__all__ = ["CacheMiddleware", "split_for_replay"]
+
+_ATTR = "flowopt.cache."
+
+
+def split_for_replay(text: str, chunk_chars: int = 0) -> list[str]:
+    """Chunks for replaying an answer that was stored whole: word by word (each piece
+    carries its leading whitespace, like a token stream), or fixed-size pieces."""
+    if not text:
+        return [""]
+    if chunk_chars > 0:
+        return [text[i : i + chunk_chars] for i in range(0, len(text), chunk_chars)]
+    out: list[str] = []
+    start = 0
+    i = 0
+    n = len(text)
+    while i < n:
+        while i < n and text[i].isspace():
+            i += 1
+        while i < n and not text[i].isspace():
+            i += 1
+        out.append(text[start:i])
+        start = i
+    return out
+
+
+class CacheMiddleware(MiddlewareBase):
+    """Exact + semantic answer cache with a verification stage (see the module docstring).
+
+    Options are those of :class:`~flowopt.cache.config.CacheConfig`; objects can be
+    injected for tests and embedding apps: ``store``, ``exact_store``, ``embedder``,
+    ``verifier``, ``pii_detectors`` and ``model_identity`` (otherwise read from the
+    backend at setup).
+    """
+
+    name = "cache"
+    positional = "store"
+
+    def __init__(
+        self,
+        config: CacheConfig | None = None,
+        *,
+        store: Store | None = None,
+        exact_store: Store | None = None,
+        embedder: Embedder | None = None,
+        verifier: Verifier | None = None,
+        pii_detectors: Sequence[PIIDetector] | None = None,
+        model_identity: str | None = None,
+        **options: Any,
+    ) -> None:
+        if config is None:
+            config = CacheConfig(**options)
+        elif options:
+            config = replace(config, **options)
+        self.config = config
+        self._store = store
+        self._exact_store = exact_store
+        self._embedder = embedder
+        self._verifier = verifier
+        detectors: list[PIIDetector] = []
+        if config.pii:
+            detectors.append(RegexPIIDetector(config.pii_patterns))
+            detectors.extend(pii_detectors or ())
+        self.pii_detectors = detectors
+        self.model_identity = model_identity
+        self.engine: CacheEngine | None = None
+        self._inline_exact = False
+        self._setup_lock = asyncio.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def setup(self, ctx: PipelineContext) -> None:
+        """Read the served model's identity and open the stores (once)."""
+        if self.engine is not None:
+            return
+        async with self._setup_lock:
+            if self.engine is not None:
+                return
+            if self.model_identity is None:
+                self.model_identity = (await ctx.backend.model_info()).identity
+            await asyncio.to_thread(self._open, ctx.state_dir)
+
+    def _open(self, state_dir: str | None) -> None:
+        cfg = self.config
+        store = self._store
+        if store is None:
+            opts = dict(cfg.store_options)
+            opts.setdefault("max_entries", cfg.max_entries)
+            if cfg.store == "gptcache" and "path" not in opts and state_dir:
+                opts["path"] = f"{state_dir}/cache"
+            store = open_store(cfg.store, **opts)
+        exact = self._exact_store
+        if exact is None and cfg.exact_store:
+            exact = open_store(cfg.exact_store, **dict(cfg.exact_store_options))
+        embedder = self._embedder
+        verifier = self._verifier
+        if cfg.semantic:
+            if embedder is None:
+                embedder = MiniLMEmbedder()
+            loader = getattr(embedder, "load", None)
+            if loader is not None:
+                loader()
+            if cfg.verify and verifier is None:
+                verifier = LearnedVerifier(
+                    threshold=cfg.threshold, operating_point=cfg.operating_point
+                )
+        self.engine = CacheEngine(
+            cfg, store, exact_store=exact, embedder=embedder, verifier=verifier
+        )
+        self._inline_exact = exact is None and not getattr(store, "blocking", True)
+
+    async def aclose(self) -> None:
+        if self.engine is None:
+            return
+        for s in (self.engine.exact_store, self.engine.store):
+            if s is not None:
+                await asyncio.to_thread(s.close)
+
+    def _require_engine(self) -> CacheEngine:
+        if self.engine is None:
+            if self.model_identity is None:
+                raise RuntimeError(
+                    "the cache middleware was not set up: run it in a pipeline, call "
+                    "`await cache.setup(ctx)`, or pass model_identity="
+                )
+            self._open(None)
+        assert self.engine is not None
+        return self.engine
+
+    # -- the middleware --------------------------------------------------------------------
+    async def __call__(self, request: Request, call_next: CallNext) -> Response:
+        start = time.perf_counter()
+        span = trace.get_current_span()
+        if request.metadata.get("cache", True) is False:
+            return await self._bypass(request, call_next, SkipReason.DISABLED)
+        reason = request_bypass_reason(request, max_temperature=self.config.max_temperature)
+        if reason is not None:
+            return await self._bypass(request, call_next, reason)
+        engine = self._require_engine()
+        assert self.model_identity is not None
+        key = cache_key(request, model_identity=self.model_identity, scope=self.config.scope)
+
+        if self._inline_exact:
+            found = Lookup()
+            entry = engine.lookup_exact(key, found)
+            if entry is not None:
+                found.entry, found.tier, found.score, found.verdict = entry, "exact", 1.0, "exact"
+            elif self.config.semantic:
+                found = await asyncio.to_thread(engine.lookup, key)
+            else:
+                found.verdict = "miss"
+        else:
+            found = await asyncio.to_thread(engine.lookup, key)
+        if found.errors:
+            _record_store_error(span, found.errors)
+
+        if found.entry is not None:
+            return self._serve(request, found, start)
+        return await self._miss(request, call_next, key, found, span)
+
+    async def _bypass(self, request: Request, call_next: CallNext, reason: str) -> Response:
+        response = await call_next(request)
+        return response.with_decision(self.decision("bypass", hit=False, skip_reason=reason))
+
+    def _serve(self, request: Request, found: Lookup, start: float) -> Response:
+        entry = found.entry
+        assert entry is not None
+        detail: dict[str, Any] = {
+            "hit": True,
+            "tier": found.tier,
+            "score": None if found.score is None else round(found.score, 4),
+            "verdict": found.verdict,
+            "probability": None if found.probability is None else round(found.probability, 4),
+            "age_s": round(entry.age_s(), 3),
+            "lookup_ms": round((time.perf_counter() - start) * 1000.0, 3),
+        }
+        if found.errors:
+            detail["store_error"] = found.errors[0]
+        if found.tier == "semantic":
+            store = self.engine.store if self.engine is not None else None
+            touch = getattr(store, "touch", None)
+            if touch is not None:
+                touch(entry.exact_key)
+        response = response_from_entry(entry)
+        decision = self.decision("hit", **detail)
+        if request.stream:
+            chunks = (
+                list(entry.chunks)
+                if entry.chunks is not None
+                else split_for_replay(entry.text, self.config.replay_chunk_chars)
+            )
+            return replay(response, chunk_texts=chunks).with_decision(decision)
+        response = response.replace(latency_ms=(time.perf_counter() - start) * 1000.0)
+        return response.with_decision(decision)
+
+    async def _miss(
+        self,
+        request: Request,
+        call_next: CallNext,
+        key: CacheKey,
+        found: Lookup,
+        span: trace.Span,
+    ) -> Response:
+        detail: dict[str, Any] = {"hit": False, "verdict": found.verdict}
+        if found.score is not None:
+            detail["score"] = round(found.score, 4)
+        if found.probability is not None:
+            detail["probability"] = round(found.probability, 4)
+        if found.errors:
+            detail["store_error"] = found.errors[0]
+        try:
+            response = await call_next(request)
+        except BaseException:
+            if span.is_recording():
+                span.set_attribute(_ATTR + "skip_reason", SkipReason.ERROR)
+            raise
+
+        stream = response.stream
+        if stream is None or stream.done:
+            final = await self._store_answer(request, key, response, found, None, detail)
+            return response.with_decision(final)
+
+        chunks: list[str] = []
+
+        def _chunk(chunk: Chunk) -> None:
+            chunks.append(chunk.text)
+
+        async def _complete(done: Response) -> Response:
+            decision = await self._store_answer(request, key, done, found, chunks, detail)
+            return _replace_decision(done, decision)
+
+        def _error(exc: BaseException) -> None:
+            if span.is_recording():
+                span.set_attribute(_ATTR + "skip_reason", SkipReason.STREAM_ABORTED)
+                span.set_attribute(_ATTR + "stored", False)
+
+        stream.on_chunk(_chunk)
+        stream.on_complete(_complete)
+        stream.on_error(_error)
+        return response.with_decision(self.decision("miss", **detail))
+
+    async def _store_answer(
+        self,
+        request: Request,
+        key: CacheKey,
+        response: Response,
+        found: Lookup,
+        chunks: list[str] | None,
+        detail: dict[str, Any],
+    ) -> Decision:
+        detail = dict(detail)
+        skip = response_skip_reason(request, response, self.pii_detectors)
+        if skip is not None:
+            detail["stored"] = False
+            detail["skip_reason"], detail["skip_detail"] = skip
+            return self.decision("miss", **detail)
+        engine = self.engine
+        assert engine is not None
+        if chunks is not None and "".join(chunks) != response.text:
+            chunks = None  # the stream's text was rewritten downstream: replay it whole
+        md = request.metadata
+        ttl = md.get("cache.ttl_s")
+        tags = md.get("cache.tags") or ()
+        entry = engine.make_entry(
+            key,
+            response,
+            vector=found.vector,
+            chunks=chunks,
+            ttl_s=float(ttl) if ttl is not None else None,
+            tags=[str(t) for t in tags],
+        )
+        if self._inline_exact and (found.vector is not None or not self.config.semantic):
+            errors = engine.put(key, entry)
+        else:
+            errors = await asyncio.to_thread(engine.put, key, entry)
+        if errors:
+            detail["stored"] = False
+            detail["skip_reason"] = SkipReason.STORE_ERROR
+            detail["store_error"] = errors[0]
+            _record_store_error(trace.get_current_span(), errors)
+        else:
+            detail["stored"] = True
+        return self.decision("miss", **detail)
+
+
+def _replace_decision(response: Response, decision: Decision) -> Response:
+    kept = tuple(d for d in response.decisions if d.middleware != decision.middleware)
+    return response.replace(decisions=(*kept, decision))
+
+
+def _record_store_error(span: trace.Span, errors: list[str]) -> None:
+    if not span.is_recording():
+        return
+    span.set_attribute(_ATTR + "store_error", errors[0])
+    for err in errors:
+        span.add_event("flowopt.cache.store_error", {"error": err})

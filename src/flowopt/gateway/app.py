@@ -1,0 +1,370 @@
+"""The OpenAI-compatible HTTP app: one pipeline behind ``/v1/*``.
+
+Routes: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (JSON, or server-sent
+events with ``stream: true``; usage in the last event with
+``stream_options: {include_usage: true}``), ``GET /v1/models``, ``GET /health``,
+``GET /metrics``.
+
+Each generation request: authenticate (API key -> tenant), parse the body into a frozen
+:class:`~flowopt.types.Request`, join the caller's trace, and send the request through
+the pipeline's middleware stack once (``Pipeline.acall``), or run the whole graph when the
+client names the graph model. The work is raced against the client's disconnect, so a
+client that leaves cancels the backend request (see :mod:`flowopt.gateway.disconnect`).
+
+Why Starlette and not FastAPI: the routes are few and fixed, and the gateway's budget is
+about a millisecond per request; FastAPI's validation layer would spend it twice, since
+flowopt's own types validate the request anyway.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Span
+from starlette.applications import Starlette
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import Response as HTTPResponse
+from starlette.routing import Route
+
+from flowopt.errors import RejectedError
+from flowopt.gateway.auth import KeyRing
+from flowopt.gateway.disconnect import ClientLeft, EventStreamResponse, until_disconnect
+from flowopt.gateway.errors import HTTPProblem, error_kind, problem_from
+from flowopt.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from flowopt.gateway.models import ModelTable, Target
+from flowopt.gateway.tracing import TRACE_HEADER, end_span, server_span
+from flowopt.gateway.wire import (
+    DONE,
+    Call,
+    chat_chunk,
+    chat_json,
+    completion_chunk,
+    completion_json,
+    dumps,
+    error_event,
+    parse_call,
+    usage_chunk,
+)
+from flowopt.pipeline import Pipeline
+from flowopt.result import Result, TokenEvent
+from flowopt.spec import GatewaySpec, PipelineSpec
+from flowopt.types import Response, Usage
+
+__all__ = ["Gateway", "create_app"]
+
+_log = logging.getLogger("flowopt.gateway")
+_JSON = "application/json"
+
+
+def _sink_steps(spec: PipelineSpec) -> frozenset[str]:
+    """LLM steps whose tokens are the graph's answer: those after which the run can end."""
+    llm = [s.name for s in spec.steps if s.kind == "llm"]
+    if spec.edges is None and not spec.routes:
+        last = spec.steps[-1].name
+        return frozenset({last}) if last in llm else frozenset()
+    ends = {a for a, b in spec.edges or () if b == "END"}
+    has_out = {a for a, _ in spec.edges or ()} | {r.source for r in spec.routes}
+    for r in spec.routes:
+        if "END" in r.cases.values() or r.default in (None, "END"):
+            ends.add(r.source)
+    ends |= {name for name in llm if name not in has_out}
+    return frozenset(ends & set(llm))
+
+
+class _Exchange:
+    """Book-keeping of one generation request: span, metrics, headers; finished once."""
+
+    __slots__ = ("done", "gw", "headers", "model", "route", "span", "started")
+
+    def __init__(self, gw: Gateway, route: str, span: Span, trace_id: str, rid: str) -> None:
+        self.gw = gw
+        self.route = route
+        self.span = span
+        self.started = time.perf_counter()
+        self.model = "unknown"
+        self.headers = {TRACE_HEADER: trace_id, "x-request-id": rid}
+        self.done = False
+        gw.metrics.in_flight.inc()
+
+    def _close(self, status: int) -> None:
+        self.done = True
+        self.gw.metrics.in_flight.dec()
+        end_span(self.span, status)
+
+    def ok(self, response: Response) -> None:
+        if self.done:
+            return
+        self.gw.metrics.observe_answer(
+            self.route, self.model, response, time.perf_counter() - self.started
+        )
+        self._close(200)
+
+    def failed(self, exc: BaseException) -> HTTPProblem:
+        problem = problem_from(exc)
+        if self.done:
+            return problem
+        kind = error_kind(exc)
+        if problem.status >= 500 and not isinstance(exc, HTTPProblem):
+            _log.error("request %s failed: %s", self.headers["x-request-id"], kind,
+                       exc_info=exc if kind == "internal" else None)
+        if isinstance(exc, RejectedError):
+            self.gw.metrics.shed.labels(exc.reason).inc()
+        self.gw.metrics.observe_error(self.route, self.model, problem.status, kind)
+        if self.span.is_recording():
+            from flowopt.tracing import record_error
+
+            record_error(self.span, exc)
+        self._close(problem.status)
+        return problem
+
+    def left(self) -> None:
+        if self.done:
+            return
+        self.gw.metrics.disconnects.labels(self.route).inc()
+        self.gw.metrics.observe_error(self.route, self.model, 499, "client_disconnected")
+        self._close(499)
+
+
+class Gateway:
+    """The state behind the routes: the pipeline, keys, model table and metrics."""
+
+    def __init__(self, pipe: Pipeline, settings: GatewaySpec | None = None) -> None:
+        settings = settings or pipe.spec.gateway or GatewaySpec()
+        self.pipe = pipe
+        self.settings = settings
+        self.keys = KeyRing({t: k.get_secret_value() for t, k in settings.api_keys.items()})
+        graph = (settings.graph_model or pipe.spec.name) if settings.expose_graph else None
+        self.models = ModelTable(pipe.backends, graph)
+        self.metrics = GatewayMetrics()
+        self._sinks = _sink_steps(pipe.spec)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.pipe.start()
+        await self.models.refresh()
+        try:
+            yield
+        finally:
+            await self.pipe.aclose()
+
+    # -- small routes ---------------------------------------------------------------------
+    async def health(self, request: HTTPRequest) -> HTTPResponse:
+        return HTTPResponse(
+            dumps({"status": "ok", "pipeline": self.pipe.name}), media_type=_JSON
+        )
+
+    async def list_models(self, request: HTTPRequest) -> HTTPResponse:
+        try:
+            self.keys.tenant_for(request.headers.get("authorization"))
+        except HTTPProblem as problem:
+            return _problem_response(problem, {})
+        await self.models.refresh()
+        return HTTPResponse(dumps(self.models.listing()), media_type=_JSON)
+
+    async def metrics_text(self, request: HTTPRequest) -> HTTPResponse:
+        return HTTPResponse(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    # -- generation -----------------------------------------------------------------------
+    async def chat(self, request: HTTPRequest) -> Any:
+        return await self._generate(request, "chat")
+
+    async def completions(self, request: HTTPRequest) -> Any:
+        return await self._generate(request, "completion")
+
+    async def _generate(self, request: HTTPRequest, kind: str) -> Any:
+        route = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+        span, trace_id = server_span(f"POST {route}", request.headers, route)
+        rid = uuid.uuid4().hex[:16]
+        ex = _Exchange(self, route, span, trace_id, rid)
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                tenant = self.keys.tenant_for(request.headers.get("authorization"))
+                try:
+                    body = json.loads(await request.body())
+                except ValueError:
+                    raise HTTPProblem(400, "the request body is not valid JSON") from None
+                call = parse_call(body, kind=kind, tenant=tenant, request_id=rid)
+                target = self.models.resolve(call.model)
+                ex.model = target.model
+                if target.kind == "graph" and kind != "chat":
+                    raise HTTPProblem(
+                        400, f"the graph model {target.model!r} answers chat requests only",
+                        param="model",
+                    )
+                if call.request.stream:
+                    return await self._open_stream(request, call, target, ex)
+                response = await until_disconnect(request.receive, self._answer(call, target))
+                payload = (chat_json if kind == "chat" else completion_json)(
+                    call, response, target.model
+                )
+                ex.ok(response)
+                return HTTPResponse(payload, media_type=_JSON, headers=ex.headers)
+        except ClientLeft:
+            ex.left()
+            return HTTPResponse(b"", status_code=499)
+        except Exception as exc:
+            return _problem_response(ex.failed(exc), ex.headers)
+
+    async def _answer(self, call: Call, target: Target) -> Response:
+        if target.kind == "graph":
+            result = await self.pipe.ainvoke(
+                call.request.last_user_text, user=call.request.user, tenant=call.request.tenant
+            )
+            return _graph_response(result, target.model)
+        response = await self.pipe.acall(call.request, backend=target.backend)
+        return await response.complete()
+
+    async def _open_stream(
+        self, request: HTTPRequest, call: Call, target: Target, ex: _Exchange
+    ) -> EventStreamResponse:
+        if target.kind == "graph":
+            events = self._graph_events(call, target, ex)
+        else:
+            # Opening the stream may wait (queueing middleware, a slow prefill before the
+            # server's headers): a client that leaves meanwhile cancels it too.
+            response = await until_disconnect(
+                request.receive, self.pipe.acall(call.request, backend=target.backend)
+            )
+            events = self._backend_events(call, target, response, ex)
+        return EventStreamResponse(
+            events,
+            headers=list(ex.headers.items()),
+            on_disconnect=ex.left,
+            context=contextvars.copy_context(),  # the request span is current here
+        )
+
+    def _chunk(self, call: Call, model: str, text: str, finish: str | None, lps: Any) -> bytes:
+        if call.request.kind == "chat":
+            return chat_chunk(call, model, text=text, finish_reason=finish, logprobs=lps)
+        return completion_chunk(call, model, text=text, finish_reason=finish, logprobs=lps)
+
+    async def _backend_events(
+        self, call: Call, target: Target, response: Response, ex: _Exchange
+    ) -> AsyncGenerator[bytes, None]:
+        chat = call.request.kind == "chat"
+        model = target.model
+        stream = response.stream
+        first = True
+        try:
+            if chat:
+                yield chat_chunk(call, model, role=True)
+            if stream is None:  # answered whole (e.g. a cache hit): one chunk
+                final = response
+                ex.gw.metrics.ttft.labels(ex.route, model).observe(
+                    time.perf_counter() - ex.started
+                )
+                yield self._chunk(call, model, final.text, final.finish_reason,
+                                  final.logprobs or ())
+            else:
+                async for chunk in stream:
+                    if first and chunk.text:
+                        first = False
+                        ex.gw.metrics.ttft.labels(ex.route, model).observe(
+                            time.perf_counter() - ex.started
+                        )
+                    yield self._chunk(call, model, chunk.text, chunk.finish_reason,
+                                      chunk.logprobs)
+                done = stream.response
+                assert done is not None
+                final = done
+            if call.include_usage:
+                yield usage_chunk(call, model, final.usage, chat=chat)
+            yield DONE
+            ex.ok(final)
+        except Exception as exc:
+            problem = ex.failed(exc)
+            yield error_event(problem.body())
+            yield DONE
+        finally:
+            if stream is not None:
+                await stream.aclose()
+
+    async def _graph_events(
+        self, call: Call, target: Target, ex: _Exchange
+    ) -> AsyncGenerator[bytes, None]:
+        model = target.model
+        runs = self.pipe.astream(
+            call.request.last_user_text, user=call.request.user, tenant=call.request.tenant
+        )
+        streamed = False
+        try:
+            yield chat_chunk(call, model, role=True)
+            result: Result | None = None
+            async for ev in runs:
+                if isinstance(ev, TokenEvent) and ev.step in self._sinks and ev.text:
+                    if not streamed:
+                        streamed = True
+                        ex.gw.metrics.ttft.labels(ex.route, model).observe(
+                            time.perf_counter() - ex.started
+                        )
+                    yield chat_chunk(call, model, text=ev.text)
+                elif isinstance(ev, Result):
+                    result = ev
+            assert result is not None
+            final = _graph_response(result, model)
+            if not streamed and final.text:  # the last step was a function step
+                yield chat_chunk(call, model, text=final.text)
+            yield chat_chunk(call, model, finish_reason="stop")
+            if call.include_usage:
+                yield usage_chunk(call, model, final.usage, chat=True)
+            yield DONE
+            ex.ok(final)
+        except Exception as exc:
+            problem = ex.failed(exc)
+            yield error_event(problem.body())
+            yield DONE
+        finally:
+            await runs.aclose()  # type: ignore[attr-defined]
+
+
+def _graph_response(result: Result, model: str) -> Response:
+    last = result.hops[-1].response if result.hops else None
+    return Response(
+        text=result.text,
+        model=model,
+        usage=result.usage if result.hops else Usage(),
+        finish_reason="stop",
+        decisions=result.decisions,
+        latency_ms=result.latency_ms,
+        backend=last.backend if last else None,
+        cached=bool(last and last.cached),
+    )
+
+
+def _problem_response(problem: HTTPProblem, headers: dict[str, str]) -> HTTPResponse:
+    return HTTPResponse(
+        dumps(problem.body()),
+        status_code=problem.status,
+        media_type=_JSON,
+        headers={**headers, **problem.headers},
+    )
+
+
+def create_app(pipe: Pipeline, settings: GatewaySpec | None = None) -> Starlette:
+    """The gateway's ASGI app for ``pipe`` (settings default to the spec's ``gateway:``).
+
+    The app owns the pipeline's lifecycle: it starts it on ASGI start-up and closes it on
+    shutdown. ``app.state.gateway`` is the :class:`Gateway` (tests read its metrics).
+    """
+    gw = Gateway(pipe, settings)
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", gw.chat, methods=["POST"]),
+            Route("/v1/completions", gw.completions, methods=["POST"]),
+            Route("/v1/models", gw.list_models, methods=["GET"]),
+            Route("/health", gw.health, methods=["GET"]),
+            Route("/metrics", gw.metrics_text, methods=["GET"]),
+        ],
+        lifespan=gw.lifespan,
+    )
+    app.state.gateway = gw
+    return app

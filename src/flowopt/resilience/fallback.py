@@ -1,0 +1,184 @@
+"""Fallback: when a backend cannot answer, try the next tier, then a stale answer.
+
+Order of resort: the retry layer below already moved to another *replica*; this layer moves
+to another *backend* (a different model or tier, by name), and when every tier failed it
+serves a stale answer if a stale source has one — marked ``stale`` in the response's
+metadata and decisions, never passed off as fresh. Every step is recorded on the span.
+
+What falls back: retryable backend errors (after retries), endpoints cooling down, and
+``RejectedError`` from load shedding (another tier may have room). Never: invalid requests,
+configuration errors, tenant rate limits (the tenant is over budget everywhere), or a
+stream that already delivered text.
+
+Stale sources: any object with ``async def stale_lookup(request) -> Response | None``. The
+built-in :class:`LastGoodAnswers` keeps the last good deterministic answer per (tenant,
+template, request content); a semantic cache can offer itself by putting such an object in
+``PipelineContext.extras["flowopt.stale_source"]`` during its ``setup``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from flowopt.errors import BackendError, ConfigError, RejectedError
+from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
+from flowopt.routing.steer import route_of, with_route
+from flowopt.stream import replay
+from flowopt.types import Request, Response
+
+__all__ = ["Fallback", "LastGoodAnswers", "StaleSource"]
+
+
+@runtime_checkable
+class StaleSource(Protocol):
+    """Something that may hold an old answer to this request."""
+
+    async def stale_lookup(self, request: Request) -> Response | None: ...
+
+
+class LastGoodAnswers:
+    """An in-process LRU of the last good answer per request, for stale fallback only.
+
+    Stores only answers that are safe to repeat: not sampled (temperature <= 0.1), finished
+    normally (``stop``), not themselves stale. Keyed by tenant + template + content hash, so
+    one tenant never gets another's answer.
+    """
+
+    def __init__(self, max_entries: int = 1024, max_age_s: float = 3600.0) -> None:
+        self.max_entries = max_entries
+        self.max_age_s = max_age_s
+        self._items: OrderedDict[str, tuple[float, Response]] = OrderedDict()
+
+    @staticmethod
+    def _key(request: Request) -> str:
+        return f"{request.tenant}|{request.template}|{request.content_hash()}"
+
+    def remember(self, request: Request, response: Response) -> None:
+        t = request.params.temperature
+        if t is None or t > 0.1 or response.finish_reason != "stop":
+            return
+        if response.metadata.get("stale") or response.stream is not None:
+            return
+        key = self._key(request)
+        self._items[key] = (time.monotonic(), response)
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_entries:
+            self._items.popitem(last=False)
+
+    async def stale_lookup(self, request: Request) -> Response | None:
+        hit = self._items.get(self._key(request))
+        if hit is None:
+            return None
+        stored_at, response = hit
+        age = time.monotonic() - stored_at
+        if age > self.max_age_s:
+            return None
+        return response.replace(
+            cached=True,
+            metadata={**response.metadata, "stale": True, "stale_age_s": round(age, 3)},
+            cost=0.0,
+        )
+
+
+def _falls_back(exc: BaseException) -> bool:
+    if isinstance(exc, RejectedError):
+        return exc.reason.startswith("shed")
+    return isinstance(exc, BackendError) and exc.retryable
+
+
+class Fallback(MiddlewareBase):
+    """Options:
+
+    - ``tiers``: backend names to try, in order, after the request's own backend (e.g.
+      ``[strong, default]``). Empty: no tier fallback, only stale answers.
+    - ``stale`` (true): serve a stale answer when every tier failed, if a source has one.
+    - ``stale_answers`` ({max_entries: 1024, max_age_s: 3600}): the built-in source;
+      ``false`` to rely only on a cache's source.
+    """
+
+    name: ClassVar[str] = "fallback"
+    positional: ClassVar[str | None] = "tiers"
+
+    def __init__(
+        self,
+        tiers: Sequence[str] = (),
+        *,
+        stale: bool = True,
+        stale_answers: Mapping[str, Any] | bool = True,
+    ) -> None:
+        if isinstance(tiers, str):
+            tiers = [tiers]
+        self.tiers = list(tiers)
+        self.stale = stale
+        self.last_good: LastGoodAnswers | None = None
+        if stale and stale_answers is not False:
+            opts = dict(stale_answers) if isinstance(stale_answers, Mapping) else {}
+            self.last_good = LastGoodAnswers(**opts)
+        self._sources: list[StaleSource] = [self.last_good] if self.last_good else []
+
+    async def setup(self, ctx: PipelineContext) -> None:
+        unknown = [t for t in self.tiers if t not in ctx.backends]
+        if unknown:
+            raise ConfigError(
+                f"fallback tiers {unknown} are not backends of pipeline {ctx.name!r} "
+                f"(it has {sorted(ctx.backends)})",
+                hint="declare them under `backends:` or fix the names",
+            )
+        source = ctx.extras.get("flowopt.stale_source")
+        if source is not None and isinstance(source, StaleSource):
+            self._sources.insert(0, source)
+
+    def _chain(self, request: Request) -> list[str | None]:
+        first = route_of(request)
+        rest: list[str | None] = [t for t in self.tiers if t != first]
+        return [first, *rest]
+
+    async def __call__(self, request: Request, call_next: CallNext) -> Response:
+        path: list[dict[str, Any]] = []
+        last: BaseException | None = None
+        for i, tier in enumerate(self._chain(request)):
+            attempt = request if i == 0 or tier is None else with_route(request, tier)
+            try:
+                response = await call_next(attempt)
+            except (BackendError, RejectedError) as exc:
+                if not _falls_back(exc):
+                    raise
+                path.append({"backend": tier or "(own)", "error": exc.code})
+                last = exc
+                continue
+            return self._served(request, response, tier, path)
+        assert last is not None
+        if self.stale:
+            for source in self._sources:
+                old = await source.stale_lookup(request)
+                if old is not None:
+                    if request.stream:
+                        old = replay(old)
+                    return old.with_decision(
+                        self.decision(
+                            "stale",
+                            path=path,
+                            stale_age_s=old.metadata.get("stale_age_s"),
+                            reason=str(getattr(last, "code", type(last).__name__)),
+                        )
+                    )
+        last.add_note(f"flowopt.fallback: every tier failed: {path}")
+        raise last
+
+    def _served(
+        self, request: Request, response: Response, tier: str | None, path: list[dict[str, Any]]
+    ) -> Response:
+        if self.last_good is not None:
+            if response.stream is not None and not response.stream.done:
+                lg = self.last_good
+                response.stream.on_complete(lambda final: lg.remember(request, final))
+            else:
+                self.last_good.remember(request, response)
+        if path:
+            response = response.with_decision(
+                self.decision("fell_back", path=path, served_by=tier or "(own)")
+            )
+        return response

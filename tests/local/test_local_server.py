@@ -1,0 +1,219 @@
+"""LocalServer against a fake vLLM: state file, stale pids, failures, safe stopping."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flowopt.local import server as srv
+from flowopt.local.errors import LocalServerError, PortInUseError, ServerStartError
+from flowopt.local.server import LocalServer, ServerConfig, ServerState, find_free_port
+
+
+def _config(fake_python: str, model_dir: Path, port: int, **kw: object) -> ServerConfig:
+    return ServerConfig(
+        model=str(model_dir), port=port, python=fake_python, served_name="tiny", **kw
+    )  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def running(home: Path, fake_python: str, model_dir: Path) -> Iterator[LocalServer]:
+    port = find_free_port()
+    server = LocalServer(port, home=home)
+    server.start(_config(fake_python, model_dir, port), timeout=30)
+    yield server
+    server.stop(timeout=5)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def _state(home: Path, pid: int, port: int = 8123, **kw: object) -> ServerState:
+    fields: dict[str, object] = dict(
+        pid=pid,
+        port=port,
+        host="127.0.0.1",
+        base_url=f"http://127.0.0.1:{port}",
+        model="smollm2",
+        model_dir="/m",
+        served_name="smollm2",
+        log_path=str(home / "logs" / "x.log"),
+        started_at=time.time(),
+    )
+    fields.update(kw)
+    return ServerState(**fields)  # type: ignore[arg-type]
+
+
+def _write(home: Path, state: ServerState) -> None:
+    (home / "servers").mkdir(exist_ok=True)
+    (home / "servers" / f"{state.port}.json").write_text(state.to_json())
+
+
+def test_state_round_trips(home: Path) -> None:
+    state = _state(home, 123, argv=("python", "-m", "x"), proc_start_ticks=42)
+    assert ServerState.from_json(state.to_json()) == state
+
+
+def test_state_ignores_unknown_fields(home: Path) -> None:
+    data = json.loads(_state(home, 1).to_json()) | {"future_field": 1}
+    assert ServerState.from_json(json.dumps(data)).pid == 1
+
+
+def test_status_when_nothing_is_recorded(home: Path) -> None:
+    st = LocalServer(8123, home=home).status()
+    assert (st.label, st.running, st.healthy) == ("down", False, False)
+    assert st.to_dict()["state"] is None
+
+
+def test_corrupt_state_file_is_reported(home: Path) -> None:
+    (home / "servers").mkdir()
+    (home / "servers" / "8123.json").write_text("{not json")
+    with pytest.raises(LocalServerError, match="unreadable") as info:
+        LocalServer(8123, home=home).status()
+    assert "delete" in str(info.value)
+
+
+def test_stale_pid_is_reported_and_cleared(home: Path) -> None:
+    _write(home, _state(home, _dead_pid()))
+    server = LocalServer(8123, home=home)
+    st = server.status()
+    assert st.label == "stale" and not st.running
+    assert server.stop() is False  # nothing to kill...
+    assert server.read_state() is None  # ...but the stale file is gone
+
+
+def test_a_recycled_pid_is_never_killed(home: Path) -> None:
+    """Our own pid stands in for a pid the kernel gave to an unrelated process."""
+    _write(home, _state(home, os.getpid()))
+    server = LocalServer(8123, home=home)
+    assert server.status().label == "stale"
+    assert server.stop() is False  # and we are still alive to assert it
+
+
+def test_start_time_mismatch_means_not_ours(home: Path) -> None:
+    port = find_free_port()
+    code = "import time; time.sleep(60)"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, srv.ENTRY_MODULE, "--port", str(port)],
+        start_new_session=True,
+    )
+    try:
+        ticks = srv._proc_start_ticks(proc.pid)
+        assert ticks is not None
+        assert srv._is_our_server(_state(home, proc.pid, port, proc_start_ticks=ticks))
+        assert not srv._is_our_server(_state(home, proc.pid, port, proc_start_ticks=ticks + 1))
+        assert not srv._is_our_server(_state(home, proc.pid, port + 1, proc_start_ticks=ticks))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_start_status_stop(running: LocalServer, home: Path) -> None:
+    state = running.read_state()
+    assert state is not None
+    assert state.served_name == "tiny" and state.port == running.port
+    assert state.base_url == f"http://127.0.0.1:{running.port}"
+    assert Path(state.log_path).read_text().startswith("fake vllm starting")
+    assert "--dtype float32 --enforce-eager" in " ".join(state.argv)
+    st = running.status()
+    assert (st.label, st.models) == ("up", ("tiny",))
+    assert [s.port for s in LocalServer.all(home)] == [running.port]
+
+    assert running.stop(timeout=5) is True
+    assert running.read_state() is None
+    assert not srv._group_alive(state.pid)
+    assert running.status().label == "down"
+
+
+def test_start_is_idempotent(running: LocalServer, fake_python: str, model_dir: Path) -> None:
+    first = running.read_state()
+    again = running.start(_config(fake_python, model_dir, running.port), timeout=10)
+    assert again == first
+
+
+def test_state_is_found_by_another_manager(running: LocalServer, home: Path) -> None:
+    """`flowopt backend status` runs in a new process: only the state file links them."""
+    other = LocalServer(running.port, home=home)
+    assert other.status().label == "up"
+    assert other.stop(timeout=5) is True
+
+
+def test_port_in_use(home: Path, fake_python: str, model_dir: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(PortInUseError) as info:
+            LocalServer(port, home=home).start(_config(fake_python, model_dir, port))
+    assert f"port {port}" in str(info.value) and "--port" in str(info.value)
+
+
+def test_crash_during_start_shows_the_log_tail(
+    home: Path, fake_python: str, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_VLLM_MODE", "crash")
+    port = find_free_port()
+    server = LocalServer(port, home=home)
+    with pytest.raises(ServerStartError) as info:
+        server.start(_config(fake_python, model_dir, port), timeout=30)
+    text = str(info.value)
+    assert "exited with code 3" in text
+    assert "pretend the engine ran out of memory" in text  # the cause, from the log
+    assert "memory" in (info.value.hint or "")
+    assert server.read_state() is None
+
+
+def test_start_timeout_kills_the_process(
+    home: Path, fake_python: str, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_VLLM_MODE", "hang")
+    port = find_free_port()
+    server = LocalServer(port, home=home)
+    with pytest.raises(ServerStartError, match="did not serve 'tiny' within 2 s"):
+        server.start(_config(fake_python, model_dir, port), timeout=2)
+    assert server.read_state() is None
+    assert server._proc is not None and server._proc.poll() is not None
+
+
+def test_missing_model_dir_fails_before_spawning(home: Path, tmp_path: Path) -> None:
+    from flowopt.local.errors import ModelNotFoundError
+
+    port = find_free_port()
+    with pytest.raises(ModelNotFoundError):
+        LocalServer(port, home=home).start(ServerConfig(model=str(tmp_path / "gone"), port=port))
+    assert not (home / "servers" / f"{port}.json").exists()
+
+
+def test_extra_args_and_env(tmp_path: Path) -> None:
+    cfg = ServerConfig(
+        model="smollm2",
+        port=9000,
+        max_model_len=4096,
+        kv_cache_gib=2,
+        extra_args=srv.split_extra_args(["--no-enable-prefix-caching", "--max-num-seqs 8"]),
+    )
+    argv = cfg.argv(tmp_path)
+    assert argv[1:3] == ["-m", srv.ENTRY_MODULE]
+    assert argv[-3:] == ["--no-enable-prefix-caching", "--max-num-seqs", "8"]
+    assert argv[argv.index("--max-model-len") + 1] == "4096"
+    assert argv[argv.index("--served-model-name") + 1] == "smollm2"
+    env = cfg.env(tmp_path / "cache")
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert env["HF_HUB_OFFLINE"] == env["TRANSFORMERS_OFFLINE"] == "1"
+    assert env["VLLM_NO_USAGE_STATS"] == env["DO_NOT_TRACK"] == "1"
+    assert env["VLLM_CACHE_ROOT"] == str(tmp_path / "cache")
+
+
+def test_served_name_defaults_to_dir_name(model_dir: Path) -> None:
+    assert ServerConfig(model=str(model_dir)).resolved_served_name() == "tiny-model"
