@@ -45,7 +45,7 @@ def _node(step: StepSpec, run: NodeFn) -> Callable[..., Awaitable[dict[str, Any]
 
 def _router(route: RouteSpec) -> Callable[[dict[str, Any]], str]:
     def pick(state: dict[str, Any]) -> str:
-        target = route.pick(state.get(route.on, ""))
+        target = route.pick(state.get(route.key, ""))
         return END if target == "END" else target
 
     return pick

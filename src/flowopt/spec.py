@@ -169,11 +169,14 @@ class StepSpec(_Frozen):
 
 
 class RouteSpec(_Frozen):
-    """Conditional routing after step ``source``: read state key ``on`` and go to the step
+    """Conditional routing after step ``source``: read state key ``key`` and go to the step
     named by the first matching case; ``default`` otherwise (or end the run)."""
 
     source: str = Field(alias="from", description="The step after which to branch.")
-    on: str = Field(description="State key whose value picks the branch.")
+    key: str = Field(
+        description="State key whose value picks the branch. (Not 'on': YAML 1.1 reads a bare "
+        "'on' as the boolean true.)"
+    )
     cases: dict[str, str] = Field(description="value -> next step name ('END' ends the run).")
     default: str | None = Field(None, description="Next step when no case matches.")
     match: Literal["exact", "contains"] = Field(
@@ -182,6 +185,13 @@ class RouteSpec(_Frozen):
         "appears in the value (LLM output is rarely one clean word).",
     )
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_trap(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and (True in data or "on" in data):
+            raise ValueError("routes use 'key:' for the state key ('on' reads as true in YAML)")
+        return data
 
     def pick(self, value: Any) -> str:
         text = str(value).strip().lower()

@@ -53,7 +53,7 @@ def test_routes_pick_branch() -> None:
         routes=[
             {
                 "from": "classify",
-                "on": "topic",
+                "key": "topic",
                 "cases": {"billing": "billing"},
                 "default": "general",
             }

@@ -143,3 +143,12 @@ def test_json_schema_exported() -> None:
 def test_public_api_is_exported() -> None:
     for name in flowopt.__all__:
         assert hasattr(flowopt, name), name
+
+
+def test_yaml_on_key_trap_is_explained() -> None:
+    data = yaml.safe_load(
+        "backend: {fake: {}}\nsteps: [{name: a, prompt: x}, {name: b, prompt: y}]\n"
+        "routes:\n  - from: a\n    on: a\n    cases: {x: b}\n"
+    )
+    with pytest.raises(SpecError, match="use 'key:'"):
+        parse_spec(data)

@@ -63,6 +63,7 @@ __all__ = [
 
 DEFAULT_PORT = 8000
 ENTRY_MODULE = "vllm.entrypoints.openai.api_server"
+PYTHON_ENV = "FLOWOPT_VLLM_PYTHON"
 _POLL_S = 1.0
 
 
@@ -111,7 +112,9 @@ class ServerConfig:
     extra_args: tuple[str, ...] = ()
     """Passed to vLLM verbatim, e.g. ``("--no-enable-prefix-caching",)`` or
     ``("--speculative-config", '{"method": "ngram", ...}')``."""
-    python: str = field(default_factory=lambda: sys.executable)
+    python: str = field(default_factory=lambda: os.environ.get(PYTHON_ENV) or sys.executable)
+    """Interpreter that has vLLM installed: ``$FLOWOPT_VLLM_PYTHON`` (e.g. vLLM kept in a
+    venv of its own), else the one running flowopt."""
 
     def resolved_served_name(self) -> str:
         if self.served_name:
