@@ -184,7 +184,7 @@ def test_metrics_count_requests_tokens_and_sheds(live_gateway: LiveGateway) -> N
     assert tokens.format(live_gateway.model) in text
     assert "flowopt_gateway_request_duration_seconds_bucket" in text
     assert "flowopt_gateway_time_to_first_token_seconds_bucket" in text
-    assert 'flowopt_gateway_routes_total{backend="default"}' in text
+    assert 'flowopt_gateway_routes_total{backend="vllm"}' in text
 
 
 def test_health(live_gateway: LiveGateway) -> None:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from flowopt import Request, Use, pipeline, registry
 from flowopt.cli import cli
 from flowopt.errors import BackendUnavailable, ConfigError
-from flowopt.middleware.base import build_stack, traced_backend
+from flowopt.middleware.base import Handler, build_stack, traced_backend
 from flowopt.testing import FakeBackend, SpanCapture, run_middleware_conformance
 
 from flowopt_redact import Redact
@@ -20,8 +20,14 @@ SECRET = "Mail jane.doe@example.com or call +44 20 7946 0958 about order #12345.
 REDACTED = "Mail [EMAIL] or call [PHONE] about order #12345."
 
 
-def _stack(mw: Any, backend: FakeBackend) -> Any:
-    return build_stack([("redact", mw)], traced_backend(backend, name="fake"))
+def _terminal(backend: FakeBackend) -> Handler:
+    # FakeBackend declares ``provider`` as a ClassVar while the Backend protocol declares
+    # an instance attribute, so mypy rejects it although it works (reported to core).
+    return traced_backend(backend, name="fake")  # type: ignore[arg-type]
+
+
+def _stack(mw: Any, backend: FakeBackend) -> Handler:
+    return build_stack([("redact", mw)], _terminal(backend))
 
 
 async def test_conformance() -> None:
@@ -131,9 +137,7 @@ async def test_backend_error_propagates_typed() -> None:
 
 async def test_redacting_twice_is_a_no_op() -> None:
     backend = FakeBackend()
-    stack = build_stack(
-        [("redact", Redact()), ("again", Redact())], traced_backend(backend, name="fake")
-    )
+    stack = build_stack([("redact", Redact()), ("again", Redact())], _terminal(backend))
     resp = await stack(Request.chat(SECRET))
     assert [d.action for d in resp.decisions] == ["clean", "redacted"]  # inner one first
     assert backend.calls[0].messages[0].content == REDACTED
@@ -198,5 +202,3 @@ async def test_in_a_python_pipeline() -> None:
         result = await pipe.ainvoke(SECRET)
     assert result.text == f"echo: Customer says: {REDACTED}"
     assert [(d.middleware, d.action) for d in result.decisions] == [("redact", "redacted")]
-
-

@@ -43,6 +43,27 @@ STOPWORDS = frozenset(
     "get got one s t just very more most much many also ? . , ! ' \" ( ) : ; -".split()
 )
 COMPARATIVES = frozenset("best worst better worse most least top first last".split())
+ANTONYMS: frozenset[frozenset[str]] = frozenset(
+    frozenset(pair.split("/"))
+    for pair in (
+        "minimize/maximize min/max increase/decrease increase/reduce rise/fall gain/lose "
+        "buy/sell before/after start/stop start/end begin/end pros/cons advantage/disadvantage "
+        "advantages/disadvantages best/worst good/bad better/worse more/less most/least "
+        "high/low higher/lower up/down in/out on/off open/close positive/negative "
+        "true/false right/wrong easy/hard easy/difficult cheap/expensive old/new young/old "
+        "male/female man/woman men/women boy/girl boys/girls husband/wife love/hate like/dislike "
+        "win/lose won/lost pass/fail import/export inside/outside import/importing hot/cold "
+        "fast/slow big/small large/small long/short rich/poor past/future first/last "
+        "legal/illegal possible/impossible safe/unsafe always/never all/none add/remove "
+        "upload/download send/receive give/take push/pull north/south east/west"
+    ).split()
+)
+DEICTIC = frozenset("this these that those above below attached following".split())
+NUMBER_WORDS = {
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "seven": "7", "eight": "8", "nine": "9", "ten": "10", "hundred": "100",
+    "thousand": "1000", "million": "1000000", "billion": "1000000000",
+}
 _NEG_SUFFIX = "n't"
 
 
@@ -60,6 +81,8 @@ class TextInfo:
     trigrams: frozenset[str]
     comparatives: frozenset[str]
     n_chars: int
+    order: tuple[str, ...]
+    deictic: bool
 
 
 def _stem(word: str) -> str:
@@ -78,7 +101,15 @@ def text_info(text: str) -> TextInfo:
     content = frozenset(_stem(t) for t in tokens if t not in STOPWORDS and t.isalnum())
     qwords = frozenset(t for t in tokens if t in QUESTION_WORDS)
     negations = sum(1 for t in tokens if t in NEGATIONS or t.endswith(_NEG_SUFFIX))
-    numbers = frozenset(n.replace(",", "") for n in _NUMBER.findall(text))
+    numbers = frozenset(
+        [n.replace(",", "") for n in _NUMBER.findall(text)]
+        + [NUMBER_WORDS[t] for t in tokens if t in NUMBER_WORDS and t != "one"]
+    )
+    order = tuple(_stem(t) for t in tokens if t not in STOPWORDS and t.isalnum())
+    deictic = any(
+        t in DEICTIC and i + 1 < len(tokens) and tokens[i + 1] not in STOPWORDS
+        for i, t in enumerate(tokens)
+    )
     entities: set[str] = set()
     for match in _CAP.finditer(text):
         start = match.start()
@@ -102,6 +133,8 @@ def text_info(text: str) -> TextInfo:
         trigrams=trigrams,
         comparatives=frozenset(t for t in tokens if t in COMPARATIVES),
         n_chars=len(text),
+        order=order,
+        deictic=deictic,
     )
 
 
@@ -134,7 +167,48 @@ HAND_FEATURES: tuple[str, ...] = (
     "log_len_diff",
     "token_len_ratio",
     "exact_lower",
+    "order_discordance",
+    "swap",
+    "antonym",
+    "deictic_any",
+    "deictic_both",
+    "unmatched_edit_max",
+    "unmatched_len_max",
+    "unmatched_digit",
 )
+
+
+def _discordance(a: tuple[str, ...], b: tuple[str, ...]) -> float:
+    """Share of shared-word pairs whose order differs ("cats fear tigers" vs "tigers fear
+    cats"): 0 when the shared words appear in the same order."""
+    pos_b: dict[str, int] = {}
+    for i, w in enumerate(b):
+        pos_b.setdefault(w, i)
+    seq = []
+    seen: set[str] = set()
+    for w in a:
+        if w in pos_b and w not in seen:
+            seen.add(w)
+            seq.append(pos_b[w])
+    n = len(seq)
+    if n < 2:
+        return 0.0
+    bad = sum(1 for i in range(n) for j in range(i + 1, n) if seq[i] > seq[j])
+    return bad / (n * (n - 1) / 2)
+
+
+def _edit_sim(a: str, b: str) -> float:
+    """Similarity of two words from their longest common prefix and suffix (cheap)."""
+    if not a or not b:
+        return 0.0
+    n = min(len(a), len(b))
+    pre = 0
+    while pre < n and a[pre] == b[pre]:
+        pre += 1
+    suf = 0
+    while suf < n - pre and a[-1 - suf] == b[-1 - suf]:
+        suf += 1
+    return (pre + suf) / max(len(a), len(b))
 
 
 def hand_features(a: TextInfo, b: TextInfo, cos: float) -> list[float]:
@@ -144,6 +218,12 @@ def hand_features(a: TextInfo, b: TextInfo, cos: float) -> list[float]:
     ent_sym = a.entities ^ b.entities
     la, lb = max(a.n_chars, 1), max(b.n_chars, 1)
     ta, tb = max(len(a.tokens), 1), max(len(b.tokens), 1)
+    disc = _discordance(a.order, b.order)
+    ua, ub = a.content - b.content, b.content - a.content
+    unmatched = ua | ub
+    antonym = any(frozenset((x, y)) in ANTONYMS for x in ua for y in ub)
+    edit_max = max((_edit_sim(x, y) for x in ua for y in ub), default=0.0)
+    len_max = max((len(w) for w in unmatched), default=0)
     return [
         cos,
         cos * cos,
@@ -167,6 +247,14 @@ def hand_features(a: TextInfo, b: TextInfo, cos: float) -> list[float]:
         abs(float(np.log(la / lb))),
         min(ta, tb) / max(ta, tb),
         1.0 if a.tokens == b.tokens else 0.0,
+        disc,
+        1.0 if (a.content == b.content and disc > 0) else 0.0,
+        1.0 if antonym else 0.0,
+        1.0 if (a.deictic or b.deictic) else 0.0,
+        1.0 if (a.deictic and b.deictic) else 0.0,
+        edit_max,
+        float(min(len_max, 15)),
+        1.0 if any(ch.isdigit() for w in unmatched for ch in w) else 0.0,
     ]
 
 

@@ -112,7 +112,7 @@ class _Exchange:
         if self.done:
             return problem
         kind = error_kind(exc)
-        if problem.status >= 500 and not isinstance(exc, HTTPProblem):
+        if problem.status >= 500 and not isinstance(exc, HTTPProblem | RejectedError):
             _log.error("request %s failed: %s", self.headers["x-request-id"], kind,
                        exc_info=exc if kind == "internal" else None)
         if isinstance(exc, RejectedError):
