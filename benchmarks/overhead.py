@@ -90,8 +90,9 @@ async def hop_cost(n_mw: int = 10, calls: int = 20000, traced: bool = False) -> 
     }
 
 
-async def _bare_openai(base_url: str, model: str, prompts: list[str], conc: int,
-                       max_tokens: int) -> tuple[float, int]:
+async def _bare_openai(
+    base_url: str, model: str, prompts: list[str], conc: int, max_tokens: int
+) -> tuple[float, int]:
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=base_url.rstrip("/") + "/v1", api_key="none", max_retries=0)
@@ -102,8 +103,10 @@ async def _bare_openai(base_url: str, model: str, prompts: list[str], conc: int,
         nonlocal tokens
         async with sem:
             r = await client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": p}],
-                temperature=0, max_tokens=max_tokens,
+                model=model,
+                messages=[{"role": "user", "content": p}],
+                temperature=0,
+                max_tokens=max_tokens,
             )
             tokens += r.usage.completion_tokens if r.usage else 0
 
@@ -121,8 +124,9 @@ async def _flowopt(pipe: Any, prompts: list[str], conc: int) -> tuple[float, int
     return el, sum(r.usage.output_tokens for r in results)
 
 
-async def throughput(base_url: str, model: str, n: int, max_tokens: int,
-                     levels: list[int], rounds: int) -> list[dict[str, float]]:
+async def throughput(
+    base_url: str, model: str, n: int, max_tokens: int, levels: list[int], rounds: int
+) -> list[dict[str, float]]:
     pipe = pipeline(
         "overhead",
         backend={"vllm": {"base_url": base_url, "model": model}},
@@ -182,15 +186,20 @@ def main() -> None:
     trace.set_tracer_provider(provider)
     r = asyncio.run(hop_cost(calls=args.calls, traced=True))
     report["hop"].append(r)
-    print(f"  traced (SDK, batch processor): p50 {r['hop_p50_us']:.2f} us  "
-          f"p99 {r['hop_p99_us']:.2f} us per hop")
+    print(
+        f"  traced (SDK, batch processor): p50 {r['hop_p50_us']:.2f} us  "
+        f"p99 {r['hop_p99_us']:.2f} us per hop"
+    )
     if args.base_url:
-        print(f"(b) throughput vs bare openai client, {args.requests} requests x "
-              f"{args.rounds} rounds, max_tokens {args.max_tokens}")
+        print(
+            f"(b) throughput vs bare openai client, {args.requests} requests x "
+            f"{args.rounds} rounds, max_tokens {args.max_tokens}"
+        )
         levels = [int(x) for x in args.levels.split(",")]
         report["throughput"] = asyncio.run(
-            throughput(args.base_url, args.model, args.requests, args.max_tokens, levels,
-                       args.rounds)
+            throughput(
+                args.base_url, args.model, args.requests, args.max_tokens, levels, args.rounds
+            )
         )
         ratios = [row["req_ratio"] for row in report["throughput"]]
         print(f"  median req/s ratio {statistics.median(ratios):.3f}")

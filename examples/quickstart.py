@@ -21,8 +21,11 @@ pipe = pipeline(
     defaults={"temperature": 0, "max_tokens": 48},
     steps=[
         {"name": "answer", "system": "Answer in one sentence.", "prompt": "{input}"},
-        {"name": "title", "prompt": "Give a three-word title for: {answer}",
-         "params": {"max_tokens": 12}},
+        {
+            "name": "title",
+            "prompt": "Give a three-word title for: {answer}",
+            "params": {"max_tokens": 12},
+        },
     ],
 )
 
@@ -32,8 +35,14 @@ async def main() -> None:
     r = await pipe.ainvoke("Why is the sky blue?", user="alice")
     print("answer:", r.outputs["answer"].strip())
     print("title: ", r.text.strip())
-    print("tokens:", r.usage.input_tokens, "in /", r.usage.output_tokens, "out;",
-          f"{r.latency_ms:.0f} ms")
+    print(
+        "tokens:",
+        r.usage.input_tokens,
+        "in /",
+        r.usage.output_tokens,
+        "out;",
+        f"{r.latency_ms:.0f} ms",
+    )
 
     # streamed: tokens as they arrive, then the result
     async for ev in pipe.astream("What is a rainbow?"):
@@ -43,8 +52,7 @@ async def main() -> None:
             print(f"\n(first token after {ev.ttft_ms:.0f} ms)")
 
     # many inputs at once: keeps vLLM's continuous batching full
-    results = await pipe.abatch(["What is fog?", "What is hail?", "What is dew?"],
-                                concurrency=8)
+    results = await pipe.abatch(["What is fog?", "What is hail?", "What is dew?"], concurrency=8)
     for res in results:
         assert isinstance(res, Result)
         print("-", res.text.strip())

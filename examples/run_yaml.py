@@ -1,6 +1,6 @@
 """Load a YAML spec, run it, and print the JSON a `flowopt run --json` would print.
 
-    FLOWOPT_BASE_URL=http://127.0.0.1:8000 python examples/run_yaml.py
+FLOWOPT_BASE_URL=http://127.0.0.1:8000 python examples/run_yaml.py
 """
 
 from __future__ import annotations

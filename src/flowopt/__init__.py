@@ -1,11 +1,11 @@
 """flowopt: declarative LLM pipelines on LangGraph with optimization middleware over vLLM.
 
-    from flowopt import pipeline
-    pipe = pipeline("support",
-                    backend={"vllm": {"base_url": "http://127.0.0.1:8000", "model": "smollm2"}},
-                    middleware=["logging"],
-                    steps=[{"name": "answer", "prompt": "Answer briefly: {input}"}])
-    print(pipe.invoke("What is vLLM?", user="alice").text)
+from flowopt import pipeline
+pipe = pipeline("support",
+                backend={"vllm": {"base_url": "http://127.0.0.1:8000", "model": "smollm2"}},
+                middleware=["logging"],
+                steps=[{"name": "answer", "prompt": "Answer briefly: {input}"}])
+print(pipe.invoke("What is vLLM?", user="alice").text)
 """
 
 from flowopt.backends.base import Backend, ModelInfo

@@ -228,7 +228,9 @@ class IncompleteStream(BackendError):
     code = "flowopt.backend.incomplete_stream"
     retryable = True
 
-    def __init__(self, message: str, *, endpoint: str, partial_text: str = "", **kw: object) -> None:
+    def __init__(
+        self, message: str, *, endpoint: str, partial_text: str = "", **kw: object
+    ) -> None:
         self.partial_text = partial_text
         super().__init__(message, endpoint=endpoint, **kw)  # type: ignore[arg-type]
 

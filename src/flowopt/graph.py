@@ -11,6 +11,7 @@ pipeline (``call_llm`` / ``call_function``), which owns the middleware stacks.
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypedDict
@@ -32,7 +33,7 @@ def state_schema(spec: PipelineSpec) -> type:
     for s in spec.steps:
         fields[s.output_key] = Any
     fields["_trail"] = Annotated[list, operator.add]
-    return TypedDict(f"{spec.name.title().replace('-', '')}State", fields, total=False)  # type: ignore[operator]
+    return TypedDict(f"{spec.name.title().replace('-', '')}State", fields, total=False)  # type: ignore[operator, no-any-return]
 
 
 def _node(step: StepSpec, run: NodeFn) -> Callable[..., Awaitable[dict[str, Any]]]:
@@ -63,7 +64,7 @@ def build_graph(spec: PipelineSpec, run: NodeFn, *, checkpointer: Any = None) ->
     if spec.edges is None:
         graph.add_edge(START, names[0])
         if not spec.routes:
-            for a, b in zip(names, names[1:], strict=False):
+            for a, b in itertools.pairwise(names):
                 graph.add_edge(a, b)
                 has_out.add(a)
     else:
@@ -74,9 +75,9 @@ def build_graph(spec: PipelineSpec, run: NodeFn, *, checkpointer: Any = None) ->
             graph.add_edge(START if a == "START" else a, END if b == "END" else b)
             has_out.add(a)
     for route in spec.routes:
-        targets = {t: (END if t == "END" else t) for t in route.cases.values()}
-        targets[route.default or "END"] = END if (route.default or "END") == "END" else route.default
-        path_map = {k: v for k, v in targets.items()}
+        path_map: dict[str, str] = {t: (END if t == "END" else t) for t in route.cases.values()}
+        if route.default and route.default != "END":
+            path_map[route.default] = route.default
         path_map[END] = END
         graph.add_conditional_edges(route.source, _router(route), path_map)  # type: ignore[arg-type]
     for n in names:
@@ -92,7 +93,7 @@ def _check_reachable(spec: PipelineSpec) -> None:
     if spec.edges is None:
         nxt["START"].add(names[0])
         if not spec.routes:
-            for a, b in zip(names, names[1:], strict=False):
+            for a, b in itertools.pairwise(names):
                 nxt[a].add(b)
     else:
         if not any(a == "START" for a, _ in spec.edges):

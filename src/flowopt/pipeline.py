@@ -36,8 +36,8 @@ from flowopt.middleware.base import (
     Use,
     build_stack,
 )
-from flowopt.routing.steer import steered_backend
 from flowopt.result import Hop, Result, StepEvent, TokenEvent
+from flowopt.routing.steer import steered_backend
 from flowopt.spec import PipelineSpec, StepSpec, load_spec, parse_spec
 from flowopt.tracing import configure_tracing, get_tracer, record_error
 from flowopt.types import Message, Params, Request, Response
@@ -186,7 +186,8 @@ class Pipeline:
 
     def __repr__(self) -> str:
         mws = ", ".join(n for n, _ in self._middleware)
-        return f"Pipeline({self.name!r}, steps={[s.name for s in self.spec.steps]}, middleware=[{mws}])"
+        steps = [s.name for s in self.spec.steps]
+        return f"Pipeline({self.name!r}, steps={steps}, middleware=[{mws}])"
 
     def to_yaml(self) -> str:
         return self.spec.to_yaml()

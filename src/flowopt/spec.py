@@ -230,13 +230,18 @@ class GatewaySpec(_Frozen):
         description="tenant -> API key (write ${ENV_VAR}). When set, every request needs "
         "'Authorization: Bearer <key>' and the key decides the tenant.",
     )
-    host: str = Field(default="127.0.0.1", description="Interface `flowopt serve` binds by default.")
-    port: int = Field(default=8000, ge=0, le=65535, description="Port `flowopt serve` binds by default.")
+    host: str = Field(
+        default="127.0.0.1", description="Interface `flowopt serve` binds by default."
+    )
+    port: int = Field(
+        default=8000, ge=0, le=65535, description="Port `flowopt serve` binds by default."
+    )
     expose_graph: bool = Field(
         default=True, description="Also serve the multi-step graph as a model (named graph_model)."
     )
     graph_model: str | None = Field(
-        default=None, description="Model name that runs the whole graph (default: the pipeline name)."
+        default=None,
+        description="Model name that runs the whole graph (default: the pipeline name).",
     )
 
     @field_validator("api_keys")
@@ -287,7 +292,7 @@ class PipelineSpec(_Frozen):
         None, description="[from, to] pairs; omitted: steps run in order."
     )
     routes: tuple[RouteSpec, ...] = ()
-    tracing: TracingSpec = Field(default_factory=TracingSpec)
+    tracing: TracingSpec = Field(default_factory=lambda: TracingSpec())
     gateway: GatewaySpec | None = Field(default=None, description="`flowopt serve` settings.")
     version: int = 1
 
@@ -372,7 +377,9 @@ class PipelineSpec(_Frozen):
         if self.edges is not None:
             out["edges"] = [list(e) for e in self.edges]
         if self.routes:
-            out["routes"] = [r.model_dump(by_alias=True, exclude_defaults=True) for r in self.routes]
+            out["routes"] = [
+                r.model_dump(by_alias=True, exclude_defaults=True) for r in self.routes
+            ]
         tracing = self.tracing.model_dump(exclude_defaults=True)
         if tracing:
             out["tracing"] = tracing

@@ -192,9 +192,7 @@ class Request:
                     "top_logprobs, response_format, extra",
                 ) from None
         if not isinstance(self.messages, tuple):
-            object.__setattr__(
-                self, "messages", tuple(Message.parse(m) for m in self.messages)
-            )
+            object.__setattr__(self, "messages", tuple(Message.parse(m) for m in self.messages))
         if self.prompt is None and not self.messages:
             raise InvalidRequestError(
                 "a request needs messages (chat) or a prompt (completion)",

@@ -8,6 +8,8 @@ purpose (how a load shedder or tenant limit answers), so the tests can check ten
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import ClassVar
 
 from flowopt.errors import RejectedError
@@ -56,3 +58,59 @@ class LiveGateway:
         self.other_key = OTHER_KEY
 
 
+
+
+class TcpRelay:
+    """A real TCP relay between the gateway and vLLM that reports who hung up first.
+
+    ``gateway_hung_up`` is set when the gateway side closes its connection while vLLM is
+    still sending: the observable proof that the gateway abandoned the backend request
+    (vLLM aborts a request whose connection closes).
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        self.gateway_hung_up = threading.Event()
+        self.upstream_finished = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.port = 0
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       on_eof: threading.Event, unless: threading.Event) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+                if not unless.is_set():
+                    on_eof.set()  # this side hung up first
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+            ur, uw = await asyncio.open_connection(*self._target)
+            await asyncio.gather(
+                pipe(cr, uw, self.gateway_hung_up, self.upstream_finished),
+                pipe(ur, cw, self.upstream_finished, self.gateway_hung_up),
+                return_exceptions=True,
+            )
+
+        async def main() -> None:
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            async with server:
+                await server.serve_forever()
+
+        self._loop.run_until_complete(main())
+
+    def start(self) -> TcpRelay:
+        self._thread.start()
+        self._ready.wait(10)
+        return self

@@ -25,8 +25,14 @@ def test_example_runs(script: Path, vllm_url: str, served_model: str, redis_url:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         env=env, cwd=ROOT, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert out.returncode == 0, f"{script.name} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
 
 

@@ -54,19 +54,22 @@ async def test_non_retryable_4xx_is_not_retried(proxy, make_pipe) -> None:
 
 
 async def test_retry_goes_to_another_replica_at_once(proxy, proxy2, make_pipe) -> None:
-    """A failed replica is avoided for the retry: the second send goes to the other one."""
-    pipe = make_pipe([proxy.url, proxy2.url], [{"retry": {"attempts": 2, "backoff": {"base": 5}}}])
-    proxy.set_default(Fault.status(503))
-    proxy2.set_default(Fault.status(503))
-    proxy.schedule(Fault.status(500))
-    proxy2.schedule(Fault.status(500))
-    proxy.set_default(Fault.ok())
-    proxy2.set_default(Fault.ok())
-    # whichever replica gets the first send fails; the retry must land on the other one
-    resp = await pipe.acall(chat())
-    assert resp.text
-    assert proxy.count() + proxy2.count() == 2
-    assert proxy.count() == 1 and proxy2.count() == 1
+    """A failed replica is avoided for the retry: the next send goes to the other replica
+    without the (deliberately huge) backoff."""
+    pipe = make_pipe(
+        [proxy.url, proxy2.url],
+        [{"retry": {"attempts": 2, "backoff": {"base": 600, "cap": 600}}}],
+    )
+    proxy.set_default(Fault.status(500))
+    retried = 0
+    for i in range(4):
+        resp = await pipe.acall(chat(f"Say hi {i}"))
+        assert resp.text
+        assert resp.endpoint == proxy2.url
+        retried += sum(1 for d in resp.decisions if d.middleware == "retry")
+    assert proxy.count() >= 1, "least-outstanding balancing sent some first sends to A"
+    assert retried == proxy.count()
+    assert proxy2.count() == 4
     await pipe.aclose()
 
 

@@ -21,9 +21,7 @@ REDACTED = "Mail [EMAIL] or call [PHONE] about order #12345."
 
 
 def _terminal(backend: FakeBackend) -> Handler:
-    # FakeBackend declares ``provider`` as a ClassVar while the Backend protocol declares
-    # an instance attribute, so mypy rejects it although it works (reported to core).
-    return traced_backend(backend, name="fake")  # type: ignore[arg-type]
+    return traced_backend(backend, name="fake")
 
 
 def _stack(mw: Any, backend: FakeBackend) -> Handler:

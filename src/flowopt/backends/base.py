@@ -39,7 +39,10 @@ class ModelInfo:
 class Backend(Protocol):
     """What a backend must do. ``provider`` names the system for ``gen_ai.provider.name``."""
 
-    provider: str
+    @property
+    def provider(self) -> str:
+        """The system name on spans (``vllm``, ``openai``...); a class attribute will do."""
+        ...
 
     async def generate(self, request: Request) -> Response:
         """Answer one request; a streamed request returns a streaming Response."""

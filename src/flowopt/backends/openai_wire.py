@@ -106,7 +106,9 @@ def parse_completion(
     body: Any, *, kind: str, endpoint: str
 ) -> tuple[str, str | None, Usage, tuple[TokenLogprob, ...] | None, str, str | None]:
     """Parse a non-streamed body into ``(text, finish_reason, usage, logprobs, model, id)``."""
-    _expect(isinstance(body, Mapping), f"expected a JSON object, got {type(body).__name__}", endpoint)
+    _expect(
+        isinstance(body, Mapping), f"expected a JSON object, got {type(body).__name__}", endpoint
+    )
     choices = body.get("choices")
     _expect(isinstance(choices, list) and len(choices) > 0, "no 'choices' in the body", endpoint)
     choice = choices[0]
@@ -119,9 +121,7 @@ def parse_completion(
     else:
         text = choice.get("text")
         _expect(isinstance(text, str), "choices[0].text is missing", endpoint)
-        logprobs = (
-            _completion_logprobs(choice.get("logprobs")) if choice.get("logprobs") else None
-        )
+        logprobs = _completion_logprobs(choice.get("logprobs")) if choice.get("logprobs") else None
     _expect(isinstance(text, str), "the answer text is not a string", endpoint)
     usage_raw = body.get("usage")
     usage = parse_usage(usage_raw if isinstance(usage_raw, Mapping) else None)

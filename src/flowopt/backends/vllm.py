@@ -13,6 +13,7 @@ replicas and keeps every server's continuous batching full.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import itertools
 import json
@@ -396,14 +397,17 @@ class VLLMBackend:
         stream = Stream(chunks(), finalize, endpoint=url, started_at=started, on_abandon=release)
         holder.append(stream)
         return Response(
-            text="", model=served, finish_reason=None, backend=self.name, endpoint=url,
+            text="",
+            model=served,
+            finish_reason=None,
+            backend=self.name,
+            endpoint=url,
             stream=stream,
         )
 
     async def aclose(self) -> None:
         if self._client is not None and not self._client.is_closed:
-            try:
+            # RuntimeError: the loop that owned it is gone; nothing left to release
+            with contextlib.suppress(RuntimeError):
                 await self._client.aclose()
-            except RuntimeError:
-                pass  # the loop that owned it is gone; nothing left to release
         self._client = None

@@ -74,8 +74,13 @@ async def _run_all(spec_path: str, capture: SpanCapture) -> None:
 
 @click.command()
 @click.option("--base-url", default=None, help="Use this server instead of the local one.")
-@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True,
-              help="Port of the local server to use or start.")
+@click.option(
+    "--port",
+    type=int,
+    default=DEFAULT_PORT,
+    show_default=True,
+    help="Port of the local server to use or start.",
+)
 def demo(base_url: str | None, port: int) -> None:
     """Run the bundled support pipeline against a local vLLM server and show what happened."""
     url = _ensure_server(base_url, port)

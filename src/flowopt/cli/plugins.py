@@ -23,8 +23,14 @@ def list_(as_json: bool) -> None:
     rows = []
     for reg in (registry.middleware, registry.backends, registry.stores):
         for name, entry in sorted(reg.entries().items()):
-            rows.append({"kind": reg.kind, "name": name, "target": entry.value,
-                         "distribution": entry.distribution})
+            rows.append(
+                {
+                    "kind": reg.kind,
+                    "name": name,
+                    "target": entry.value,
+                    "distribution": entry.distribution,
+                }
+            )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

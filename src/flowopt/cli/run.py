@@ -31,8 +31,15 @@ def schema() -> None:
     click.echo(json.dumps(PipelineSpec.model_json_schema(), indent=2))
 
 
-async def _run(pipe: Pipeline, text: str, user: str | None, tenant: str | None,
-               stream: bool, show: bool, timeout: float | None) -> Result:
+async def _run(
+    pipe: Pipeline,
+    text: str,
+    user: str | None,
+    tenant: str | None,
+    stream: bool,
+    show: bool,
+    timeout: float | None,
+) -> Result:
     try:
         if not stream:
             return await pipe.ainvoke(text, user=user, tenant=tenant, timeout=timeout)
@@ -59,8 +66,15 @@ async def _run(pipe: Pipeline, text: str, user: str | None, tenant: str | None,
 @click.option("--stream/--no-stream", default=False, help="Stream tokens as they arrive.")
 @click.option("--timeout", type=float, default=None, help="Deadline for the run, seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def run(spec: str, text: str, user: str | None, tenant: str | None, stream: bool,
-        timeout: float | None, as_json: bool) -> None:
+def run(
+    spec: str,
+    text: str,
+    user: str | None,
+    tenant: str | None,
+    stream: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
     """Run SPEC once on --input and print the answer (or --json)."""
     pipe = load(spec)
     result = asyncio.run(_run(pipe, text, user, tenant, stream, not as_json, timeout))

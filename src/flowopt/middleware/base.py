@@ -114,7 +114,9 @@ class Use:
 
     def __init__(self, target: str | Any, /, **options: Any) -> None:
         object.__setattr__(self, "target", target)
-        object.__setattr__(self, "options", MappingProxyType(dict(options)) if options else _NO_OPTIONS)
+        object.__setattr__(
+            self, "options", MappingProxyType(dict(options)) if options else _NO_OPTIONS
+        )
 
     def __hash__(self) -> int:
         return hash((self.target if isinstance(self.target, str) else id(self.target),))
@@ -126,8 +128,10 @@ class Use:
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
-        name = self.target if isinstance(self.target, str) else getattr(
-            self.target, "__name__", repr(self.target)
+        name = (
+            self.target
+            if isinstance(self.target, str)
+            else getattr(self.target, "__name__", repr(self.target))
         )
         return f"Use({name!r}{', ' if opts else ''}{opts})"
 

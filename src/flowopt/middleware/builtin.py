@@ -62,4 +62,6 @@ class Logging(MiddlewareBase):
             response.stream.on_complete(emit)
         else:
             emit(response)
-        return response.with_decision(self.decision("logged", level=logging.getLevelName(self._level)))
+        return response.with_decision(
+            self.decision("logged", level=logging.getLevelName(self._level))
+        )

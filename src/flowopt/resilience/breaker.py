@@ -6,8 +6,8 @@ Two reasons to stop sending to an endpoint, kept apart because they end differen
   it gets no request until then, and then is used normally.
 - **circuit open**: it failed ``failure_threshold`` times in a row (5xx, reset, timeout, a
   broken stream). It is taken out for ``open_s`` seconds (doubling on each re-open, up to
-  ``max_open_s``); then one request probes it (half-open). A success closes the circuit, a
-  failure re-opens it.
+  ``max_open_s``); then it is half-open: it takes traffic again and the first outcome
+  decides — a success closes the circuit, a failure re-opens it for twice as long.
 
 The layer does not route: it adds the endpoints to avoid to the request
 (:data:`flowopt.routing.steer.AVOID_KEY`); the vLLM backend picks among the other replicas
@@ -41,7 +41,6 @@ class EndpointState:
     opened_until: float = 0.0
     open_for: float = 0.0
     cool_until: float = 0.0
-    probe_until: float = 0.0
     opens: int = 0
 
 
@@ -50,7 +49,6 @@ class Breaker(MiddlewareBase):
 
     - ``failure_threshold`` (5): consecutive failures that open the circuit.
     - ``open_s`` (5): first open period; doubles per re-open up to ``max_open_s`` (60).
-    - ``probe_timeout_s`` (10): how long one half-open probe may take before another is let in.
     - ``default_cooldown_s`` (1): cool-down after a 429 without ``Retry-After``.
     - ``count_incomplete_streams`` (true): a stream cut mid-way counts as a failure.
     """
@@ -63,7 +61,6 @@ class Breaker(MiddlewareBase):
         failure_threshold: int = 5,
         open_s: float = 5.0,
         max_open_s: float = 60.0,
-        probe_timeout_s: float = 10.0,
         default_cooldown_s: float = 1.0,
         count_incomplete_streams: bool = True,
     ) -> None:
@@ -75,7 +72,6 @@ class Breaker(MiddlewareBase):
         self.failure_threshold = failure_threshold
         self.open_s = open_s
         self.max_open_s = max_open_s
-        self.probe_timeout_s = probe_timeout_s
         self.default_cooldown_s = default_cooldown_s
         self.count_incomplete_streams = count_incomplete_streams
         self.endpoints: dict[str, EndpointState] = {}
@@ -95,7 +91,10 @@ class Breaker(MiddlewareBase):
 
     def blocked(self, now: float | None = None) -> dict[str, float]:
         """``{url: monotonic_until}`` of endpoints that must get no request now. Moves an
-        open circuit whose time is up to half-open and lets exactly one probe through."""
+        open circuit whose time is up to half-open: it takes traffic again, and the first
+        outcome decides (success closes it, failure re-opens it for twice as long). Why not
+        a single reserved probe: the balancer below may send that one request elsewhere,
+        and the endpoint would then never be probed."""
         t = time.monotonic() if now is None else now
         out: dict[str, float] = {}
         for st in self.endpoints.values():
@@ -105,11 +104,6 @@ class Breaker(MiddlewareBase):
                     until = max(until, st.opened_until)
                 else:
                     st.state = "half_open"
-            if st.state == "half_open":
-                if st.probe_until > t:
-                    until = max(until, st.probe_until)
-                elif until == 0.0:
-                    st.probe_until = t + self.probe_timeout_s  # this request is the probe
             if until:
                 out[st.url] = until
         return out
@@ -122,7 +116,6 @@ class Breaker(MiddlewareBase):
         if st.state != "closed":
             st.state = "closed"
             st.open_for = 0.0
-            st.probe_until = 0.0
 
     def on_failure(self, exc: BaseException) -> None:
         if not isinstance(exc, BackendError) or isinstance(exc, EndpointCoolingDown):
@@ -150,7 +143,6 @@ class Breaker(MiddlewareBase):
         st.open_for = min(self.max_open_s, st.open_for * 2 if st.open_for else self.open_s)
         st.state = "open"
         st.opened_until = now + st.open_for
-        st.probe_until = 0.0
         st.opens += 1
 
     # -- the layer -----------------------------------------------------------------------

@@ -43,7 +43,7 @@ class LastGoodAnswers:
     """An in-process LRU of the last good answer per request, for stale fallback only.
 
     Stores only answers that are safe to repeat: not sampled (temperature <= 0.1), finished
-    normally (``stop``), not themselves stale. Keyed by tenant + template + content hash, so
+    normally (``stop``, or ``length`` under the caller's own ``max_tokens``), not stale. Keyed by tenant + template + content hash, so
     one tenant never gets another's answer.
     """
 
@@ -58,7 +58,14 @@ class LastGoodAnswers:
 
     def remember(self, request: Request, response: Response) -> None:
         t = request.params.temperature
-        if t is None or t > 0.1 or response.finish_reason != "stop":
+        if t is None or t > 0.1:
+            return
+        # "length" is kept only when the caller capped max_tokens: that truncation *is* the
+        # deterministic answer to this request; any other ending is not safe to repeat.
+        ok = response.finish_reason == "stop" or (
+            response.finish_reason == "length" and request.params.max_tokens is not None
+        )
+        if not ok:
             return
         if response.metadata.get("stale") or response.stream is not None:
             return

@@ -50,7 +50,9 @@ async def run_middleware_conformance(factory: Callable[[], Any]) -> None:
     final = await resp.complete()
     assert isinstance(final.text, str), "rule 1: the response text must be a string"
 
-    sresp = await handler(Request.chat("conformance stream", params=greedy, stream=True, tenant="t1"))
+    sresp = await handler(
+        Request.chat("conformance stream", params=greedy, stream=True, tenant="t1")
+    )
     assert sresp.stream is not None, "rule 2: a streamed request must come back streaming"
     texts = [c.text async for c in sresp.stream]
     done = sresp.stream.response

@@ -94,6 +94,7 @@ class MemoryStore:
 
     name = "memory"
     semantic = True
+    blocking = False
 
     def __init__(
         self,
