@@ -22,6 +22,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("flowopt.cli.demo", "demo"),
     ("flowopt.cli.plugins", "command"),
     ("flowopt.cli.backend", "command"),
+    ("flowopt.cli.triage", "triage"),
 )
 
 

