@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flowopt.local import server as srv
+from flowopt.local import procs
 from flowopt.local.models import resolve_model
 from flowopt.local.server import find_free_port
 
@@ -71,5 +71,5 @@ def test_backend_up_status_down_with_real_vllm(tmp_path: Path) -> None:
         down = _flowopt("down", "--port", port, env=env, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
     assert f"stopped the server on port {port}" in down.stdout
-    assert pid is not None and not srv._group_alive(pid)
+    assert pid is not None and not procs.group_alive(pid)
     assert _flowopt("status", env=env, timeout=60).returncode == 1

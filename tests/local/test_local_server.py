@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from flowopt.local import procs
 from flowopt.local import server as srv
 from flowopt.local.errors import LocalServerError, PortInUseError, ServerStartError
 from flowopt.local.server import LocalServer, ServerConfig, ServerState, find_free_port
@@ -109,7 +110,7 @@ def test_start_time_mismatch_means_not_ours(home: Path) -> None:
         start_new_session=True,
     )
     try:
-        ticks = srv._proc_start_ticks(proc.pid)
+        ticks = procs.proc_start_ticks(proc.pid)
         assert ticks is not None
         assert srv._is_our_server(_state(home, proc.pid, port, proc_start_ticks=ticks))
         assert not srv._is_our_server(_state(home, proc.pid, port, proc_start_ticks=ticks + 1))
@@ -132,7 +133,7 @@ def test_start_status_stop(running: LocalServer, home: Path) -> None:
 
     assert running.stop(timeout=5) is True
     assert running.read_state() is None
-    assert not srv._group_alive(state.pid)
+    assert not procs.group_alive(state.pid)
     assert running.status().label == "down"
 
 

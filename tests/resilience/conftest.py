@@ -40,7 +40,9 @@ def make_pipe(served_model: str) -> Callable[..., Pipeline]:
     backend serves ``served_model`` through ``urls`` (a URL or a list of replicas)."""
 
     def build(
-        urls: str | list[str], middleware: list[Any], backends: dict[str, Any] | None = None,
+        urls: str | list[str],
+        middleware: list[Any],
+        backends: dict[str, Any] | None = None,
         timeout: float = 60.0,
     ) -> Pipeline:
         def vllm(u: str | list[str]) -> dict[str, Any]:
@@ -56,7 +58,13 @@ def make_pipe(served_model: str) -> Callable[..., Pipeline]:
             backend=vllm(urls),
             backends={k: vllm(v) for k, v in (backends or {}).items()},
             middleware=middleware,
-            steps=[{"name": "answer", "prompt": "{input}", "params": {"max_tokens": 4, "temperature": 0}}],
+            steps=[
+                {
+                    "name": "answer",
+                    "prompt": "{input}",
+                    "params": {"max_tokens": 4, "temperature": 0},
+                }
+            ],
         )
 
     return build

@@ -40,8 +40,14 @@ async def test_failing_endpoint_is_taken_out_then_probed_back(proxy, proxy2, mak
     open_s = 4.0  # long enough that the requests below all fall inside it
     pipe = make_pipe(
         [proxy.url, proxy2.url],
-        [{"resilience": {"retry": {"attempts": 2, "backoff": {"base": 0.01}},
-                         "breaker": {"failure_threshold": 2, "open_s": open_s}}}],
+        [
+            {
+                "resilience": {
+                    "retry": {"attempts": 2, "backoff": {"base": 0.01}},
+                    "breaker": {"failure_threshold": 2, "open_s": open_s},
+                }
+            }
+        ],
     )
     breaker = pipe.middleware[0][1].layer("breaker")
     proxy.set_default(Fault.status(503))
@@ -65,7 +71,14 @@ async def test_failing_endpoint_is_taken_out_then_probed_back(proxy, proxy2, mak
 async def test_fallback_to_another_tier_is_recorded(proxy, vllm_url, make_pipe) -> None:
     pipe = make_pipe(
         proxy.url,
-        [{"resilience": {"fallback": ["strong"], "retry": {"attempts": 2, "backoff": {"base": 0.01}}}}],
+        [
+            {
+                "resilience": {
+                    "fallback": ["strong"],
+                    "retry": {"attempts": 2, "backoff": {"base": 0.01}},
+                }
+            }
+        ],
         backends={"strong": vllm_url},
     )
     proxy.set_default(Fault.status(503))
@@ -78,8 +91,10 @@ async def test_fallback_to_another_tier_is_recorded(proxy, vllm_url, make_pipe) 
 
 
 async def test_stale_answer_when_every_tier_fails(proxy, make_pipe) -> None:
-    pipe = make_pipe(proxy.url, [{"resilience": {"fallback": {"stale": True},
-                                                 "retry": {"backoff": {"base": 0.01}}}}])
+    pipe = make_pipe(
+        proxy.url,
+        [{"resilience": {"fallback": {"stale": True}, "retry": {"backoff": {"base": 0.01}}}}],
+    )
     req = chat("What colour is the sky?", tenant="t1")
     fresh = await pipe.acall(req)
     assert not fresh.metadata.get("stale")

@@ -76,8 +76,15 @@ async def test_retry_goes_to_another_replica_at_once(proxy, proxy2, make_pipe) -
 async def test_retry_budget_caps_retry_load_in_an_outage(proxy, make_pipe) -> None:
     pipe = make_pipe(
         proxy.url,
-        [{"retry": {"attempts": 3, "backoff": {"base": 0.0},
-                    "budget": {"ratio": 0.1, "window_s": 60, "min_per_window": 2}}}],
+        [
+            {
+                "retry": {
+                    "attempts": 3,
+                    "backoff": {"base": 0.0},
+                    "budget": {"ratio": 0.1, "window_s": 60, "min_per_window": 2},
+                }
+            }
+        ],
     )
     proxy.set_default(Fault.status(503))
     failures = 0
@@ -104,8 +111,9 @@ async def test_stream_cut_before_first_chunk_is_retried(proxy, make_pipe) -> Non
 async def test_stream_cut_midway_is_incomplete_never_finished(proxy, make_pipe) -> None:
     pipe = make_pipe(proxy.url, [{"resilience": {"retry": {"attempts": 3}}}])
     proxy.schedule(Fault.cut(after_events=2))
-    resp = await pipe.acall(chat("Count from one to twenty.", stream=True,
-                                 params={"max_tokens": 40, "temperature": 0}))
+    resp = await pipe.acall(
+        chat("Count from one to twenty.", stream=True, params={"max_tokens": 40, "temperature": 0})
+    )
     assert resp.stream is not None
     got: list[str] = []
     with pytest.raises(IncompleteStream) as err:

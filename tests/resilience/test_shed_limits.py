@@ -106,7 +106,9 @@ def test_redis_limits_are_shared_by_two_processes(
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), vllm_url, served_model, redis_url, "5"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]
@@ -120,8 +122,18 @@ def test_redis_limits_are_shared_by_two_processes(
 
 
 async def test_redis_down_fails_open_and_says_so(proxy, make_pipe) -> None:
-    pipe = make_pipe(proxy.url, [{"ratelimit": {"requests_per_minute": 1, "store": "redis",
-                                                "redis_url": "redis://127.0.0.1:1/0"}}])
+    pipe = make_pipe(
+        proxy.url,
+        [
+            {
+                "ratelimit": {
+                    "requests_per_minute": 1,
+                    "store": "redis",
+                    "redis_url": "redis://127.0.0.1:1/0",
+                }
+            }
+        ],
+    )
     resp = await pipe.acall(chat(tenant="acme"))
     d = next(d for d in resp.decisions if d.middleware == "ratelimit")
     assert "store_error" in d.detail
@@ -133,18 +145,31 @@ async def test_no_request_is_lost_under_random_faults(proxy, proxy2, make_pipe) 
     complete, streams that were cut say so."""
     pipe = make_pipe(
         [proxy.url, proxy2.url],
-        [{"resilience": {"retry": {"attempts": 2, "backoff": {"base": 0.01}, "seed": 3},
-                         "breaker": {"failure_threshold": 50}, "deadline": 20}}],
+        [
+            {
+                "resilience": {
+                    "retry": {"attempts": 2, "backoff": {"base": 0.01}, "seed": 3},
+                    "breaker": {"failure_threshold": 50},
+                    "deadline": 20,
+                }
+            }
+        ],
     )
-    faults = [Fault.status(503), Fault.status(429, retry_after=0.05), Fault.reset(),
-              Fault.cut(after_events=2), Fault.status(500)]
+    faults = [
+        Fault.status(503),
+        Fault.status(429, retry_after=0.05),
+        Fault.reset(),
+        Fault.cut(after_events=2),
+        Fault.status(500),
+    ]
     proxy.set_random(0.5, faults, seed=1)
     proxy2.set_random(0.5, faults, seed=2)
 
     async def one(i: int) -> Response | FlowoptError:
         try:
-            r = await pipe.acall(chat(f"Say hi {i}", stream=i % 2 == 0,
-                                      params={"max_tokens": 6, "temperature": 0}))
+            r = await pipe.acall(
+                chat(f"Say hi {i}", stream=i % 2 == 0, params={"max_tokens": 6, "temperature": 0})
+            )
             return await r.complete()
         except FlowoptError as exc:
             return exc

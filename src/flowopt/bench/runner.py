@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TextIO
 
 from flowopt.bench.stats import SLO, LevelStats, percentile, summarize
 from flowopt.bench.targets import Sample, Target
@@ -41,9 +42,9 @@ __all__ = [
 class Progress:
     """A one-line progress bar on stderr (only when it is a terminal, unless forced)."""
 
-    def __init__(self, enabled: bool | None = None, stream: object = None) -> None:
-        self._out = stream or sys.stderr
-        self.enabled = self._out.isatty() if enabled is None else enabled  # type: ignore[attr-defined]
+    def __init__(self, enabled: bool | None = None, stream: TextIO | None = None) -> None:
+        self._out: TextIO = stream or sys.stderr
+        self.enabled = self._out.isatty() if enabled is None else enabled
         self._label = ""
         self._total: int | None = None
         self._done = 0
@@ -76,13 +77,13 @@ class Progress:
         else:
             line = f"{self._label:<18} {self._done} done"
         line += f"  err {self._errors}  {el:5.1f}s  {self._done / max(el, 1e-9):6.2f} req/s"
-        self._out.write("\r" + line[:120].ljust(100))  # type: ignore[attr-defined]
-        self._out.flush()  # type: ignore[attr-defined]
+        self._out.write("\r" + line[:120].ljust(100))
+        self._out.flush()
 
     def finish(self) -> None:
         if self.enabled:
             self._draw(force=True)
-            self._out.write("\n")  # type: ignore[attr-defined]
+            self._out.write("\n")
 
 
 @dataclass(slots=True)

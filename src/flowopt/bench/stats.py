@@ -10,8 +10,9 @@ Definitions (what the report's numbers mean):
 - **Goodput**: successful requests/s that also met every SLO the user set (TTFT, E2E,
   TPOT bounds), after DistServe's definition; ``slo_attainment`` is the fraction.
 - **Knee**: the load where more load stops buying throughput. Kneedle (Satopaa et al.,
-  2011) on the normalised throughput-vs-load curve: the point furthest above the straight
-  line from the first to the peak point. A curve still rising linearly has no knee.
+  2011) on the normalised throughput-vs-load curve (load on a log scale for geometric
+  sweeps): the point furthest above the straight line from the first to the peak point.
+  A curve still rising in proportion has no knee.
 - **Breaking point**: the first load level where the service fails its users: success
   rate below ``min_success`` (99%), or throughput fallen below ``collapse`` (80%) of the
   best seen at lower load, or (with SLOs) attainment below 50%.
@@ -150,18 +151,22 @@ def find_knee(loads: Sequence[float], values: Sequence[float]) -> float | None:
     pts = pts[: peak + 1]
     if len(pts) < 3:
         return None
-    x0, y0 = pts[0]
-    x1, y1 = pts[-1]
+    # Sweeps are usually geometric (1, 2, 4, 8...): on such a sweep the load axis is read
+    # on a log scale, as the eye reads the chart, or every knee lands on the last points.
+    geometric = pts[0][0] > 0 and pts[-1][0] / pts[0][0] >= 4
+    scale = (lambda v: math.log(v)) if geometric else (lambda v: v)
+    x0, y0 = scale(pts[0][0]), pts[0][1]
+    x1, y1 = scale(pts[-1][0]), pts[-1][1]
     if x1 == x0 or y1 == y0:
         return None
     best, best_gap = None, 0.05
     for x, y in pts[1:-1]:
-        gap = (y - y0) / (y1 - y0) - (x - x0) / (x1 - x0)
+        gap = (y - y0) / (y1 - y0) - (scale(x) - x0) / (x1 - x0)
         if gap > best_gap:
             best, best_gap = x, gap
     if best is None:
         # No bulge before the peak: saturated only if the last step bought < 10% more.
-        (xa, ya), (xb, yb) = pts[-2], pts[-1]
+        (xa, ya), (_, yb) = pts[-2], pts[-1]
         if ya > 0 and (yb - ya) / ya < 0.10:
             return xa
     return best

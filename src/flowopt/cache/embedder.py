@@ -129,6 +129,16 @@ class MiniLMEmbedder:
                 self._memo.popitem(last=False)
         return vec
 
+    def prime(self, texts: Sequence[str]) -> None:
+        """Embed ``texts`` in batches and remember them, so later :meth:`embed` calls for
+        them are free (evaluation and warm-up; the memo grows to hold them all)."""
+        unique = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        vecs = self.embed_many(unique)
+        with self._lock:
+            self._memo_size = max(self._memo_size, len(self._memo) + len(unique))
+            for t, v in zip(unique, vecs, strict=True):
+                self._memo[t] = v
+
     def embed_many(self, texts: Sequence[str], batch_size: int = 64) -> npt.NDArray[np.float32]:
         self.load()
         if not texts:

@@ -22,6 +22,8 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("flowopt.cli.demo", "demo"),
     ("flowopt.cli.plugins", "command"),
     ("flowopt.cli.backend", "command"),
+    ("flowopt.cli.serve", "serve"),
+    ("flowopt.cli.bench", "bench"),
     ("flowopt.cli.triage", "triage"),
 )
 

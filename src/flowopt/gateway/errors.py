@@ -90,6 +90,9 @@ def problem_from(exc: BaseException) -> HTTPProblem:
         return HTTPProblem(400, exc.message + hint, code="invalid_request")
     if isinstance(exc, RejectedError):
         reason = exc.reason.lower()
+        if reason == "deadline":  # the caller's own deadline ran out before an answer
+            return HTTPProblem(504, f"request rejected: {exc.message}", type="api_error",
+                               code=exc.reason)
         caller = any(word in reason for word in _CALLER_REASONS)
         return HTTPProblem(
             429 if caller else 503,

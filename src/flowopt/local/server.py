@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,8 +36,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from flowopt.local.errors import (
     LocalServerError,
     PortInUseError,
@@ -46,6 +43,15 @@ from flowopt.local.errors import (
     ServerStartError,
 )
 from flowopt.local.models import MODELS, flowopt_home, resolve_model
+from flowopt.local.procs import (
+    cmdline,
+    find_free_port,
+    group_alive,
+    log_tail,
+    port_is_free,
+    probe,
+    proc_start_ticks,
+)
 
 __all__ = [
     "DEFAULT_PORT",
@@ -65,36 +71,6 @@ DEFAULT_PORT = 8000
 ENTRY_MODULE = "vllm.entrypoints.openai.api_server"
 PYTHON_ENV = "FLOWOPT_VLLM_PYTHON"
 _POLL_S = 1.0
-
-
-def find_free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel says is free right now (racy by nature; good enough for tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """True when nothing listens on ``host:port`` (SO_REUSEADDR ignores TIME_WAIT)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    """The last ``lines`` lines of a log file ('' if it does not exist)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 64 * 1024))
-            data = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(data.splitlines()[-lines:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,47 +184,14 @@ class ServerStatus:
         }
 
 
-def _proc_start_ticks(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces; fields after ')' are plain.
-    rest = stat.rsplit(")", 1)[1].split()
-    return int(rest[19])  # field 22 overall; rest[0] is field 3
-
-
-def _proc_state_and_group(pid: int) -> tuple[str, int] | None:
-    try:
-        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return rest[0], int(rest[2])  # state (field 3), pgrp (field 5)
-
-
 def _is_our_server(state: ServerState) -> bool:
     """True when ``state.pid`` is alive and is the vLLM server this state describes."""
-    try:
-        raw = Path(f"/proc/{state.pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    args = raw.decode("utf-8", "replace").split("\0")
-    if ENTRY_MODULE not in args or str(state.port) not in args:
+    args = cmdline(state.pid)
+    if args is None or ENTRY_MODULE not in args or str(state.port) not in args:
         return False
     if state.proc_start_ticks is not None:
-        return _proc_start_ticks(state.pid) == state.proc_start_ticks
+        return proc_start_ticks(state.pid) == state.proc_start_ticks
     return True
-
-
-def _group_alive(pgid: int) -> bool:
-    """True while any non-zombie process is in process group ``pgid``."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        info = _proc_state_and_group(int(entry.name))
-        if info and info[1] == pgid and info[0] != "Z":
-            return True
-    return False
 
 
 class LocalServer:
@@ -307,7 +250,7 @@ class LocalServer:
                 state, False, False,
                 detail=f"pid {state.pid} is gone (stale state; `flowopt backend down` clears it)",
             )  # fmt: skip
-        healthy, models, detail = _probe(state.base_url, timeout=timeout)
+        healthy, models, detail = probe(state.base_url, timeout=timeout)
         return ServerStatus(state, True, healthy, models, detail)
 
     # -- start ----------------------------------------------------------------------
@@ -362,7 +305,7 @@ class LocalServer:
             served_name=cfg.resolved_served_name(),
             log_path=str(self.log_path),
             started_at=time.time(),
-            proc_start_ticks=_proc_start_ticks(proc.pid),
+            proc_start_ticks=proc_start_ticks(proc.pid),
             argv=tuple(argv),
         )
         self._write_state(state)
@@ -396,7 +339,7 @@ class LocalServer:
                     "(each server needs ~4 GB), a bad extra server argument, or a model dir "
                     f"vLLM cannot load. Full log: {state.log_path}",
                 )
-            healthy, models, detail = _probe(state.base_url, timeout=2.0)
+            healthy, models, detail = probe(state.base_url, timeout=2.0)
             if healthy and state.served_name in models:
                 return
             time.sleep(_POLL_S)
@@ -440,7 +383,7 @@ class LocalServer:
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline:
                 self._reap()
-                if not _group_alive(pgid):
+                if not group_alive(pgid):
                     return
                 time.sleep(0.25)
         self._reap()
@@ -448,28 +391,6 @@ class LocalServer:
     def _reap(self) -> None:
         if self._proc is not None:
             self._proc.poll()
-
-
-def _probe(base_url: str, *, timeout: float) -> tuple[bool, tuple[str, ...], str]:
-    """(healthy, served model ids, detail) for the server at ``base_url``."""
-    try:
-        with httpx.Client(timeout=timeout) as client:
-            health = client.get(f"{base_url}/health")
-            if health.status_code != 200:
-                return False, (), f"/health answered {health.status_code}"
-            resp = client.get(f"{base_url}/v1/models")
-            resp.raise_for_status()
-            ids = tuple(str(m["id"]) for m in resp.json().get("data", []))
-    except httpx.HTTPError as exc:
-        return False, (), f"{type(exc).__name__}: {exc}"
-    except (ValueError, KeyError, TypeError) as exc:
-        return False, (), f"/v1/models answered something unexpected: {exc}"
-    return True, ids, "healthy"
-
-
-def probe(base_url: str, *, timeout: float = 5.0) -> tuple[bool, tuple[str, ...], str]:
-    """Public form of the health probe: used for servers flowopt did not start."""
-    return _probe(base_url.rstrip("/"), timeout=timeout)
 
 
 @contextlib.contextmanager

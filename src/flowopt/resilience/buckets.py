@@ -67,7 +67,9 @@ class MemoryBuckets:
         async with self._lock:
             now = time.monotonic()
             levels = [self._level(b, now) for b in buckets]
-            wait = max((_wait_for(lv, b) for lv, b in zip(levels, buckets, strict=True)), default=0.0)
+            wait = max(
+                (_wait_for(lv, b) for lv, b in zip(levels, buckets, strict=True)), default=0.0
+            )
             if wait > 0:
                 return wait
             for lv, b in zip(levels, buckets, strict=True):

@@ -43,8 +43,8 @@ class LastGoodAnswers:
     """An in-process LRU of the last good answer per request, for stale fallback only.
 
     Stores only answers that are safe to repeat: not sampled (temperature <= 0.1), finished
-    normally (``stop``, or ``length`` under the caller's own ``max_tokens``), not stale. Keyed by tenant + template + content hash, so
-    one tenant never gets another's answer.
+    normally (``stop``, or ``length`` under the caller's own ``max_tokens``), not stale.
+    Keyed by tenant + template + content hash, so one tenant never gets another's answer.
     """
 
     def __init__(self, max_entries: int = 1024, max_age_s: float = 3600.0) -> None:

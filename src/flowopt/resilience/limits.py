@@ -69,8 +69,10 @@ class TenantLimits(MiddlewareBase):
                 "ratelimit needs requests_per_minute and/or tokens_per_minute",
                 hint="e.g. ratelimit: {requests_per_minute: 60, tokens_per_minute: 20000}",
             )
-        for label, v in (("requests_per_minute", requests_per_minute),
-                         ("tokens_per_minute", tokens_per_minute)):
+        for label, v in (
+            ("requests_per_minute", requests_per_minute),
+            ("tokens_per_minute", tokens_per_minute),
+        ):
             if v is not None and v <= 0:
                 raise ConfigError(f"{label} must be > 0, got {v}", hint="per minute, e.g. 60")
         self.limits = {

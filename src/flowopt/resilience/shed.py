@@ -98,8 +98,10 @@ class LoadShed(MiddlewareBase):
         )
 
     def _release(self, pool: _Pool, held_s: float) -> None:
-        pool.service_s = held_s if pool.service_s == 0 else (
-            self.ewma * held_s + (1 - self.ewma) * pool.service_s
+        pool.service_s = (
+            held_s
+            if pool.service_s == 0
+            else (self.ewma * held_s + (1 - self.ewma) * pool.service_s)
         )
         while pool.queue:
             waiter = heapq.heappop(pool.queue)
@@ -125,7 +127,9 @@ class LoadShed(MiddlewareBase):
             heapq.heapify(pool.queue)
             lowest.future.set_exception(self._reject(request, key, pool, "shed:evicted"))
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(pool.queue, _Waiter((-request.priority, next(self._seq)), fut, request.priority))
+        heapq.heappush(
+            pool.queue, _Waiter((-request.priority, next(self._seq)), fut, request.priority)
+        )
         try:
             await fut
         except asyncio.CancelledError:

@@ -19,7 +19,13 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from flowopt.errors import ConfigError
-from flowopt.middleware.base import CallNext, Middleware, MiddlewareBase, PipelineContext, build_stack
+from flowopt.middleware.base import (
+    CallNext,
+    Middleware,
+    MiddlewareBase,
+    PipelineContext,
+    build_stack,
+)
 from flowopt.resilience.breaker import Breaker
 from flowopt.resilience.deadline import Deadline
 from flowopt.resilience.fallback import Fallback
@@ -44,7 +50,9 @@ def _layer(cls: Any, value: Any, what: str) -> Any:
         try:
             return cls(**dict(value))
         except TypeError as exc:
-            raise ConfigError(f"resilience.{what}: {exc}", hint=f"see the docs of {what!r}") from None
+            raise ConfigError(
+                f"resilience.{what}: {exc}", hint=f"see the docs of {what!r}"
+            ) from None
     if isinstance(value, list | tuple | int | float | str):
         return cls(value)
     raise ConfigError(f"resilience.{what}: cannot read {value!r}", hint="use true, false or {...}")

@@ -34,9 +34,7 @@ from flowopt.types import Message, Params, Request, Response
 
 __all__ = ["Cascade"]
 
-_VERIFY = (
-    "Question:\n{q}\n\nProposed answer:\n{a}\n\nIs the proposed answer correct and complete?"
-)
+_VERIFY = "Question:\n{q}\n\nProposed answer:\n{a}\n\nIs the proposed answer correct and complete?"
 
 
 class Cascade(MiddlewareBase):
@@ -61,13 +59,17 @@ class Cascade(MiddlewareBase):
         self.tiers = parse_tiers(tiers)
         th = list(thresholds) if thresholds is not None else [threshold] * (len(self.tiers) - 1)
         if len(th) != len(self.tiers) - 1 or not all(0 <= t <= 1 for t in th):
-            raise ConfigError(f"cascade needs {len(self.tiers) - 1} threshold(s) in [0, 1], got {th}",
-                              hint="one per tier except the last (whose answer is final)")
+            raise ConfigError(
+                f"cascade needs {len(self.tiers) - 1} threshold(s) in [0, 1], got {th}",
+                hint="one per tier except the last (whose answer is final)",
+            )
         if confidence not in ("mean", "min", "first"):
             raise ConfigError(f"unknown confidence {confidence!r}", hint="mean, min or first")
         if stream not in ("buffer", "final"):
-            raise ConfigError(f"cascade stream must be buffer or final, got {stream!r}",
-                              hint="see docs/triage.md for their TTFT cost")
+            raise ConfigError(
+                f"cascade stream must be buffer or final, got {stream!r}",
+                hint="see docs/triage.md for their TTFT cost",
+            )
         self.thresholds = th
         self.method: Method = confidence
         self.verifier_name = verifier
@@ -76,11 +78,15 @@ class Cascade(MiddlewareBase):
         self.stream_tier = stream_tier or self.tiers[-1].name
 
     async def setup(self, ctx: PipelineContext) -> None:
-        names = [t.backend for t in self.tiers] + ([self.verifier_name] if self.verifier_name else [])
+        names = [t.backend for t in self.tiers] + (
+            [self.verifier_name] if self.verifier_name else []
+        )
         missing = [n for n in names if n not in ctx.backends]
         if missing:
-            raise ConfigError(f"cascade uses backends {missing} that pipeline {ctx.name!r} lacks",
-                              hint=f"it has {sorted(ctx.backends)}")
+            raise ConfigError(
+                f"cascade uses backends {missing} that pipeline {ctx.name!r} lacks",
+                hint=f"it has {sorted(ctx.backends)}",
+            )
         if self.verifier_name:
             self._verify = traced_backend(ctx.backends[self.verifier_name], name=self.verifier_name)
 
@@ -88,7 +94,9 @@ class Cascade(MiddlewareBase):
         for t in self.tiers:
             if name in (t.name, t.backend):
                 return t
-        raise ConfigError(f"cascade has no tier {name!r}", hint=f"tiers: {[t.name for t in self.tiers]}")
+        raise ConfigError(
+            f"cascade has no tier {name!r}", hint=f"tiers: {[t.name for t in self.tiers]}"
+        )
 
     async def _verifier_score(self, request: Request, answer: str) -> float | None:
         if self._verify is None:
@@ -96,9 +104,15 @@ class Cascade(MiddlewareBase):
         q = request.last_user_text[:2000]
         vreq = Request(
             messages=(Message("user", _VERIFY.format(q=q, a=answer[:2000])),),
-            params=Params(temperature=0.0, max_tokens=1, logprobs=True, top_logprobs=5,
-                          extra={"structured_outputs": {"choice": ["yes", "no"]}}),
-            tenant=request.tenant, deadline=request.deadline,
+            params=Params(
+                temperature=0.0,
+                max_tokens=1,
+                logprobs=True,
+                top_logprobs=5,
+                extra={"structured_outputs": {"choice": ["yes", "no"]}},
+            ),
+            tenant=request.tenant,
+            deadline=request.deadline,
             metadata={"flowopt.purpose": "cascade-verifier"},
         )
         try:
@@ -144,9 +158,17 @@ class Cascade(MiddlewareBase):
             conf = confidence(resp.logprobs, self.method)
             vscore = await self._verifier_score(request, resp.text) if conf is not None else None
             score = conf if vscore is None or conf is None else (conf + vscore) / 2
-            accepted = score is not None and score >= self.thresholds[i] and resp.finish_reason != "aborted"
-            entry: dict[str, Any] = {"tier": tier.name, "confidence": None if conf is None else round(conf, 4),
-                                     "accepted": accepted, "cost": cost}
+            accepted = (
+                score is not None
+                and score >= self.thresholds[i]
+                and resp.finish_reason != "aborted"
+            )
+            entry: dict[str, Any] = {
+                "tier": tier.name,
+                "confidence": None if conf is None else round(conf, 4),
+                "accepted": accepted,
+                "cost": cost,
+            }
             if vscore is not None:
                 entry["verifier"] = round(vscore, 4)
             trail.append(entry)
@@ -157,8 +179,15 @@ class Cascade(MiddlewareBase):
                 return replay(out) if request.stream else out
         raise AssertionError("unreachable: the last tier is final")  # pragma: no cover
 
-    async def _final(self, attempt: Request, call_next: CallNext, tier: Tier,
-                     trail: list[dict[str, Any]], spent: float, last_exc: BaseException | None) -> Response:
+    async def _final(
+        self,
+        attempt: Request,
+        call_next: CallNext,
+        tier: Tier,
+        trail: list[dict[str, Any]],
+        spent: float,
+        last_exc: BaseException | None,
+    ) -> Response:
         try:
             response = await call_next(attempt)
         except BaseException as exc:
@@ -168,24 +197,37 @@ class Cascade(MiddlewareBase):
         trail.append({"tier": tier.name, "accepted": True, "final": True})
         if response.stream is not None and not response.stream.done:
             return self._stream_accounting(response, tier, trail, spent)
-        return self._account(response, tier, trail, spent + tier.price.cost(response.usage, response.latency_ms))
+        return self._account(
+            response, tier, trail, spent + tier.price.cost(response.usage, response.latency_ms)
+        )
 
-    def _account(self, final: Response, tier: Tier, trail: list[dict[str, Any]], spent: float) -> Response:
+    def _account(
+        self, final: Response, tier: Tier, trail: list[dict[str, Any]], spent: float
+    ) -> Response:
         strongest = self.tiers[-1]
         strong_cost = strongest.price.cost(final.usage, final.latency_ms)
-        return final.replace(cost=spent).with_decision(self.decision(
-            "accepted" if tier is not strongest else "escalated" if len(trail) > 1 else "final",
-            tier=tier.name, backend=tier.backend, trail=trail, cost=spent,
-            strongest_cost=strong_cost, strongest_cost_estimated=tier is not strongest,
-            saved=strong_cost - spent,
-        ))
+        return final.replace(cost=spent).with_decision(
+            self.decision(
+                "accepted" if tier is not strongest else "escalated" if len(trail) > 1 else "final",
+                tier=tier.name,
+                backend=tier.backend,
+                trail=trail,
+                cost=spent,
+                strongest_cost=strong_cost,
+                strongest_cost_estimated=tier is not strongest,
+                saved=strong_cost - spent,
+            )
+        )
 
-    def _stream_accounting(self, response: Response, tier: Tier, trail: list[dict[str, Any]],
-                           spent: float = 0.0) -> Response:
+    def _stream_accounting(
+        self, response: Response, tier: Tier, trail: list[dict[str, Any]], spent: float = 0.0
+    ) -> Response:
         assert response.stream is not None
 
         def account(final: Response) -> Response:
-            return self._account(final, tier, trail, spent + tier.price.cost(final.usage, final.latency_ms))
+            return self._account(
+                final, tier, trail, spent + tier.price.cost(final.usage, final.latency_ms)
+            )
 
         response.stream.on_complete(account)
         return response

@@ -48,9 +48,15 @@ def load_examples(path: str | Path) -> list[Example]:
                 continue
             try:
                 row = json.loads(line)
-                out.append(Example(str(row.get("item_id", n)), str(row["prompt"]),
-                                   float(row["weak_score"]), float(row["strong_score"]),
-                                   str(row.get("benchmark", ""))))
+                out.append(
+                    Example(
+                        str(row.get("item_id", n)),
+                        str(row["prompt"]),
+                        float(row["weak_score"]),
+                        float(row["strong_score"]),
+                        str(row.get("benchmark", "")),
+                    )
+                )
             except (ValueError, KeyError, TypeError) as exc:
                 raise ConfigError(
                     f"{p}:{n}: not a labelled example ({exc})",
@@ -66,14 +72,17 @@ def in_holdout(item_id: str, holdout: float, seed: int) -> bool:
     return int.from_bytes(h, "big") / 2**64 < holdout
 
 
-def split(examples: Sequence[Example], holdout: float, seed: int) -> tuple[list[Example], list[Example]]:
+def split(
+    examples: Sequence[Example], holdout: float, seed: int
+) -> tuple[list[Example], list[Example]]:
     train = [e for e in examples if not in_holdout(e.item_id, holdout, seed)]
     test = [e for e in examples if in_holdout(e.item_id, holdout, seed)]
     return train, test
 
 
-def curve(scores: npt.NDArray[Any], weak: npt.NDArray[Any], strong: npt.NDArray[Any],
-          points: int = 101) -> list[dict[str, float]]:
+def curve(
+    scores: npt.NDArray[Any], weak: npt.NDArray[Any], strong: npt.NDArray[Any], points: int = 101
+) -> list[dict[str, float]]:
     """Quality at every strong share from 0 to 1 (routing the highest scores to strong)."""
     order = np.argsort(-scores, kind="stable")
     n = len(scores)
@@ -83,8 +92,13 @@ def curve(scores: npt.NDArray[Any], weak: npt.NDArray[Any], strong: npt.NDArray[
         to_strong = np.zeros(n, dtype=bool)
         to_strong[order[:m]] = True
         q = float(np.where(to_strong, strong, weak).mean())
-        out.append({"strong_share": m / n, "quality": q,
-                    "threshold": float(scores[order[m - 1]]) if m else float("inf")})
+        out.append(
+            {
+                "strong_share": m / n,
+                "quality": q,
+                "threshold": float(scores[order[m - 1]]) if m else float("inf"),
+            }
+        )
     return out
 
 
@@ -95,16 +109,26 @@ def _share_for(c: list[dict[str, float]], target: float) -> float:
     return 1.0
 
 
-def summarize(scores: npt.NDArray[Any], weak: npt.NDArray[Any], strong: npt.NDArray[Any],
-              *, price_ratio: float = 0.05) -> dict[str, Any]:
+def summarize(
+    scores: npt.NDArray[Any],
+    weak: npt.NDArray[Any],
+    strong: npt.NDArray[Any],
+    *,
+    price_ratio: float = 0.05,
+) -> dict[str, Any]:
     """Headline figures; ``price_ratio`` = cost of a weak call / a strong call."""
     c = curve(scores, weak, strong)
     q_w, q_s = float(weak.mean()), float(strong.mean())
     gap = q_s - q_w
     pgr = [(p["quality"] - q_w) / gap if gap else 0.0 for p in c]
     apgr = float(np.trapezoid(pgr, [p["strong_share"] for p in c])) if gap else 0.0
-    out: dict[str, Any] = {"n": len(scores), "weak_quality": q_w, "strong_quality": q_s,
-                           "apgr": apgr, "random_apgr": 0.5}
+    out: dict[str, Any] = {
+        "n": len(scores),
+        "weak_quality": q_w,
+        "strong_quality": q_s,
+        "apgr": apgr,
+        "random_apgr": 0.5,
+    }
     for frac in (0.9, 0.95, 1.0):
         share = _share_for(c, frac * q_s)
         out[f"strong_share_at_{int(frac * 100)}pct"] = share

@@ -36,7 +36,9 @@ class Price:
 
     def cost(self, usage: Usage, latency_ms: float | None = None) -> float:
         cached = usage.cached_input_tokens
-        cached_price = self.input_per_1k if self.cached_input_per_1k is None else self.cached_input_per_1k
+        cached_price = (
+            self.input_per_1k if self.cached_input_per_1k is None else self.cached_input_per_1k
+        )
         c = (usage.input_tokens - cached) * self.input_per_1k / 1000.0
         c += cached * cached_price / 1000.0
         c += usage.output_tokens * self.output_per_1k / 1000.0
@@ -56,9 +58,12 @@ class Price:
             except TypeError as exc:
                 raise ConfigError(
                     f"{where}: bad price {dict(value)}: {exc}",
-                    hint="price: {input_per_1k: 0.0002, output_per_1k: 0.0006} or {per_gpu_second: 0.001}",
+                    hint="price: {input_per_1k: 0.0002, output_per_1k: 0.0006} "
+                    "or {per_gpu_second: 0.001}",
                 ) from None
-        raise ConfigError(f"{where}: a price is a mapping, got {value!r}", hint="see docs/triage.md")
+        raise ConfigError(
+            f"{where}: a price is a mapping, got {value!r}", hint="see docs/triage.md"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +90,9 @@ def parse_tiers(value: Any) -> list[Tier]:
             elif isinstance(t, Mapping) and "name" in t:
                 items.append((str(t["name"]), t))
             else:
-                raise ConfigError(f"tiers[{i}]: cannot read {t!r}", hint="{name: cheap, backend: default}")
+                raise ConfigError(
+                    f"tiers[{i}]: cannot read {t!r}", hint="{name: cheap, backend: default}"
+                )
     else:
         raise ConfigError(f"tiers must be a list, got {value!r}", hint="see docs/triage.md")
     if len(items) < 2:
@@ -97,8 +104,16 @@ def parse_tiers(value: Any) -> list[Tier]:
     for name, opts in items:
         extra = set(opts) - {"name", "backend", "price"}
         if extra:
-            raise ConfigError(f"tier {name!r}: unknown keys {sorted(extra)}", hint="name, backend, price")
-        tiers.append(Tier(name, str(opts.get("backend", name)), Price.parse(opts.get("price"), f"tier {name!r}")))
+            raise ConfigError(
+                f"tier {name!r}: unknown keys {sorted(extra)}", hint="name, backend, price"
+            )
+        tiers.append(
+            Tier(
+                name,
+                str(opts.get("backend", name)),
+                Price.parse(opts.get("price"), f"tier {name!r}"),
+            )
+        )
     return tiers
 
 

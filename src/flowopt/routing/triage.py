@@ -33,8 +33,10 @@ def make_classifier(value: Any) -> Classifier:
     if isinstance(value, str):
         value = {value: {}}
     if not isinstance(value, Mapping) or len(value) != 1:
-        raise ConfigError(f"classifier: cannot read {value!r}",
-                          hint="classifier: {embedding: {path: router.npz}} | {rules: {rules: [...]}} | judge")
+        raise ConfigError(
+            f"classifier: cannot read {value!r}",
+            hint="classifier: {embedding: {path: router.npz}} | {rules: {rules: [...]}} | judge",
+        )
     ((kind, opts),) = value.items()
     opts = dict(opts or {})
     if kind == "rules":
@@ -45,7 +47,10 @@ def make_classifier(value: Any) -> Classifier:
         from flowopt.routing.classifiers.embedding import EmbeddingRouter
 
         if "path" not in opts:
-            raise ConfigError("embedding classifier needs path", hint="train: flowopt triage train FILE --out router.npz")
+            raise ConfigError(
+                "embedding classifier needs path",
+                hint="train: flowopt triage train FILE --out router.npz",
+            )
         return EmbeddingRouter.load(opts.pop("path"), **opts)
     if kind == "judge":
         from flowopt.routing.classifiers.judge import JudgeClassifier
@@ -84,7 +89,8 @@ class Triage(MiddlewareBase):
             thresholds = [0.5 if threshold is None else threshold]
         if len(thresholds) != len(self.tiers) - 1 or list(thresholds) != sorted(thresholds):
             raise ConfigError(
-                f"triage needs {len(self.tiers) - 1} ascending threshold(s), got {list(thresholds)}",
+                f"triage needs {len(self.tiers) - 1} ascending threshold(s), "
+                f"got {list(thresholds)}",
                 hint="one threshold per boundary between tiers, cheapest first",
             )
         self.thresholds = list(thresholds)
@@ -116,12 +122,21 @@ class Triage(MiddlewareBase):
         def account(final: Response) -> Response:
             cost = tier.price.cost(final.usage, final.latency_ms)
             strong = strongest.price.cost(final.usage, final.latency_ms)
-            return final.replace(cost=cost).with_decision(self.decision(
-                "routed", tier=tier.name, backend=tier.backend, score=round(verdict.score, 4),
-                reason=verdict.reason, classifier=getattr(self.classifier, "name", "custom"),
-                classify_ms=round(classify_ms, 2), cost=cost, strongest_cost=strong,
-                strongest_cost_estimated=tier is not strongest, saved=strong - cost,
-            ))
+            return final.replace(cost=cost).with_decision(
+                self.decision(
+                    "routed",
+                    tier=tier.name,
+                    backend=tier.backend,
+                    score=round(verdict.score, 4),
+                    reason=verdict.reason,
+                    classifier=getattr(self.classifier, "name", "custom"),
+                    classify_ms=round(classify_ms, 2),
+                    cost=cost,
+                    strongest_cost=strong,
+                    strongest_cost_estimated=tier is not strongest,
+                    saved=strong - cost,
+                )
+            )
 
         if response.stream is not None and not response.stream.done:
             response.stream.on_complete(account)  # cost is known when the stream ends

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import socket
 import struct
@@ -41,8 +42,17 @@ import httpx
 __all__ = ["Fault", "FaultProxy", "ProxyEvent"]
 
 FaultKind = Literal["ok", "status", "hang", "reset", "cut", "delay"]
-_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
-        "proxy-connection", "te", "trailer", "upgrade"}
+_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "host",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +84,9 @@ class Fault:
 
     @classmethod
     def cut(cls, *, after_events: int | None = 2, after_bytes: int | None = None) -> Fault:
-        return cls("cut", after_events=None if after_bytes else after_events, after_bytes=after_bytes)
+        return cls(
+            "cut", after_events=None if after_bytes else after_events, after_bytes=after_bytes
+        )
 
     @classmethod
     def delay(cls, seconds: float) -> Fault:
@@ -194,7 +206,7 @@ class FaultProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         self._writers.add(writer)
         try:
             while True:
@@ -206,7 +218,7 @@ class FaultProxy:
         except asyncio.CancelledError:
             pass  # the proxy is closing; a handler must not end "with an exception"
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             self._writers.discard(writer)
             if not writer.transport.is_closing():
                 writer.close()
@@ -240,9 +252,15 @@ class FaultProxy:
 
         if fault.kind == "status":
             await self._record(method, path, "status", fault.code)
-            extra = [("Retry-After", f"{fault.retry_after:g}")] if fault.retry_after is not None else []
-            msg = f'{{"error": {{"message": "injected {fault.code}", "code": {fault.code}}}}}'.encode()
-            await _write_response(writer, fault.code, [("Content-Type", "application/json"), *extra], msg)
+            extra = (
+                [("Retry-After", f"{fault.retry_after:g}")] if fault.retry_after is not None else []
+            )
+            msg = json.dumps(
+                {"error": {"message": f"injected {fault.code}", "code": fault.code}}
+            ).encode()
+            await _write_response(
+                writer, fault.code, [("Content-Type", "application/json"), *extra], msg
+            )
             return keep
         if fault.kind == "reset":
             await self._record(method, path, "reset", None)
@@ -280,20 +298,26 @@ class FaultProxy:
             resp = await self._client.send(req, stream=True)
         except httpx.HTTPError as exc:
             await self._record(method, path, fault.kind, 502)
-            await _write_response(writer, 502, [("Content-Type", "text/plain")],
-                                  f"upstream failed: {exc}".encode())
+            await _write_response(
+                writer, 502, [("Content-Type", "text/plain")], f"upstream failed: {exc}".encode()
+            )
             return keep
         await self._record(method, path, fault.kind, resp.status_code)
         out_headers = [(k, v) for k, v in resp.headers.items() if k.lower() not in _HOP]
         try:
             status_line = f"HTTP/1.1 {resp.status_code} {resp.reason_phrase}\r\n"
             hdrs = "".join(f"{k}: {v}\r\n" for k, v in out_headers)
-            writer.write((status_line + hdrs + "Transfer-Encoding: chunked\r\n\r\n").encode("latin-1"))
+            writer.write(
+                (status_line + hdrs + "Transfer-Encoding: chunked\r\n\r\n").encode("latin-1")
+            )
             sent_bytes = 0
             sent_events = 0
             async for piece in resp.aiter_raw():
                 if fault.kind == "cut":
-                    if fault.after_bytes is not None and sent_bytes + len(piece) >= fault.after_bytes:
+                    if (
+                        fault.after_bytes is not None
+                        and sent_bytes + len(piece) >= fault.after_bytes
+                    ):
                         piece = piece[: max(0, fault.after_bytes - sent_bytes)]
                         if piece:
                             writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
@@ -303,7 +327,9 @@ class FaultProxy:
                     if fault.after_events is not None:
                         n = piece.count(b"\n\n")
                         if sent_events + n >= fault.after_events:
-                            keep_upto = _index_of_nth(piece, b"\n\n", fault.after_events - sent_events)
+                            keep_upto = _index_of_nth(
+                                piece, b"\n\n", fault.after_events - sent_events
+                            )
                             piece = piece[:keep_upto]
                             if piece:
                                 writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
@@ -359,8 +385,12 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
 async def _write_response(
     writer: asyncio.StreamWriter, status: int, headers: list[tuple[str, str]], body: bytes
 ) -> None:
-    reason = {429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
-              503: "Service Unavailable"}.get(status, "Error" if status >= 400 else "OK")
+    reason = {
+        429: "Too Many Requests",
+        500: "Internal Server Error",
+        502: "Bad Gateway",
+        503: "Service Unavailable",
+    }.get(status, "Error" if status >= 400 else "OK")
     hdrs = "".join(f"{k}: {v}\r\n" for k, v in headers)
     writer.write(
         f"HTTP/1.1 {status} {reason}\r\n{hdrs}Content-Length: {len(body)}\r\n\r\n".encode("latin-1")

@@ -56,8 +56,10 @@ class EmbeddingRouter:
         embedder: Any = None,
     ) -> None:
         if len(embeddings) != len(weak) or len(weak) != len(strong) or len(weak) == 0:
-            raise ConfigError("embedding router: embeddings and labels differ in length or are empty",
-                              hint="retrain with `flowopt triage train FILE.jsonl`")
+            raise ConfigError(
+                "embedding router: embeddings and labels differ in length or are empty",
+                hint="retrain with `flowopt triage train FILE.jsonl`",
+            )
         self.embeddings = embeddings.astype(np.float32)
         self.weak = weak.astype(np.float32)
         self.strong = strong.astype(np.float32)
@@ -69,37 +71,66 @@ class EmbeddingRouter:
 
     # -- persistence ---------------------------------------------------------------------------
     @classmethod
-    def fit(cls, prompts: Sequence[str], weak: Sequence[float], strong: Sequence[float],
-            *, embedder: Any = None, **settings: Any) -> EmbeddingRouter:
+    def fit(
+        cls,
+        prompts: Sequence[str],
+        weak: Sequence[float],
+        strong: Sequence[float],
+        *,
+        embedder: Any = None,
+        **settings: Any,
+    ) -> EmbeddingRouter:
         emb = embedder or _embedder()
         vectors = np.asarray(emb.embed_many(list(prompts)), dtype=np.float32)
-        return cls(vectors, np.asarray(weak, np.float32), np.asarray(strong, np.float32),
-                   embedder=emb, **settings)
+        return cls(
+            vectors,
+            np.asarray(weak, np.float32),
+            np.asarray(strong, np.float32),
+            embedder=emb,
+            **settings,
+        )
 
     def save(self, path: str | Path) -> None:
-        meta = {"k": self.k, "temperature": self.temperature, "prior": self.prior,
-                "embedder": "all-MiniLM-L6-v2", "format": 1}
+        meta = {
+            "k": self.k,
+            "temperature": self.temperature,
+            "prior": self.prior,
+            "embedder": "all-MiniLM-L6-v2",
+            "format": 1,
+        }
         np.savez_compressed(
-            path, embeddings=self.embeddings.astype(np.float16), weak=self.weak,
-            strong=self.strong, meta=np.array(json.dumps(meta)),
+            path,
+            embeddings=self.embeddings.astype(np.float16),
+            weak=self.weak,
+            strong=self.strong,
+            meta=np.array(json.dumps(meta)),
         )
 
     @classmethod
     def load(cls, path: str | Path, *, embedder: Any = None, **overrides: Any) -> EmbeddingRouter:
         p = Path(path)
         if not p.exists():
-            raise ConfigError(f"embedding router file {p} does not exist",
-                              hint="create it with `flowopt triage train routing.jsonl --out router.npz`")
+            raise ConfigError(
+                f"embedding router file {p} does not exist",
+                hint="create it with `flowopt triage train routing.jsonl --out router.npz`",
+            )
         try:
             data = np.load(p, allow_pickle=False)
             meta = json.loads(str(data["meta"]))
         except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError(f"{p} is not a flowopt router file: {exc}",
-                              hint="retrain with `flowopt triage train`") from None
+            raise ConfigError(
+                f"{p} is not a flowopt router file: {exc}",
+                hint="retrain with `flowopt triage train`",
+            ) from None
         settings = {k: meta[k] for k in ("k", "temperature", "prior") if k in meta}
         settings.update(overrides)
-        return cls(data["embeddings"].astype(np.float32), data["weak"], data["strong"],
-                   embedder=embedder, **settings)
+        return cls(
+            data["embeddings"].astype(np.float32),
+            data["weak"],
+            data["strong"],
+            embedder=embedder,
+            **settings,
+        )
 
     # -- scoring -------------------------------------------------------------------------------
     def score_vectors(self, queries: Array, *, exclude_self: bool = False) -> Array:
@@ -114,7 +145,8 @@ class EmbeddingRouter:
         w = np.exp((top - top.max(axis=1, keepdims=True)) / self.temperature)
         wrong = 1.0 - self.weak[idx]
         est = (w * wrong).sum(axis=1) + self.prior * self.base_wrong
-        return (est / (w.sum(axis=1) + self.prior)).astype(np.float32)
+        scores: Array = (est / (w.sum(axis=1) + self.prior)).astype(np.float32)
+        return scores
 
     def score_texts(self, texts: Sequence[str]) -> Array:
         if self._embedder is None:

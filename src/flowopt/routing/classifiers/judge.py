@@ -31,8 +31,9 @@ class JudgeClassifier:
 
     name = "judge"
 
-    def __init__(self, backend: str = "default", *, max_chars: int = 2000,
-                 on_error_score: float = 1.0) -> None:
+    def __init__(
+        self, backend: str = "default", *, max_chars: int = 2000, on_error_score: float = 1.0
+    ) -> None:
         self.backend_name = backend
         self.max_chars = max_chars
         self.on_error_score = on_error_score
@@ -42,17 +43,26 @@ class JudgeClassifier:
         from flowopt.errors import ConfigError
 
         if self.backend_name not in backends:
-            raise ConfigError(f"judge backend {self.backend_name!r} is not a pipeline backend",
-                              hint=f"use one of {sorted(backends)}")
+            raise ConfigError(
+                f"judge backend {self.backend_name!r} is not a pipeline backend",
+                hint=f"use one of {sorted(backends)}",
+            )
         self._call = traced_backend(backends[self.backend_name], name=self.backend_name)
 
     def build(self, request: Request) -> Request:
         text = request.last_user_text[: self.max_chars]
         return Request(
-            messages=(Message("system", _SYSTEM),
-                      Message("user", f"Request:\n{text}\n\nIs this request easy or hard?")),
-            params=Params(temperature=0.0, max_tokens=2, logprobs=True, top_logprobs=5,
-                          extra={"structured_outputs": {"choice": ["easy", "hard"]}}),
+            messages=(
+                Message("system", _SYSTEM),
+                Message("user", f"Request:\n{text}\n\nIs this request easy or hard?"),
+            ),
+            params=Params(
+                temperature=0.0,
+                max_tokens=2,
+                logprobs=True,
+                top_logprobs=5,
+                extra={"structured_outputs": {"choice": ["easy", "hard"]}},
+            ),
             tenant=request.tenant,
             deadline=request.deadline,
             metadata={"flowopt.purpose": "triage-judge"},

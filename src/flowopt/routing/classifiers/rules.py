@@ -36,7 +36,9 @@ class Rule:
             return False
         if self.max_chars is not None and len(text) > self.max_chars:
             return False
-        if self.pattern is not None and not re.search(self.pattern, text, re.IGNORECASE | re.MULTILINE):
+        if self.pattern is not None and not re.search(
+            self.pattern, text, re.IGNORECASE | re.MULTILINE
+        ):
             return False
         if self.metadata:
             for k, v in self.metadata.items():
@@ -78,12 +80,16 @@ class RulesClassifier:
             try:
                 rule = Rule(**dict(r))
             except TypeError as exc:
-                raise ConfigError(f"rules[{i}]: {exc}", hint="keys: then, pattern, min_chars, max_chars, metadata") from None
+                raise ConfigError(
+                    f"rules[{i}]: {exc}", hint="keys: then, pattern, min_chars, max_chars, metadata"
+                ) from None
             if rule.pattern is not None:
                 try:
                     re.compile(rule.pattern)
                 except re.error as exc:
-                    raise ConfigError(f"rules[{i}]: bad pattern {rule.pattern!r}: {exc}", hint="a Python regex") from None
+                    raise ConfigError(
+                        f"rules[{i}]: bad pattern {rule.pattern!r}: {exc}", hint="a Python regex"
+                    ) from None
             self.rules.append(rule)
         self.default_score = default_score
         self.metadata_key = metadata_key
