@@ -55,17 +55,18 @@ def _stub_app(tokens: int) -> Any:
     async def chat(request: Request) -> Response:
         body = await request.json()
         if not body.get("stream"):
+            message = {"role": "assistant", "content": "hi " * tokens}
             return JSONResponse({
                 "id": "x", "object": "chat.completion", "created": 0, "model": "stub",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi " * tokens},
-                             "finish_reason": "length"}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens}})
+                "choices": [{"index": 0, "message": message, "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": tokens,
+                          "total_tokens": 5 + tokens}})
 
         async def events() -> Any:
             for i in range(tokens):
                 last = i == tokens - 1
-                chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "stub",
-                         "choices": [{"index": 0, "delta": {"content": "hi "},
+                chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0,
+                         "model": "stub", "choices": [{"index": 0, "delta": {"content": "hi "},
                                       "finish_reason": "length" if last else None}]}
                 yield f"data: {json.dumps(chunk)}\n\n"
             usage = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "stub",
@@ -125,21 +126,29 @@ def _start_gateway(backend: str, model: str, workdir: Path) -> tuple[str, subpro
 
 
 # -- measurements ------------------------------------------------------------------------------
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc): the gateway's own cost,
+    which scheduling noise on a busy machine does not blur the way wall time is blurred."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(xs: list[float]) -> dict[str, float]:
     return {f"p{q}": round((percentile(xs, q) or 0.0) * 1000, 3) for q in (50, 90, 99)}
 
 
 async def added_latency(direct_url: str, gw_url: str, model: str, n: int,
-                        tokens: int) -> dict[str, Any]:
+                        tokens: int, gw_pid: int) -> dict[str, Any]:
     """Sequential requests, direct and via the gateway interleaved one by one."""
     d = HTTPTarget(direct_url, model=model, max_tokens=tokens)
     g = HTTPTarget(gw_url, model=model, max_tokens=tokens)
     out: dict[str, list[float]] = {"d_ttft": [], "d_e2e": [], "g_ttft": [], "g_e2e": []}
     client_ms: list[float] = []
     try:
-        for warm in range(5):  # connections, caches, JIT-free but cold paths
+        for _ in range(5):  # connections, caches, JIT-free but cold paths
             await d.send(PROMPT, t0=0)
             await g.send(PROMPT, t0=0)
+        cpu0 = _cpu_s(gw_pid)
         for i in range(n):
             order = ((d, "d"), (g, "g")) if i % 2 == 0 else ((g, "g"), (d, "d"))
             for target, key in order:
@@ -149,10 +158,12 @@ async def added_latency(direct_url: str, gw_url: str, model: str, n: int,
                 out[f"{key}_ttft"].append(s.ttft)
                 out[f"{key}_e2e"].append(s.e2e)
                 client_ms.append(s.client_ms)
+        cpu = _cpu_s(gw_pid) - cpu0
     finally:
         await d.aclose()
         await g.aclose()
-    res: dict[str, Any] = {"requests_each": n, "max_tokens": tokens}
+    res: dict[str, Any] = {"requests_each": n, "max_tokens": tokens,
+                           "gateway_cpu_ms_per_request": round(cpu / n * 1000, 3)}
     for m in ("ttft", "e2e"):
         dp, gp = _pct(out[f"d_{m}"]), _pct(out[f"g_{m}"])
         res[m] = {"direct_ms": dp, "gateway_ms": gp,
@@ -200,7 +211,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         gw_stub_url, gw_stub = _start_gateway(stub_url, "stub", work)
         try:
             results["stub_added_latency"] = await added_latency(
-                stub_url, gw_stub_url, "stub", args.requests * 2, args.stub_tokens)
+                stub_url, gw_stub_url, "stub", args.requests * 2, args.stub_tokens, gw_stub.pid)
             results["stub_throughput_64"] = await throughput(
                 stub_url, gw_stub_url, "stub", args.streams, args.stub_tokens, args.rounds)
         finally:
@@ -210,7 +221,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         gw_url, gw = _start_gateway(args.vllm, args.model, work)
         try:
             results["vllm_added_latency"] = await added_latency(
-                args.vllm, gw_url, args.model, args.requests, args.latency_tokens)
+                args.vllm, gw_url, args.model, args.requests, args.latency_tokens, gw.pid)
             results["vllm_throughput_64"] = await throughput(
                 args.vllm, gw_url, args.model, args.streams, args.tokens, args.rounds)
         finally:

@@ -30,14 +30,18 @@ async def main() -> None:
             "resilient",
             backend={"vllm": {"base_url": flaky.url, "model": MODEL}},
             backends={"backup": {"vllm": {"base_url": BASE_URL, "model": MODEL}}},
-            middleware=[{"resilience": {
-                "deadline": 30,
-                "ratelimit": {"requests_per_minute": 100, "tokens_per_minute": 50000},
-                "fallback": ["backup"],
-                "retry": {"attempts": 3, "backoff": {"base": 0.05}},
-                "shed": {"max_concurrency": 8, "max_queue": 8},
-                "breaker": {"failure_threshold": 3, "open_s": 5},
-            }}],
+            middleware=[
+                {
+                    "resilience": {
+                        "deadline": 30,
+                        "ratelimit": {"requests_per_minute": 100, "tokens_per_minute": 50000},
+                        "fallback": ["backup"],
+                        "retry": {"attempts": 3, "backoff": {"base": 0.05}},
+                        "shed": {"max_concurrency": 8, "max_queue": 8},
+                        "breaker": {"failure_threshold": 3, "open_s": 5},
+                    }
+                }
+            ],
             steps=[{"name": "a", "prompt": "{input}"}],
         )
         q = Request.chat("Say hello.", params=GREEDY, tenant="acme")
@@ -55,8 +59,9 @@ async def main() -> None:
         breaker = pipe.middleware[0][1].layer("breaker")
         print("breaker:", {u: s["state"] for u, s in breaker.snapshot().items()})
 
-        r = await pipe.acall(Request.chat("Count to ten.", stream=True, params=GREEDY,
-                                          tenant="acme"))
+        r = await pipe.acall(
+            Request.chat("Count to ten.", stream=True, params=GREEDY, tenant="acme")
+        )
         try:
             final = await r.complete()
             print(f"stream answered: {final.text!r}")
@@ -73,7 +78,9 @@ async def main() -> None:
         try:
             await tight.acall(q)
         except RejectedError as exc:
-            print(f"tenant over limit -> RejectedError({exc.reason}, retry_after={exc.retry_after}s)")
+            print(
+                f"tenant over limit -> RejectedError({exc.reason}, retry_after={exc.retry_after}s)"
+            )
         await tight.aclose()
         await pipe.aclose()
 

@@ -20,10 +20,16 @@ BASE_URL = os.environ.get("FLOWOPT_BASE_URL", "http://127.0.0.1:8000")
 MODEL = os.environ.get("FLOWOPT_MODEL", "smollm2")
 
 TIERS = [
-    {"name": "cheap", "backend": "default",
-     "price": {"input_per_1k": 0.0001, "output_per_1k": 0.0002}},
-    {"name": "strong", "backend": "strong",
-     "price": {"input_per_1k": 0.003, "output_per_1k": 0.006}},
+    {
+        "name": "cheap",
+        "backend": "default",
+        "price": {"input_per_1k": 0.0001, "output_per_1k": 0.0002},
+    },
+    {
+        "name": "strong",
+        "backend": "strong",
+        "price": {"input_per_1k": 0.003, "output_per_1k": 0.006},
+    },
 ]
 BACKENDS = {"strong": {"vllm": {"base_url": BASE_URL, "model": MODEL}}}
 STEPS = [{"name": "answer", "prompt": "{input}", "params": {"max_tokens": 24, "temperature": 0}}]
@@ -32,8 +38,10 @@ STEPS = [{"name": "answer", "prompt": "{input}", "params": {"max_tokens": 24, "t
 def show(label: str, decisions: list[dict[str, object]], cost: float | None) -> None:
     for d in decisions:
         if d["middleware"] in ("triage", "cascade"):
-            print(f"  {label}: {d['action']} tier={d['tier']} cost={cost:.6f} "
-                  f"always-strong={d['strongest_cost']:.6f}")
+            print(
+                f"  {label}: {d['action']} tier={d['tier']} cost={cost:.6f} "
+                f"always-strong={d['strongest_cost']:.6f}"
+            )
             if "reason" in d:
                 print(f"    reason: {d['reason']}")
 
@@ -43,10 +51,21 @@ async def main() -> None:
         "triage-demo",
         backend={"vllm": {"base_url": BASE_URL, "model": MODEL}},
         backends=BACKENDS,
-        middleware=[{"triage": {"tiers": TIERS, "classifier": {"rules": {"rules": [
-            {"pattern": r"\b(prove|derive|step by step)\b", "then": "strong"},
-            {"min_chars": 300, "then": "strong"},
-        ]}}}}],
+        middleware=[
+            {
+                "triage": {
+                    "tiers": TIERS,
+                    "classifier": {
+                        "rules": {
+                            "rules": [
+                                {"pattern": r"\b(prove|derive|step by step)\b", "then": "strong"},
+                                {"min_chars": 300, "then": "strong"},
+                            ]
+                        }
+                    },
+                }
+            }
+        ],
         steps=STEPS,
     )
     print("triage (rules):")
@@ -59,15 +78,16 @@ async def main() -> None:
         "cascade-demo",
         backend={"vllm": {"base_url": BASE_URL, "model": MODEL}},
         backends=BACKENDS,
-        middleware=[{"cascade": {"tiers": TIERS, "threshold": 0.6, "confidence": "mean"}}],
+        middleware=[{"cascade": {"tiers": TIERS, "threshold": 0.5, "confidence": "mean"}}],
         steps=STEPS,
     )
-    print("cascade (accept the cheap answer when its mean token probability >= 0.6):")
+    print("cascade (accept the cheap answer when its mean token probability >= 0.5):")
     for q in ("Say hello.", "Name the 23rd prime number and explain how you found it."):
         r = await cascade.ainvoke(q)
         show(q[:32], r.to_dict()["decisions"], r.cost)
-    resp = await cascade.acall(Request.chat("Say hello.", stream=True,
-                                            params=Params(max_tokens=12, temperature=0)))
+    resp = await cascade.acall(
+        Request.chat("Say hello.", stream=True, params=Params(max_tokens=12, temperature=0))
+    )
     assert resp.stream is not None
     text = "".join([c.text async for c in resp.stream])
     final = resp.stream.response

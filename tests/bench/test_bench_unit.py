@@ -53,6 +53,8 @@ def test_no_knee_while_still_linear_and_knee_before_a_collapse() -> None:
     assert find_knee([1, 2], [10, 20]) is None
     # Rises, saturates at 4, then collapses: the knee ignores the fall after the peak.
     assert find_knee([1, 2, 4, 8, 16, 32], [40, 80, 150, 158, 160, 60]) == 4
+    # Rises in proportion up to 16, then 32 buys nothing: the peak is the knee.
+    assert find_knee([1, 2, 4, 8, 16, 32], [16, 31, 60, 77, 123, 117]) == 16
 
 
 def _level(load: float, ok: int, total: int, tok_s: float) -> LevelStats:

@@ -77,3 +77,69 @@ class FakeFailingStore:
 
     def close(self) -> None:
         return None
+
+
+class FakeScriptedBackend:
+    """A fake backend that answers with a fixed :class:`Response` shape: ``finish_reason``,
+    ``metadata`` and, for streams, the given ``chunks`` (optionally breaking off after
+    ``break_after`` chunks, like a dropped connection)."""
+
+    provider = "fake"
+
+    def __init__(
+        self,
+        chunks: Sequence[str] = ("Hello", " world", "!"),
+        *,
+        finish_reason: str = "stop",
+        metadata: dict[str, Any] | None = None,
+        break_after: int | None = None,
+        model: str = "fake-model",
+        root: str = "fake/rev1",
+    ) -> None:
+        self.chunks = list(chunks)
+        self.finish_reason = finish_reason
+        self.metadata = metadata or {}
+        self.break_after = break_after
+        self.model = model
+        self.root = root
+        self.calls = 0
+
+    def endpoint_for_display(self) -> str:
+        return "fake://scripted"
+
+    async def model_info(self) -> Any:
+        from flowopt.backends.base import ModelInfo
+
+        return ModelInfo(id=self.model, root=self.root)
+
+    async def aclose(self) -> None:
+        return None
+
+    async def generate(self, request: Any) -> Any:
+        from flowopt.errors import IncompleteStream
+        from flowopt.stream import Stream
+        from flowopt.types import Chunk, Response, Usage
+
+        self.calls += 1
+        text = "".join(self.chunks)
+        final = Response(
+            text=text,
+            model=self.model,
+            usage=Usage(3, len(self.chunks)),
+            finish_reason=self.finish_reason,
+            metadata=self.metadata,
+            backend="fake",
+        )
+        if not request.stream:
+            return final
+        chunks, limit = self.chunks, self.break_after
+
+        async def gen() -> Any:
+            for i, c in enumerate(chunks):
+                if limit is not None and i == limit:
+                    raise IncompleteStream("connection dropped (fake)", endpoint="fake://")
+                last = i == len(chunks) - 1
+                yield Chunk(c, i, finish_reason=self.finish_reason if last else None)
+
+        stream = Stream(gen(), lambda: final, endpoint="fake://scripted")
+        return Response(text="", model=self.model, finish_reason=None, stream=stream)

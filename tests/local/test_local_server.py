@@ -218,3 +218,25 @@ def test_extra_args_and_env(tmp_path: Path) -> None:
 
 def test_served_name_defaults_to_dir_name(model_dir: Path) -> None:
     assert ServerConfig(model=str(model_dir)).resolved_served_name() == "tiny-model"
+
+
+def test_a_different_model_on_a_busy_port_is_refused(
+    running: LocalServer, fake_python: str, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-model"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    (other / "model.bin").write_bytes(b"")
+    with pytest.raises(LocalServerError, match="already serves 'tiny'") as info:
+        running.start(
+            ServerConfig(model=str(other), port=running.port, python=fake_python), timeout=5
+        )
+    assert "backend down --port" in (info.value.hint or "")
+
+
+def test_a_missing_interpreter_is_a_clear_error(home: Path, model_dir: Path) -> None:
+    port = find_free_port()
+    cfg = ServerConfig(model=str(model_dir), port=port, python=str(home / "no-python"))
+    with pytest.raises(ServerStartError, match="could not run") as info:
+        LocalServer(port, home=home).start(cfg)
+    assert "FLOWOPT_VLLM_PYTHON" in (info.value.hint or "")

@@ -149,7 +149,7 @@ def test_embedding_router_train_eval_cli(tmp_path: Path, routing_rows) -> None:
     assert s.shape == (2,) and ((s >= 0) & (s <= 1)).all()
     r = runner.invoke(cli, ["triage", "eval", str(data), "--router", str(out), "--json"])
     assert r.exit_code == 0, r.output
-    rep = json.loads(r.output)
+    rep = json.loads(r.stdout)  # stderr carries the model-loading progress bar
     assert rep["all"]["n"] == rep["rows"] and "strong_share_at_95pct" in rep["all"]
 
 
@@ -174,7 +174,7 @@ def test_flowopt_run_json_prints_cost(tmp_path: Path, vllm_url: str, served_mode
     )
     r = CliRunner().invoke(cli, ["run", str(spec), "--input", "Say hi", "--json"])
     assert r.exit_code == 0, r.output
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)
     assert out["cost"] > 0
     d = next(d for d in out["decisions"] if d["middleware"] == "triage")
     assert d["strongest_cost"] >= out["cost"]

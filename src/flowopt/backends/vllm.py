@@ -335,8 +335,11 @@ class VLLMBackend:
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
+                        # Read on to the end of the body instead of breaking off: a
+                        # response closed before its end closes its keep-alive connection,
+                        # and every streamed request would pay a new TCP connection.
                         state["done"] = True
-                        break
+                        continue
                     try:
                         obj = json.loads(data)
                     except ValueError:

@@ -12,6 +12,7 @@ Definitions (what the report's numbers mean):
 - **Knee**: the load where more load stops buying throughput. Kneedle (Satopaa et al.,
   2011) on the normalised throughput-vs-load curve (load on a log scale for geometric
   sweeps): the point furthest above the straight line from the first to the peak point.
+  With no bulge, the peak is the knee when higher loads were tried and bought nothing.
   A curve still rising in proportion has no knee.
 - **Breaking point**: the first load level where the service fails its users: success
   rate below ``min_success`` (99%), or throughput fallen below ``collapse`` (80%) of the
@@ -148,9 +149,11 @@ def find_knee(loads: Sequence[float], values: Sequence[float]) -> float | None:
         return None
     pts = sorted(zip(loads, values, strict=True))
     peak = max(range(len(pts)), key=lambda i: pts[i][1])
+    # Load beyond the peak bought nothing: if there is any, the peak is at most the knee.
+    plateau = pts[peak][0] if peak < len(pts) - 1 and peak > 0 else None
     pts = pts[: peak + 1]
     if len(pts) < 3:
-        return None
+        return plateau
     # Sweeps are usually geometric (1, 2, 4, 8...): on such a sweep the load axis is read
     # on a log scale, as the eye reads the chart, or every knee lands on the last points.
     geometric = pts[0][0] > 0 and pts[-1][0] / pts[0][0] >= 4
@@ -165,10 +168,12 @@ def find_knee(loads: Sequence[float], values: Sequence[float]) -> float | None:
         if gap > best_gap:
             best, best_gap = x, gap
     if best is None:
-        # No bulge before the peak: saturated only if the last step bought < 10% more.
+        # No bulge before the peak: saturated only if the last step bought < 10% more,
+        # else the peak itself when more load was tried and bought nothing.
         (xa, ya), (_, yb) = pts[-2], pts[-1]
         if ya > 0 and (yb - ya) / ya < 0.10:
             return xa
+        return plateau
     return best
 
 

@@ -118,11 +118,11 @@ class MiniLMEmbedder:
         return np.ascontiguousarray(pooled.numpy(), dtype=np.float32)
 
     def embed(self, text: str) -> Vector:
-        hit = self._memo.get(text)
+        hit: Vector | None = self._memo.get(text)
         if hit is not None:
             return hit
         self.load()
-        vec = self._forward([text])[0]
+        vec: Vector = self._forward([text])[0]
         with self._lock:
             self._memo[text] = vec
             if len(self._memo) > self._memo_size:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,7 +182,7 @@ def evaluate(
 ) -> dict[str, EvalResult]:
     """Run the protocols; returns one :class:`EvalResult` per protocol."""
     texts = sorted({p["a"] for p in pairs} | {p["b"] for p in pairs})
-    prime = getattr(embedder, "prime")
+    prime: Callable[[Sequence[str]], None] | None = getattr(embedder, "prime", None)
     if prime is not None:
         prime(texts)
     results: dict[str, EvalResult] = {}

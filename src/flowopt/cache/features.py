@@ -25,44 +25,66 @@ import numpy.typing as npt
 
 __all__ = ["HAND_FEATURES", "TextInfo", "hand_features", "pair_vector", "text_info"]
 
+
+def _words(text: str) -> frozenset[str]:
+    """A word list written as one string (keeps the lists readable)."""
+    return frozenset(text.split())
+
+
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]", re.IGNORECASE)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _CAP = re.compile(r"\b[A-Z][a-zA-Z0-9]+(?:\s+[A-Z][a-zA-Z0-9]+)*")
 
-QUESTION_WORDS = frozenset(
-    "what how why when where who whom whose which can could should would will is are do "
-    "does did was were has have".split()
+QUESTION_WORDS = _words(
+    "what how why when where who whom whose which can could should would will is are "
+    "do does did was were has have "
 )
-NEGATIONS = frozenset("not no never without nor none cannot can't don't doesn't didn't "
-                      "isn't aren't wasn't weren't won't wouldn't shouldn't couldn't".split())
-STOPWORDS = frozenset(
-    "a an the of to in on for and or with at by from as is are was were be been being do does "
-    "did i you he she it we they me my your our their his her its this that these those there "
-    "here what how why when where who whom which can could should would will shall may might "
-    "must have has had if so than then into about over under up down out some any all "
-    "get got one s t just very more most much many also ? . , ! ' \" ( ) : ; -".split()
+NEGATIONS = _words(
+    "not no never without nor none cannot can't don't doesn't didn't isn't aren't "
+    "wasn't weren't won't wouldn't shouldn't couldn't "
 )
-COMPARATIVES = frozenset("best worst better worse most least top first last".split())
+STOPWORDS = _words(
+    "a an the of to in on for and or with at by from as is are was were be been being "
+    "do does did i you he she it we they me my your our their his her its this that "
+    "these those there here what how why when where who whom which can could should "
+    "would will shall may might must have has had if so than then into about over "
+    "under up down out some any all get got one s t just very more most much many "
+    "also ? . , ! ' \" ( ) : ; - "
+)
+COMPARATIVES = _words("best worst better worse most least top first last")
 ANTONYMS: frozenset[frozenset[str]] = frozenset(
     frozenset(pair.split("/"))
-    for pair in (
+    for pair in _words(
         "minimize/maximize min/max increase/decrease increase/reduce rise/fall gain/lose "
-        "buy/sell before/after start/stop start/end begin/end pros/cons advantage/disadvantage "
-        "advantages/disadvantages best/worst good/bad better/worse more/less most/least "
-        "high/low higher/lower up/down in/out on/off open/close positive/negative "
-        "true/false right/wrong easy/hard easy/difficult cheap/expensive old/new young/old "
-        "male/female man/woman men/women boy/girl boys/girls husband/wife love/hate like/dislike "
-        "win/lose won/lost pass/fail import/export inside/outside import/importing hot/cold "
-        "fast/slow big/small large/small long/short rich/poor past/future first/last "
-        "legal/illegal possible/impossible safe/unsafe always/never all/none add/remove "
-        "upload/download send/receive give/take push/pull north/south east/west"
-    ).split()
+        "buy/sell before/after start/stop start/end begin/end pros/cons "
+        "advantage/disadvantage advantages/disadvantages best/worst good/bad better/worse "
+        "more/less most/least high/low higher/lower up/down in/out on/off open/close "
+        "positive/negative true/false right/wrong easy/hard easy/difficult "
+        "cheap/expensive old/new young/old male/female man/woman men/women boy/girl "
+        "boys/girls husband/wife love/hate like/dislike win/lose won/lost pass/fail "
+        "import/export inside/outside import/importing hot/cold fast/slow big/small "
+        "large/small long/short rich/poor past/future first/last legal/illegal "
+        "possible/impossible safe/unsafe always/never all/none add/remove upload/download "
+        "send/receive give/take push/pull north/south east/west "
+    )
 )
-DEICTIC = frozenset("this these that those above below attached following".split())
+DEICTIC = _words("this these that those above below attached following")
 NUMBER_WORDS = {
-    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-    "seven": "7", "eight": "8", "nine": "9", "ten": "10", "hundred": "100",
-    "thousand": "1000", "million": "1000000", "billion": "1000000000",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+    "hundred": "100",
+    "thousand": "1000",
+    "million": "1000000",
+    "billion": "1000000000",
 }
 _NEG_SUFFIX = "n't"
 

@@ -69,9 +69,7 @@ def cache_key(request: Request, *, model_identity: str, scope: Scope = "tenant")
         # Drop the last user turn (the semantic part); keep everything before it and
         # anything after it (an assistant prefill changes the answer).
         last_user = max((i for i, m in enumerate(msgs) if m.role == "user"), default=-1)
-        context = [
-            [m.role, m.content, m.name] for i, m in enumerate(msgs) if i != last_user
-        ]
+        context = [[m.role, m.content, m.name] for i, m in enumerate(msgs) if i != last_user]
     template = request.template or ("sys:" + _h(request.system_prompt, 8))
     partition = _h(
         {

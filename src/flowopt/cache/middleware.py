@@ -127,7 +127,7 @@ class CacheMiddleware(MiddlewareBase):
             if self.engine is not None:
                 return
             if self.model_identity is None:
-                self.model_identity = (await ctx.backend.model_info()).identity
+                self.model_identity = await _identity(ctx)
             await asyncio.to_thread(self._open, ctx.state_dir)
 
     def _open(self, state_dir: str | None) -> None:
@@ -331,6 +331,21 @@ class CacheMiddleware(MiddlewareBase):
         else:
             detail["stored"] = True
         return self.decision("miss", **detail)
+
+
+async def _identity(ctx: PipelineContext) -> str:
+    """The served model identity. With several backends (triage, fallback below the
+    cache) any of them may answer, so all their identities are part of it: a change to any
+    model is a change of partition."""
+    main = (await ctx.backend.model_info()).identity
+    others = {
+        name: (await b.model_info()).identity
+        for name, b in sorted(ctx.backends.items())
+        if b is not ctx.backend
+    }
+    if not others:
+        return main
+    return main + "|" + ",".join(f"{k}={v}" for k, v in others.items())
 
 
 def _replace_decision(response: Response, decision: Decision) -> Response:

@@ -52,10 +52,8 @@ class PIIDetector(Protocol):
 
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-_PHONE = re.compile(
-    r"(?<![\w.])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}[\s.-]\d{3,4}[\s.-]?\d{3,4}(?![\w.])"
-)
-_INTL_PHONE = re.compile(r"(?<![\w])\+\d{7,15}\b")
+_PHONE = re.compile(r"(?<![\w+])(?:\+|\()?\d[\d\s().-]{6,20}\d(?![\w])")
+_YEAR = re.compile(r"(?:19|20)\d\d")
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 _SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
 _NINO = re.compile(r"\b[A-CEGHJ-PR-TW-Z]{2}\s?\d{2}\s?\d{2}\s?\d{2}\s?[A-D]\b")
@@ -72,6 +70,19 @@ def _luhn_ok(digits: str) -> bool:
                 d -= 9
         total += d
     return total % 10 == 0
+
+
+def _is_phone(candidate: str) -> bool:
+    """9 to 15 digits in separated groups, not a list of years or a version/decimal."""
+    digits = re.sub(r"\D", "", candidate)
+    if not 9 <= len(digits) <= 15:
+        return False
+    groups = re.findall(r"\d+", candidate)
+    if len(groups) == 1 and not candidate.startswith("+"):
+        return False  # one long number: an id or amount, not written like a phone number
+    if all(len(g) == 4 and _YEAR.fullmatch(g) for g in groups):
+        return False
+    return True
 
 
 class RegexPIIDetector:
@@ -92,7 +103,7 @@ class RegexPIIDetector:
                 break
         if _SSN.search(text) or _NINO.search(text) or _IBAN.search(text):
             found.append("national_id")
-        if "card" not in found and (_PHONE.search(text) or _INTL_PHONE.search(text)):
+        if not found and any(_is_phone(m.group(0)) for m in _PHONE.finditer(text)):
             found.append("phone")
         for name, pattern in self._extra.items():
             if pattern.search(text):

