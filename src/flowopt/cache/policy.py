@@ -144,12 +144,13 @@ def response_skip_reason(
     """Why this finished answer must not be stored: ``(reason, detail)`` or None."""
     if _has_tool_calls(response):
         return SkipReason.TOOL_CALL, response.finish_reason or "tool_calls"
-    if response.truncated or response.finish_reason not in (None, "stop", "eos"):
-        return SkipReason.TRUNCATED, str(response.finish_reason)
-    if not response.text:
-        return SkipReason.EMPTY, ""
+    # Personal data first: it is the most important reason to report.
     for detector in detectors:
         kinds = detector.detect(response.text) or detector.detect(request.last_user_text)
         if kinds:
             return SkipReason.PII, ",".join(sorted(set(kinds)))
+    if response.truncated or response.finish_reason not in (None, "stop", "eos"):
+        return SkipReason.TRUNCATED, str(response.finish_reason)
+    if not response.text:
+        return SkipReason.EMPTY, ""
     return None
