@@ -128,7 +128,8 @@ async def test_stores_down_backend_answers_span_records(
     assert result.text and result.usage.output_tokens > 0
     (hop,) = result.hops
     (d,) = [d for d in hop.response.decisions if d.middleware == "cache"]
-    assert d.action == "miss" and d.detail["skip_reason"] == "store_error"
+    assert d.action == "miss" and not d.detail["stored"]
+    assert "redis" in d.detail["store_error"]
     (span,) = spans.by_name("middleware cache")
     assert "redis" in span.attributes["flowopt.cache.store_error"]
     errors = [e.attributes["error"] for e in span.events if e.name == "flowopt.cache.store_error"]

@@ -169,11 +169,13 @@ class VLLMBackend:
         total = self._timeout if remaining is None else max(0.001, min(self._timeout, remaining))
         return httpx.Timeout(total, connect=min(self._connect_timeout, total))
 
-    def _translate(self, exc: Exception, url: str, request: Request) -> BackendError:
+    def _translate(
+        self, exc: Exception, url: str, request: Request, waited: float | None = None
+    ) -> BackendError:
         rid = request.request_id
         if isinstance(exc, httpx.TimeoutException):
             return BackendTimeout(
-                f"no answer within {self._timeout_for(request).read:.3g}s",
+                f"no answer within {waited if waited is not None else self._timeout:.3g}s",
                 endpoint=url,
                 request_id=rid,
                 hint="raise the backend timeout or the request deadline, or check server load",
@@ -260,14 +262,15 @@ class VLLMBackend:
         replica.outstanding += 1
         started = time.perf_counter()
         client = self._http()
+        timeout = self._timeout_for(request)
         try:
             http_req = client.build_request(
-                "POST", url + path, json=payload, timeout=self._timeout_for(request)
+                "POST", url + path, json=payload, timeout=timeout
             )
             resp = await client.send(http_req, stream=request.stream)
         except httpx.HTTPError as exc:
             replica.outstanding -= 1
-            raise self._translate(exc, url, request) from None
+            raise self._translate(exc, url, request, timeout.read) from None
         except BaseException:
             replica.outstanding -= 1
             raise

@@ -91,14 +91,22 @@ class CacheMiddleware(MiddlewareBase):
         self,
         config: CacheConfig | None = None,
         *,
-        store: Store | None = None,
-        exact_store: Store | None = None,
+        store: Store | str | None = None,
+        exact_store: Store | str | None = None,
         embedder: Embedder | None = None,
         verifier: Verifier | None = None,
         pii_detectors: Sequence[PIIDetector] | None = None,
         model_identity: str | None = None,
         **options: Any,
     ) -> None:
+        # In a spec, ``store``/``exact_store`` are names (config); in Python they may also
+        # be store objects (injected).
+        if isinstance(store, str):
+            options["store"] = store
+            store = None
+        if isinstance(exact_store, str):
+            options["exact_store"] = exact_store
+            exact_store = None
         if config is None:
             config = CacheConfig(**options)
         elif options:

@@ -299,5 +299,12 @@ def _row(r: Any) -> Entry:
         tags=tuple(tags or ()),
         created_at=float(created),
         expires_at=None if expires is None else float(expires),
-        embedding=None if emb is None else np.asarray(emb, dtype=np.float32),
+        embedding=None if emb is None else _array(emb),
     )
+
+
+def _array(value: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """pgvector returns its own ``Vector`` type (or an array, depending on version)."""
+    to_numpy = getattr(value, "to_numpy", None)
+    raw = to_numpy() if to_numpy is not None else value
+    return np.asarray(raw, dtype=np.float32)

@@ -1,0 +1,104 @@
+"""The shipped verifier and the eval CLI (real MiniLM, real weights; small pairs file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from click.testing import CliRunner
+
+from flowopt.cache.features import HAND_FEATURES, pair_vector, text_info
+from flowopt.cli.cache import command
+
+PAIRS = [
+    ("What makes a person shy?", "What makes someone shy?", 1),
+    ("How do I learn Python quickly?", "What is the fastest way to learn Python?", 1),
+    ("How can I lose weight fast?", "What is the quickest way to lose weight?", 1),
+    ("What is the capital of France?", "Which city is the capital of France?", 1),
+    ("How do I minimize stray loss?", "What is a stray loss?", 0),
+    ("Are cats afraid of tigers?", "Are tigers afraid of cats?", 0),
+    ("How do I jailbreak iOS 9.3.1?", "How do I jailbreak iOS 9.1?", 0),
+    ("What is the capital of France?", "What is the capital of Germany?", 0),
+    ("Who is the richest man in India?", "Who is the richest woman in India?", 0),
+    ("How do I get a job at Google?", "How do I get a job at Google as a fresher?", 0),
+]
+
+
+def test_features_see_what_cosine_misses() -> None:
+    a, b = text_info("Are cats afraid of tigers?"), text_info("Are tigers afraid of cats?")
+    assert a.content == b.content  # same words...
+    v = pair_vector("Are cats afraid of tigers?", "Are tigers afraid of cats?",
+                    np.eye(384, dtype=np.float32)[0], np.eye(384, dtype=np.float32)[0])
+    names = dict(zip(HAND_FEATURES, v[: len(HAND_FEATURES)], strict=True))
+    assert names["swap"] == 1.0 and names["order_discordance"] > 0  # ...in another order
+    assert text_info("What is 9.3.1?").numbers != text_info("What is 9.1?").numbers
+
+
+def test_shipped_verifier(minilm: Any, verifier: Any) -> None:
+    assert verifier.meta["format"] == "flowopt-cache-verifier/1"
+    assert {"default", "p95", "p99"} <= verifier.meta["operating_points"].keys()
+    assert 0.0 < verifier.threshold < 1.0
+
+    def p(q: str, c: str) -> float:
+        return float(verifier.probability(q, c, minilm.embed(q), minilm.embed(c)))
+
+    same = p("What makes someone shy?", "What makes a person shy?")
+    near = p("How do I minimize stray loss?", "What is a stray loss?")
+    assert same > verifier.threshold > near
+    assert p("Are tigers afraid of cats?", "Are cats afraid of tigers?") < verifier.threshold
+
+
+def write_pairs(tmp_path: Path) -> Path:
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("".join(json.dumps({"a": a, "b": b, "duplicate": d}) + "\n" for a, b, d in PAIRS))
+    return f
+
+
+def test_eval_cli_json_and_plot(tmp_path: Path) -> None:
+    pairs = write_pairs(tmp_path)
+    png = tmp_path / "curve.png"
+    res = CliRunner().invoke(command, ["eval", "--pairs", str(pairs), "--json", "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    pw, cr = report["pairwise"], report["crowded"]
+    assert pw["lookups"] == len(PAIRS) and pw["duplicates"] == 4
+    op = pw["at_threshold"]
+    assert op["false_hits"] == 0  # none of the near misses above is served
+    assert op["true_hits"] >= 2
+    assert cr["lookups"] == len(PAIRS)
+    assert pw["curve"] and all("precision" in pt for pt in pw["curve"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_cli_bare_cosine_baseline(tmp_path: Path) -> None:
+    pairs = write_pairs(tmp_path)
+    res = CliRunner().invoke(
+        command, ["eval", "--pairs", str(pairs), "--no-verify", "--threshold", "0.8",
+                  "--protocol", "pairwise"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "bare cosine threshold 0.8" in res.output and "pairwise" in res.output
+
+
+def test_store_commands(tmp_path: Path) -> None:
+    from flowopt.cache.stores.gptcache import GPTCacheStore
+    from test_stores import entry
+
+    path = tmp_path / "store"
+    s = GPTCacheStore(path)
+    s.put(entry("a", tenant="acme", tags=("pricing",)))
+    s.put(entry("b", tenant="acme", vec=2))
+    s.put(entry("c", tenant="globex", vec=3))
+    s.close()
+    runner = CliRunner()
+    out = runner.invoke(command, ["stats", "--path", str(path), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["tenants"] == {"acme": 2, "globex": 1}
+    out = runner.invoke(command, ["invalidate", "--path", str(path), "--tag", "pricing"])
+    assert out.exit_code == 0 and "removed 1 entries" in out.output
+    out = runner.invoke(command, ["invalidate", "--path", str(path)])
+    assert out.exit_code != 0  # refuses to invalidate without a criterion
+    out = runner.invoke(command, ["clear", "--path", str(path), "--yes"])
+    assert out.exit_code == 0 and "removed 2 entries" in out.output
