@@ -31,13 +31,42 @@ from flowopt.errors import (
 )
 from flowopt.middleware.base import CallNext, Middleware, MiddlewareBase, PipelineContext, Use
 from flowopt.pipeline import RECOMMENDED_ORDER, Pipeline, load, pipeline
+from flowopt.resilience import (
+    Breaker,
+    Deadline,
+    Fallback,
+    LoadShed,
+    Resilience,
+    Retry,
+    RetryBudget,
+    TenantLimits,
+)
 from flowopt.result import Hop, Result, StepEvent, TokenEvent
+from flowopt.routing.steer import EndpointCoolingDown
 from flowopt.spec import PipelineSpec, StepSpec, load_spec, parse_spec
 from flowopt.stream import Stream, replay
 from flowopt.tracing import configure_tracing
 from flowopt.types import Chunk, Decision, Message, Params, Request, Response, TokenLogprob, Usage
 
 __version__ = "0.1.0"
+
+# Heavy middleware (embedding models, stores) load on first attribute access, so
+# `import flowopt` stays fast for apps that do not use them.
+_LAZY = {
+    "Triage": "flowopt.routing.triage",
+    "Cascade": "flowopt.routing.cascade",
+    "Price": "flowopt.routing.pricing",
+    "Tier": "flowopt.routing.pricing",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flowopt' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
 
 __all__ = [
     "RECOMMENDED_ORDER",
@@ -47,14 +76,20 @@ __all__ = [
     "BackendProtocolError",
     "BackendTimeout",
     "BackendUnavailable",
+    "Breaker",
     "CallNext",
+    "Cascade",
     "Chunk",
     "ConfigError",
+    "Deadline",
     "Decision",
+    "EndpointCoolingDown",
+    "Fallback",
     "FlowoptError",
     "Hop",
     "IncompleteStream",
     "InvalidRequestError",
+    "LoadShed",
     "Message",
     "Middleware",
     "MiddlewareBase",
@@ -65,10 +100,14 @@ __all__ = [
     "PipelineContext",
     "PipelineSpec",
     "PluginConflictError",
+    "Price",
     "RejectedError",
     "Request",
+    "Resilience",
     "Response",
     "Result",
+    "Retry",
+    "RetryBudget",
     "RunError",
     "SpecError",
     "StepError",
@@ -76,8 +115,11 @@ __all__ = [
     "StepSpec",
     "StoreError",
     "Stream",
+    "TenantLimits",
+    "Tier",
     "TokenEvent",
     "TokenLogprob",
+    "Triage",
     "UnknownNameError",
     "Usage",
     "Use",

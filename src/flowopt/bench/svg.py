@@ -72,9 +72,9 @@ def line_chart(
         out.append(f'<line x1="{L}" x2="{W - R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>')
         out.append(f'<text x="{L - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
     xticks = sorted({x for x, _ in pts})
-    if len(xticks) > 12:
-        step = math.ceil(len(xticks) / 12)
-        xticks = xticks[::step]
+    if len(xticks) > 12:  # a distribution, not a sweep: round ticks, not data points
+        lo = min(xticks)
+        xticks = [t for t in _ticks(lo, max(xticks), 6) if t >= lo]
     for t in xticks:
         x = px(t)
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{H - B}" y2="{H - B + 4}" '
