@@ -64,8 +64,13 @@ def summary(xs: list[float], unit: str = "ms") -> dict[str, float | str]:
     }
 
 
-async def micro(store_name: str, pairs: list[dict[str, Any]], embedder: MiniLMEmbedder,
-                verifier: LearnedVerifier, tmp: Path) -> dict[str, Any]:
+async def micro(
+    store_name: str,
+    pairs: list[dict[str, Any]],
+    embedder: MiniLMEmbedder,
+    verifier: LearnedVerifier,
+    tmp: Path,
+) -> dict[str, Any]:
     backend = FakeBackend()
     store: Any = MemoryStore() if store_name == "memory" else GPTCacheStore(tmp / store_name)
     mw = CacheMiddleware(store=store, embedder=embedder, verifier=verifier)
@@ -103,8 +108,9 @@ async def micro(store_name: str, pairs: list[dict[str, Any]], embedder: MiniLMEm
     assert engine is not None and mw.model_identity is not None
     sem, served = [], 0
     for p in dups[:200]:
-        key = cache_key(Request.chat(p["b"], params=G, tenant="bench"),
-                        model_identity=mw.model_identity)
+        key = cache_key(
+            Request.chat(p["b"], params=G, tenant="bench"), model_identity=mw.model_identity
+        )
         t0 = time.perf_counter()
         res = engine.lookup(key)
         sem.append((time.perf_counter() - t0) * 1000)
@@ -128,9 +134,16 @@ async def micro(store_name: str, pairs: list[dict[str, Any]], embedder: MiniLMEm
     return out
 
 
-async def faq_replay(url: str, model: str, pairs: list[dict[str, Any]], n: int,
-                     concurrency: int, embedder: MiniLMEmbedder,
-                     verifier: LearnedVerifier, max_tokens: int) -> dict[str, Any]:
+async def faq_replay(
+    url: str,
+    model: str,
+    pairs: list[dict[str, Any]],
+    n: int,
+    concurrency: int,
+    embedder: MiniLMEmbedder,
+    verifier: LearnedVerifier,
+    max_tokens: int,
+) -> dict[str, Any]:
     from flowopt import pipeline
 
     rng = random.Random(11)
@@ -147,8 +160,13 @@ async def faq_replay(url: str, model: str, pairs: list[dict[str, Any]], n: int,
             "faq-bench",
             backend={"vllm": {"base_url": url, "model": model}},
             middleware=mws if with_cache else [],
-            steps=[{"name": "answer", "prompt": "{input}",
-                    "params": {"temperature": 0.0, "max_tokens": max_tokens}}],
+            steps=[
+                {
+                    "name": "answer",
+                    "prompt": "{input}",
+                    "params": {"temperature": 0.0, "max_tokens": max_tokens},
+                }
+            ],
         )
         await pipe.start()
         gate = asyncio.Semaphore(concurrency)
@@ -190,7 +208,9 @@ async def faq_replay(url: str, model: str, pairs: list[dict[str, Any]], n: int,
         "ratios": {
             "mean_latency": round(with_cache["mean_ms"] / without["mean_ms"], 3),
             "p95_latency": round(with_cache["p95_ms"] / without["p95_ms"], 3),
-            "backend_tokens": round(with_cache["backend_tokens"] / max(1, without["backend_tokens"]), 3),
+            "backend_tokens": round(
+                with_cache["backend_tokens"] / max(1, without["backend_tokens"]), 3
+            ),
         },
     }
 
@@ -198,7 +218,9 @@ async def faq_replay(url: str, model: str, pairs: list[dict[str, Any]], n: int,
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--pairs", type=Path, default=PAIRS)
-    ap.add_argument("--vllm-url", default=os.environ.get("FLOWOPT_VLLM_URL", "http://127.0.0.1:8011"))
+    ap.add_argument(
+        "--vllm-url", default=os.environ.get("FLOWOPT_VLLM_URL", "http://127.0.0.1:8011")
+    )
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=8)
@@ -215,12 +237,19 @@ async def main() -> None:
     report: dict[str, Any] = {"cpu_count": os.cpu_count(), "load_avg": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         report["micro"] = [
-            await micro(name, pairs, embedder, verifier, Path(tmp)) for name in ("memory", "gptcache")
+            await micro(name, pairs, embedder, verifier, Path(tmp))
+            for name in ("memory", "gptcache")
         ]
     if not args.skip_e2e:
         report["faq_replay"] = await faq_replay(
-            args.vllm_url, args.model, pairs, args.requests, args.concurrency, embedder,
-            verifier, args.max_tokens,
+            args.vllm_url,
+            args.model,
+            pairs,
+            args.requests,
+            args.concurrency,
+            embedder,
+            verifier,
+            args.max_tokens,
         )
     report["load_avg_after"] = os.getloadavg()
     text = json.dumps(report, indent=2)

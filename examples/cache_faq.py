@@ -34,8 +34,15 @@ async def main() -> None:
         pipe = pipeline(
             "faq",
             backend={"vllm": {"base_url": base_url, "model": model}},
-            middleware=[{"cache": {"store": "gptcache", "store_options": {"path": cache_dir},
-                                   "ttl_s": 3600}}],
+            middleware=[
+                {
+                    "cache": {
+                        "store": "gptcache",
+                        "store_options": {"path": cache_dir},
+                        "ttl_s": 3600,
+                    }
+                }
+            ],
             defaults={"temperature": 0, "max_tokens": 40},
             steps=[{"name": "answer", "system": "Answer in one sentence.", "prompt": "{input}"}],
         )
@@ -48,8 +55,10 @@ async def main() -> None:
         ]
         for tenant, q in questions:
             r = await pipe.ainvoke(q, tenant=tenant)
-            print(f"[{tenant}] {q}\n    -> {cache_line(r)}, {r.latency_ms:.0f} ms, "
-                  f"{r.usage.output_tokens} backend tokens: {r.text.strip()[:70]!r}")
+            print(
+                f"[{tenant}] {q}\n    -> {cache_line(r)}, {r.latency_ms:.0f} ms, "
+                f"{r.usage.output_tokens} backend tokens: {r.text.strip()[:70]!r}"
+            )
 
         # A streamed request replays the stored answer with the same chunks.
         for attempt in ("live", "replay"):

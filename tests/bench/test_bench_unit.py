@@ -138,4 +138,5 @@ def test_report_renders_offline_with_plots_and_summary() -> None:
     assert "Knee: ~4 concurrent" in text and "TTFT p50/p95" in text
     data = json.loads(json.dumps(res.to_dict()))
     assert data["variants"][0]["knee"] == 4
+    assert render_html(BenchResult.from_dict(data)) == doc  # JSON round-trips to the report
     assert data["variants"][0]["levels"][0]["ttft_ms"]["p99"] is not None

@@ -30,8 +30,13 @@ async def main() -> None:
                 }
             }
         ],
-        steps=[{"name": "answer", "prompt": "{input}",
-                "params": {"temperature": 0.0, "max_tokens": 16}}],
+        steps=[
+            {
+                "name": "answer",
+                "prompt": "{input}",
+                "params": {"temperature": 0.0, "max_tokens": 16},
+            }
+        ],
     )
     for q in questions:
         result = await pipe.ainvoke(q, tenant=tenant)

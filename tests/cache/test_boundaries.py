@@ -135,20 +135,23 @@ async def test_template_and_system_prompt_changes_are_misses(
 async def test_sampling_parameters(vllm_url: str, served_model: str, cache_factory: Any) -> None:
     greedy = make(vllm_url, served_model, cache_factory())
     await greedy.ainvoke(Q, tenant="acme")
-    sampled = make(vllm_url, served_model, cache_factory(), params={"temperature": 0.9,
-                                                                   "max_tokens": 24})
+    sampled = make(
+        vllm_url, served_model, cache_factory(), params={"temperature": 0.9, "max_tokens": 24}
+    )
     for _ in range(2):
         d = cache_decision(await sampled.ainvoke(Q, tenant="acme"))
         assert (d["action"], d["skip_reason"]) == ("bypass", "sampled")
-    longer = make(vllm_url, served_model, cache_factory(), params={"temperature": 0.0,
-                                                                  "max_tokens": 40})
+    longer = make(
+        vllm_url, served_model, cache_factory(), params={"temperature": 0.0, "max_tokens": 40}
+    )
     assert cache_decision(await longer.ainvoke(Q, tenant="acme"))["action"] == "miss"
     for p in (greedy, sampled, longer):
         await p.aclose()
 
 
-async def test_pii_is_never_stored(vllm_url: str, served_model: str, cache_factory: Any,
-                                   store: MemoryStore) -> None:
+async def test_pii_is_never_stored(
+    vllm_url: str, served_model: str, cache_factory: Any, store: MemoryStore
+) -> None:
     pipe = make(vllm_url, served_model, cache_factory())
     q = "Write a short reply to jane.doe@example.com saying thanks."
     for _ in range(2):
@@ -161,8 +164,9 @@ async def test_pii_is_never_stored(vllm_url: str, served_model: str, cache_facto
 async def test_truncated_answers_are_never_stored(
     vllm_url: str, served_model: str, cache_factory: Any, store: MemoryStore
 ) -> None:
-    pipe = make(vllm_url, served_model, cache_factory(),
-                params={"temperature": 0.0, "max_tokens": 3})
+    pipe = make(
+        vllm_url, served_model, cache_factory(), params={"temperature": 0.0, "max_tokens": 3}
+    )
     q = "Explain in detail how a transformer neural network works."
     for _ in range(2):
         result = await pipe.ainvoke(q, tenant="acme")

@@ -27,18 +27,30 @@ pytestmark = pytest.mark.integration
 _TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar("tenant", default=None)
 
 QUESTIONS = [
-    ["What is the capital of France?", "What's the capital city of France?",
-     "Which city is the capital of France?"],
+    [
+        "What is the capital of France?",
+        "What's the capital city of France?",
+        "Which city is the capital of France?",
+    ],
     ["How do I boil an egg?", "How can I boil an egg?", "What is the way to boil an egg?"],
     ["What is photosynthesis?", "What does photosynthesis mean?", "Explain photosynthesis."],
-    ["How many legs does a spider have?", "How many legs do spiders have?",
-     "Spiders have how many legs?"],
-    ["What is the boiling point of water?", "At what temperature does water boil?",
-     "What temperature does water boil at?"],
+    [
+        "How many legs does a spider have?",
+        "How many legs do spiders have?",
+        "Spiders have how many legs?",
+    ],
+    [
+        "What is the boiling point of water?",
+        "At what temperature does water boil?",
+        "What temperature does water boil at?",
+    ],
     ["Who wrote Hamlet?", "Who is the author of Hamlet?", "Hamlet was written by whom?"],
     ["What is a prime number?", "What are prime numbers?", "Define a prime number."],
-    ["How far is the Moon from Earth?", "What is the distance from the Earth to the Moon?",
-     "How far away is the Moon?"],
+    [
+        "How far is the Moon from Earth?",
+        "What is the distance from the Earth to the Moon?",
+        "How far away is the Moon?",
+    ],
 ]
 
 
@@ -89,8 +101,9 @@ async def test_eight_tenants_five_hundred_requests_no_cross_tenant_hit(
         "concurrency",
         backend={"vllm": {"base_url": vllm_url, "model": served_model}},
         middleware=[TenantContext(), cache],
-        steps=[{"name": "answer", "prompt": "{input}",
-                "params": {"temperature": 0.0, "max_tokens": 8}}],
+        steps=[
+            {"name": "answer", "prompt": "{input}", "params": {"temperature": 0.0, "max_tokens": 8}}
+        ],
     )
     rng = random.Random(7)
     tenants = [f"tenant-{i}" for i in range(8)]

@@ -49,8 +49,9 @@ def test_same_request_same_keys() -> None:
             params=G,
             tenant="t1",
         ),
-        Request(prompt="What is a stray loss?", params=Request.chat("x", params=G).params,
-                tenant="t1"),
+        Request(
+            prompt="What is a stray loss?", params=Request.chat("x", params=G).params, tenant="t1"
+        ),
     ],
     ids=["tenant", "temperature", "max_tokens", "stop", "template", "system", "history", "kind"],
 )
@@ -90,9 +91,7 @@ def test_bypass_reasons(params: dict[str, object], reason: str | None) -> None:
 
 
 def test_tool_messages_bypass() -> None:
-    req = Request.chat(
-        [Message("user", "weather?"), Message("tool", "{}")], params=G
-    )
+    req = Request.chat([Message("user", "weather?"), Message("tool", "{}")], params=G)
     assert request_bypass_reason(req, max_temperature=0.1) == SkipReason.TOOLS
 
 

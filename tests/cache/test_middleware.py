@@ -46,9 +46,7 @@ async def test_miss_then_exact_then_semantic_hit() -> None:
     assert cache_decision(first)["action"] == "miss" and cache_decision(first)["stored"]
     again = await ask(h, "How do I reset my password?", tenant="t")
     d = cache_decision(again)
-    assert (d["action"], d["tier"], again.cached, again.text) == (
-        "hit", "exact", True, first.text
-    )
+    assert (d["action"], d["tier"], again.cached, again.text) == ("hit", "exact", True, first.text)
     assert again.usage.total_tokens == 0
     para = await ask(h, "how do I reset my password", tenant="t")
     assert cache_decision(para)["tier"] == "semantic"

@@ -50,8 +50,7 @@ def test_postgres_store_conformance(postgres_dsn: str) -> None:
 def test_postgres_store_trims_to_its_bound(postgres_dsn: str) -> None:
     from test_stores import entry
 
-    store = PostgresStore(postgres_dsn, table="flowopt_cache_trim", max_entries=10,
-                          trim_every=5)
+    store = PostgresStore(postgres_dsn, table="flowopt_cache_trim", max_entries=10, trim_every=5)
     try:
         store.clear()
         for i in range(30):
@@ -89,8 +88,9 @@ def test_two_processes_share_hits(
     assert (semantic["action"], semantic["tier"]) == ("hit", "semantic"), semantic
     assert other["action"] == "miss"
     # Another tenant in a third process gets nothing from the shared stores.
-    third = run_worker(vllm_url, served_model, postgres_dsn, redis_url, "globex",
-                       "What is the capital of France?")
+    third = run_worker(
+        vllm_url, served_model, postgres_dsn, redis_url, "globex", "What is the capital of France?"
+    )
     assert third[0]["action"] == "miss"
 
 
@@ -120,8 +120,9 @@ async def test_stores_down_backend_answers_span_records(
                 }
             }
         ],
-        steps=[{"name": "answer", "prompt": "{input}",
-                "params": {"temperature": 0.0, "max_tokens": 8}}],
+        steps=[
+            {"name": "answer", "prompt": "{input}", "params": {"temperature": 0.0, "max_tokens": 8}}
+        ],
     )
     result = await pipe.ainvoke("Say hello.", tenant="acme")
     await pipe.aclose()

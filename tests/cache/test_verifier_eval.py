@@ -29,8 +29,12 @@ PAIRS = [
 def test_features_see_what_cosine_misses() -> None:
     a, b = text_info("Are cats afraid of tigers?"), text_info("Are tigers afraid of cats?")
     assert a.content == b.content  # same words...
-    v = pair_vector("Are cats afraid of tigers?", "Are tigers afraid of cats?",
-                    np.eye(384, dtype=np.float32)[0], np.eye(384, dtype=np.float32)[0])
+    v = pair_vector(
+        "Are cats afraid of tigers?",
+        "Are tigers afraid of cats?",
+        np.eye(384, dtype=np.float32)[0],
+        np.eye(384, dtype=np.float32)[0],
+    )
     names = dict(zip(HAND_FEATURES, v[: len(HAND_FEATURES)], strict=True))
     assert names["swap"] == 1.0 and names["order_discordance"] > 0  # ...in another order
     assert text_info("What is 9.3.1?").numbers != text_info("What is 9.1?").numbers
@@ -61,7 +65,7 @@ def test_eval_cli_json_and_plot(tmp_path: Path) -> None:
     png = tmp_path / "curve.png"
     res = CliRunner().invoke(command, ["eval", "--pairs", str(pairs), "--json", "--plot", str(png)])
     assert res.exit_code == 0, res.output
-    report = json.loads(res.output)
+    report = json.loads(res.stdout)
     pw, cr = report["pairwise"], report["crowded"]
     assert pw["lookups"] == len(PAIRS) and pw["duplicates"] == 4
     op = pw["at_threshold"]
@@ -75,8 +79,17 @@ def test_eval_cli_json_and_plot(tmp_path: Path) -> None:
 def test_eval_cli_bare_cosine_baseline(tmp_path: Path) -> None:
     pairs = write_pairs(tmp_path)
     res = CliRunner().invoke(
-        command, ["eval", "--pairs", str(pairs), "--no-verify", "--threshold", "0.8",
-                  "--protocol", "pairwise"]
+        command,
+        [
+            "eval",
+            "--pairs",
+            str(pairs),
+            "--no-verify",
+            "--threshold",
+            "0.8",
+            "--protocol",
+            "pairwise",
+        ],
     )
     assert res.exit_code == 0, res.output
     assert "bare cosine threshold 0.8" in res.output and "pairwise" in res.output
@@ -95,7 +108,7 @@ def test_store_commands(tmp_path: Path) -> None:
     runner = CliRunner()
     out = runner.invoke(command, ["stats", "--path", str(path), "--json"])
     assert out.exit_code == 0, out.output
-    assert json.loads(out.output)["tenants"] == {"acme": 2, "globex": 1}
+    assert json.loads(out.stdout)["tenants"] == {"acme": 2, "globex": 1}
     out = runner.invoke(command, ["invalidate", "--path", str(path), "--tag", "pricing"])
     assert out.exit_code == 0 and "removed 1 entries" in out.output
     out = runner.invoke(command, ["invalidate", "--path", str(path)])

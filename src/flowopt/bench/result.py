@@ -108,5 +108,21 @@ class BenchResult:
             "ratios": self.ratios(),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchResult:
+        """Rebuild a result from its JSON (to re-render a report without re-running)."""
+        def level(raw: dict[str, Any]) -> LevelStats:
+            return LevelStats(**{k: v for k, v in raw.items() if k != "success_rate"})
+
+        variants = [VariantResult(v["name"], [level(x) for x in v["levels"]],
+                                  [level(x) for x in v.get("windows", [])])
+                    for v in data["variants"]]
+        return cls(data["target"], data["shape"], data["workload"], data["settings"],
+                   variants, data["started_at"], float(data["duration_s"]))
+
+    @classmethod
+    def read_json(cls, path: str | Path) -> BenchResult:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
     def write_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")

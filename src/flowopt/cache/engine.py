@@ -167,25 +167,34 @@ class CacheEngine:
     def _check(
         self, key: CacheKey, vec: Vector, candidates: list[Candidate], result: Lookup
     ) -> None:
-        text = key.text
+        kept: list[Candidate] = []
         for cand in candidates:
             if cand.entry.partition != key.partition:
                 # Defence in depth: stores already search inside one partition.
                 result.errors.append("store returned an entry of another partition")
                 continue
-            if cand.entry.expired():
+            if cand.entry.expired() or cand.score < self.config.min_cosine:
                 continue
-            if cand.score < self.config.min_cosine:
+            if self.config.verify and cand.entry.embedding is None:
                 continue
-            if self.config.verify:
-                assert self.verifier is not None
-                emb = cand.entry.embedding
-                if emb is None:
-                    continue
-                p = self.verifier.probability(text, cand.entry.question, vec, emb)
-            else:
-                p = cand.score
-            result.checked.append(Checked(cand, p))
+            kept.append(cand)
+        if not kept:
+            return
+        if not self.config.verify:
+            result.checked.extend(Checked(c, c.score) for c in kept)
+            return
+        assert self.verifier is not None
+        batch = getattr(self.verifier, "probabilities", None)
+        texts = [c.entry.question for c in kept]
+        vecs = [c.entry.embedding for c in kept]
+        if batch is not None:
+            probs = batch(key.text, texts, vec, vecs)
+        else:
+            probs = [
+                self.verifier.probability(key.text, t, vec, v)
+                for t, v in zip(texts, vecs, strict=True)
+            ]
+        result.checked.extend(Checked(c, p) for c, p in zip(kept, probs, strict=True))
 
     # -- store -------------------------------------------------------------------------------
     def make_entry(

@@ -80,9 +80,7 @@ def _is_phone(candidate: str) -> bool:
     groups = re.findall(r"\d+", candidate)
     if len(groups) == 1 and not candidate.startswith("+"):
         return False  # one long number: an id or amount, not written like a phone number
-    if all(len(g) == 4 and _YEAR.fullmatch(g) for g in groups):
-        return False
-    return True
+    return not all(len(g) == 4 and _YEAR.fullmatch(g) for g in groups)
 
 
 class RegexPIIDetector:

@@ -156,6 +156,17 @@ class LearnedVerifier:
         x = pair_vector(query, cached, query_vec, cached_vec)[None, :]
         return float(self.probability_of(x)[0])
 
+    def probabilities(
+        self, query: str, cached: list[str], query_vec: Vector, cached_vecs: list[Vector]
+    ) -> list[float]:
+        """One batched pass for several candidates of one query (what a lookup uses)."""
+        if not cached:
+            return []
+        x = np.vstack(
+            [pair_vector(query, c, query_vec, v) for c, v in zip(cached, cached_vecs, strict=True)]
+        )
+        return [float(p) for p in self.probability_of(x)]
+
     def verify(self, query: str, cached: str, query_vec: Vector, cached_vec: Vector) -> Verdict:
         p = self.probability(query, cached, query_vec, cached_vec)
         if p >= self.threshold:

@@ -12,6 +12,7 @@ cache comes back by itself when the server does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -65,13 +66,10 @@ class PostgresStore:
         self._lock = threading.Lock()
         self._writes = 0
         self._ready = False
-        with self._lock:
-            try:
-                self._run("open", lambda conn: None)
-            except StoreError:
-                # Down at start-up is not fatal: the table is created on the first call
-                # that reaches the server; until then every call is a recorded miss.
-                pass
+        # Down at start-up is not fatal: the table is created on the first call that
+        # reaches the server; until then every call is a recorded miss.
+        with self._lock, contextlib.suppress(StoreError):
+            self._run("open", lambda conn: None)
 
     # -- connection ------------------------------------------------------------------------
     def _connect(self) -> Any:
