@@ -36,7 +36,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from flowopt.cache import CacheMiddleware, MemoryStore  # noqa: E402
 from flowopt.cache.embedder import MiniLMEmbedder  # noqa: E402
-from flowopt.cache.engine import CacheEngine  # noqa: E402
 from flowopt.cache.evaluation import load_pairs  # noqa: E402
 from flowopt.cache.keys import cache_key  # noqa: E402
 from flowopt.cache.stores.gptcache import GPTCacheStore  # noqa: E402

@@ -92,7 +92,7 @@ def threshold_for(scores: np.ndarray, labels: np.ndarray, precision: float) -> f
 def summarise(
     scores: np.ndarray, labels: np.ndarray, thresholds: dict[str, float]
 ) -> dict[str, Any]:
-    th, prec, rec = curve(scores, labels)
+    _, prec, rec = curve(scores, labels)
     out: dict[str, Any] = {}
     for r in (0.3, 0.5):
         m = rec >= r
@@ -267,7 +267,7 @@ def main() -> None:
     }
     meta = {
         "format": "flowopt-cache-verifier/1",
-        "features": list(HAND_FEATURES) + ["abs_diff[384]", "product[384]"],
+        "features": [*HAND_FEATURES, "abs_diff[384]", "product[384]"],
         "embedder": MiniLMEmbedder.identity,
         "min_cosine": args.min_cosine,
         "operating_points": thresholds,
@@ -281,9 +281,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, meta=np.array(json.dumps(meta)), **arrays)
     print(json.dumps(report, indent=2))
-    print(
-        f"wrote {args.out} ({args.out.stat().st_size // 1024} KiB); held-out pairs: {args.holdout_out}"
-    )
+    size = args.out.stat().st_size // 1024
+    print(f"wrote {args.out} ({size} KiB); held-out pairs: {args.holdout_out}")
 
 
 if __name__ == "__main__":

@@ -201,3 +201,24 @@ async def test_model_identity_comes_from_every_backend() -> None:
     one = await _identity(PipelineContext("p", a))
     two = await _identity(PipelineContext("p", a, backends={"default": a, "strong": b}))
     assert one != two and two.startswith(one + "|strong=big@")
+
+
+async def test_middleware_conformance_suite() -> None:
+    from flowopt.testing.conformance import run_middleware_conformance
+
+    await run_middleware_conformance(
+        lambda: CacheMiddleware(store=MemoryStore(), embedder=FakeEmbedder(), verify=False,
+                                threshold=0.9)
+    )
+
+
+async def test_registered_by_name_with_spec_options() -> None:
+    from flowopt import registry
+
+    cls = registry.middleware.load("cache")
+    mw = cls(store="memory", ttl_s=60, scope="user", model_identity="m@1", semantic=False)
+    assert isinstance(mw, CacheMiddleware)
+    assert (mw.config.store, mw.config.ttl_s, mw.config.scope) == ("memory", 60, "user")
+    h = build_stack([("cache", mw)], traced_backend(FakeBackend(), name="fake"))
+    await ask(h, "q")
+    assert cache_decision(await ask(h, "q"))["tier"] == "exact"

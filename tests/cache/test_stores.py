@@ -93,11 +93,11 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
     opened: list[Store] = []
 
     def make(**kw: object) -> Store:
-        s: Store
-        if request.param == "memory":
-            s = MemoryStore(**kw)  # type: ignore[arg-type]
-        else:
-            s = GPTCacheStore(tmp_path / "gc", **kw)  # type: ignore[arg-type]
+        s: Store = (
+            MemoryStore(**kw)  # type: ignore[arg-type]
+            if request.param == "memory"
+            else GPTCacheStore(tmp_path / "gc", **kw)  # type: ignore[arg-type]
+        )
         opened.append(s)
         return s
 

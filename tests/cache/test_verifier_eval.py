@@ -96,8 +96,9 @@ def test_eval_cli_bare_cosine_baseline(tmp_path: Path) -> None:
 
 
 def test_store_commands(tmp_path: Path) -> None:
-    from flowopt.cache.stores.gptcache import GPTCacheStore
     from test_stores import entry
+
+    from flowopt.cache.stores.gptcache import GPTCacheStore
 
     path = tmp_path / "store"
     s = GPTCacheStore(path)

@@ -186,7 +186,7 @@ class CacheEngine:
         assert self.verifier is not None
         batch = getattr(self.verifier, "probabilities", None)
         texts = [c.entry.question for c in kept]
-        vecs = [c.entry.embedding for c in kept]
+        vecs = [c.entry.embedding for c in kept if c.entry.embedding is not None]
         if batch is not None:
             probs = batch(key.text, texts, vec, vecs)
         else:

@@ -238,6 +238,12 @@ def hand_features(a: TextInfo, b: TextInfo, cos: float) -> list[float]:
     only_a = len(a.content - b.content)
     only_b = len(b.content - a.content)
     ent_sym = a.entities ^ b.entities
+    # A name only one side capitalises ("France" / "france") is not a different name.
+    ent_unmatched = any(
+        not set(e.split()) <= set(other.tokens)
+        for e, other in [(e, b) for e in a.entities - b.entities]
+        + [(e, a) for e in b.entities - a.entities]
+    )
     la, lb = max(a.n_chars, 1), max(b.n_chars, 1)
     ta, tb = max(len(a.tokens), 1), max(len(b.tokens), 1)
     disc = _discordance(a.order, b.order)
@@ -262,7 +268,7 @@ def hand_features(a: TextInfo, b: TextInfo, cos: float) -> list[float]:
         1.0 if (a.negations > 0) != (b.negations > 0) else 0.0,
         1.0 if a.numbers != b.numbers else 0.0,
         1.0 if (a.numbers or b.numbers) else 0.0,
-        1.0 if a.entities != b.entities else 0.0,
+        1.0 if ent_unmatched else 0.0,
         float(min(len(ent_sym), 4)),
         1.0 if a.comparatives != b.comparatives else 0.0,
         min(la, lb) / max(la, lb),
