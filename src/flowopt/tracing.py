@@ -167,11 +167,7 @@ def record_request(
     if request.tenant:
         attrs["flowopt.tenant"] = request.tenant
     if endpoint:
-        parts = urlsplit(endpoint)
-        if parts.hostname:
-            attrs[GenAI.SERVER_ADDRESS] = parts.hostname
-        if parts.port:
-            attrs[GenAI.SERVER_PORT] = parts.port
+        attrs.update(_server_attrs(endpoint))
     if content_capture_enabled():
         if request.prompt is not None:
             msgs = [{"role": "user", "parts": [{"type": "text", "content": request.prompt}]}]
@@ -204,6 +200,7 @@ def record_response(span: Span, response: Response) -> None:
         attrs["flowopt.cost"] = response.cost
     if response.endpoint:
         attrs["flowopt.endpoint"] = response.endpoint
+        attrs.update(_server_attrs(response.endpoint))  # the replica that answered
     rid = response.metadata.get("response_id")
     if rid:
         attrs[GenAI.RESPONSE_ID] = str(rid)
@@ -218,6 +215,23 @@ def record_response(span: Span, response: Response) -> None:
             ]
         )
     span.set_attributes(attrs)
+
+
+def _server_attrs(endpoint: str) -> dict[str, Any]:
+    """``server.address``/``server.port`` of one URL; nothing for a list of replicas or a
+    non-URL (the replica that answered is set from the response)."""
+    if "," in endpoint:
+        return {}
+    try:
+        parts = urlsplit(endpoint)
+        out: dict[str, Any] = {}
+        if parts.hostname:
+            out[GenAI.SERVER_ADDRESS] = parts.hostname
+        if parts.port:
+            out[GenAI.SERVER_PORT] = parts.port
+        return out
+    except ValueError:
+        return {}
 
 
 def _attr_value(v: Any) -> Any:
