@@ -70,6 +70,7 @@ async def micro(
     verifier: LearnedVerifier,
     tmp: Path,
 ) -> dict[str, Any]:
+    embedder.forget()  # every store run embeds its questions cold
     backend = FakeBackend()
     store: Any = MemoryStore() if store_name == "memory" else GPTCacheStore(tmp / store_name)
     mw = CacheMiddleware(store=store, embedder=embedder, verifier=verifier)
@@ -162,6 +163,7 @@ async def faq_replay(
             steps=[
                 {
                     "name": "answer",
+                    "system": "Answer in one short sentence.",
                     "prompt": "{input}",
                     "params": {"temperature": 0.0, "max_tokens": max_tokens},
                 }
@@ -172,6 +174,7 @@ async def faq_replay(
         lat: list[float] = []
         tokens = 0
         hits = 0
+        cut: list[bool] = []
 
         async def one(q: str) -> None:
             nonlocal tokens, hits
@@ -182,6 +185,7 @@ async def faq_replay(
             resp: Response = res.hops[0].response
             tokens += resp.usage.input_tokens + resp.usage.output_tokens
             hits += int(resp.cached)
+            cut.append(resp.finish_reason == "length")
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one(q) for q in traffic))
@@ -192,6 +196,7 @@ async def faq_replay(
             "p95_ms": round(pct(lat, 0.95), 1),
             "backend_tokens": tokens,
             "hit_rate": round(hits / len(traffic), 3),
+            "truncated_answers": sum(cut),
             "wall_s": round(wall, 1),
         }
 
@@ -223,7 +228,7 @@ async def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--max-tokens", type=int, default=160)
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()

@@ -83,8 +83,15 @@ async def test_hit_within_tenant_miss_across_tenants(
 async def test_paraphrase_hits_near_miss_does_not(
     vllm_url: str, served_model: str, cache_factory: Any
 ) -> None:
-    pipe = make(vllm_url, served_model, cache_factory())
+    pipe = make(
+        vllm_url,
+        served_model,
+        cache_factory(),
+        system="Answer in one short sentence.",
+        params={"temperature": 0.0, "max_tokens": 128},
+    )
     first = await pipe.ainvoke("How do I reset my password?", tenant="acme")
+    assert cache_decision(first)["stored"], cache_decision(first)  # not cut off
     para = await pipe.ainvoke("How can I reset my password?", tenant="acme")
     d = cache_decision(para)
     assert (d["action"], d["tier"], d["verdict"]) == ("hit", "semantic", "accepted"), d

@@ -207,8 +207,9 @@ async def test_middleware_conformance_suite() -> None:
     from flowopt.testing.conformance import run_middleware_conformance
 
     await run_middleware_conformance(
-        lambda: CacheMiddleware(store=MemoryStore(), embedder=FakeEmbedder(), verify=False,
-                                threshold=0.9)
+        lambda: CacheMiddleware(
+            store=MemoryStore(), embedder=FakeEmbedder(), verify=False, threshold=0.9
+        )
     )
 
 
