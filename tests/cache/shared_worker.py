@@ -33,8 +33,9 @@ async def main() -> None:
         steps=[
             {
                 "name": "answer",
+                "system": "Answer in one short sentence.",
                 "prompt": "{input}",
-                "params": {"temperature": 0.0, "max_tokens": 16},
+                "params": {"temperature": 0.0, "max_tokens": 128},
             }
         ],
     )
