@@ -182,7 +182,7 @@ def main() -> None:
     report["hop"].append(r)
     print(f"  untraced: p50 {r['hop_p50_us']:.2f} us  p99 {r['hop_p99_us']:.2f} us per hop")
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(_DropExporter()))
+    provider.add_span_processor(BatchSpanProcessor(_DropExporter(), max_queue_size=1 << 20))
     trace.set_tracer_provider(provider)
     r = asyncio.run(hop_cost(calls=args.calls, traced=True))
     report["hop"].append(r)

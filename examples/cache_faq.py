@@ -43,7 +43,9 @@ async def main() -> None:
                     }
                 }
             ],
-            defaults={"temperature": 0, "max_tokens": 40},
+            # Stop at the first sentence end so answers finish (a cut-off answer is never
+            # stored: finish reason "length" is one of the skip rules).
+            defaults={"temperature": 0, "max_tokens": 96, "stop": ["."]},
             steps=[{"name": "answer", "system": "Answer in one sentence.", "prompt": "{input}"}],
         )
         questions = [

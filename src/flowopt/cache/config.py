@@ -48,7 +48,7 @@ class CacheConfig:
 
     threshold: float | None = None
     """Verifier probability needed to serve a semantic hit. None: the shipped default
-    operating point (chosen for >= 95% precision on held-out QQP pairs). With
+    operating point (>= 95% precision on the calibration split of the dev pairs). With
     ``verify=False`` this is a bare cosine cut-off instead."""
 
     operating_point: str = "default"
