@@ -53,6 +53,8 @@ __version__ = "0.1.0"
 # Heavy middleware (embedding models, stores) load on first attribute access, so
 # `import flowopt` stays fast for apps that do not use them.
 _LAZY = {
+    "CacheMiddleware": "flowopt.cache",
+    "CacheConfig": "flowopt.cache",
     "Triage": "flowopt.routing.triage",
     "Cascade": "flowopt.routing.cascade",
     "Price": "flowopt.routing.pricing",
@@ -77,6 +79,8 @@ __all__ = [
     "BackendTimeout",
     "BackendUnavailable",
     "Breaker",
+    "CacheConfig",
+    "CacheMiddleware",
     "CallNext",
     "Cascade",
     "Chunk",

@@ -431,7 +431,8 @@ def parse_spec(data: Any, *, source: str | None = None) -> PipelineSpec:
         raise _spec_error(exc, source) from None
 
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# Innermost first: a default may itself be ``${OTHER:-...}``.
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^${}]*))?\}")
 
 
 def expand_env(value: Any, *, source: str | None = None) -> Any:
@@ -451,7 +452,12 @@ def expand_env(value: Any, *, source: str | None = None) -> Any:
                 hint=f"export {name}=..., or write ${{{name}:-default}} in the spec",
             )
 
-        return _ENV.sub(sub, value)
+        for _ in range(8):  # nested defaults resolve one level per pass
+            expanded = _ENV.sub(sub, value)
+            if expanded == value:
+                break
+            value = expanded
+        return value
     if isinstance(value, Mapping):
         return {k: expand_env(v, source=source) for k, v in value.items()}
     if isinstance(value, list):

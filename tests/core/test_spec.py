@@ -152,3 +152,15 @@ def test_yaml_on_key_trap_is_explained() -> None:
     )
     with pytest.raises(SpecError, match="use 'key:'"):
         parse_spec(data)
+
+
+def test_nested_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowopt.spec import expand_env
+
+    monkeypatch.delenv("FLOWOPT_X_OUTER", raising=False)
+    monkeypatch.setenv("FLOWOPT_X_INNER", "http://inner:1")
+    assert expand_env("${FLOWOPT_X_OUTER:-${FLOWOPT_X_INNER:-http://d:2}}") == "http://inner:1"
+    monkeypatch.delenv("FLOWOPT_X_INNER")
+    assert expand_env("${FLOWOPT_X_OUTER:-${FLOWOPT_X_INNER:-http://d:2}}") == "http://d:2"
+    monkeypatch.setenv("FLOWOPT_X_OUTER", "o")
+    assert expand_env("${FLOWOPT_X_OUTER:-${FLOWOPT_X_INNER:-x}}/v1") == "o/v1"

@@ -134,3 +134,22 @@ def test_plugins_list() -> None:
     assert res.returncode == 0
     for name in ("noop", "logging", "vllm"):
         assert name in res.stdout
+
+
+def test_demo_shows_answers_decisions_and_trace(vllm_url: str, served_model: str) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "FLOWOPT_MODEL": served_model}
+    out = subprocess.run(
+        [sys.executable, "-m", "flowopt.cli", "demo", "--base-url", vllm_url],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert text.count("pipeline support-demo") == 5  # one span tree per question
+    assert "cache: hit" in text and "tier=exact" in text  # the repeated question
+    assert "cascade:" in text and "strongest_cost" in text
+    assert "LLM hops" in text and "answered by the cache" in text
+    assert "Traceback" not in out.stderr

@@ -25,6 +25,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("flowopt.cli.serve", "serve"),
     ("flowopt.cli.bench", "bench"),
     ("flowopt.cli.triage", "triage"),
+    ("flowopt.cli.cache", "command"),
 )
 
 

@@ -26,6 +26,10 @@ DEMO_QUESTIONS = (
     "I was charged twice for my order, can I get my money back?",
     "When will my package arrive?",
     "I forgot my password. What should I do?",
+    # asked again: the cache answers both LLM hops without calling the model
+    "When will my package arrive?",
+    # a paraphrase: the semantic tier serves it only if the verifier is sure
+    "I forgot my password, what should I do?",
 )
 
 
@@ -48,6 +52,8 @@ def _ensure_server(base_url: str | None, port: int) -> str:
 
 async def _run_all(spec_path: str, capture: SpanCapture) -> None:
     pipe = load(spec_path)
+    hops = hits = 0
+    cost = strongest = 0.0
     try:
         for i, question in enumerate(DEMO_QUESTIONS):
             capture.clear()
@@ -68,6 +74,20 @@ async def _run_all(spec_path: str, capture: SpanCapture) -> None:
             click.echo(f"topic: {result.outputs.get('topic')!r}")
             echo_summary(result)
             echo_span_tree(capture.tree())
+            for hop in result.hops:
+                hops += 1
+                hits += hop.response.cached
+                cost += hop.response.cost or 0.0
+                for d in hop.response.decisions:
+                    if d.middleware == "cascade":
+                        strongest += float(d.detail.get("strongest_cost") or 0.0)
+        click.secho("\noverall:", bold=True)
+        click.echo(f"  {hops} LLM hops, {hits} answered by the cache")
+        if strongest:
+            click.echo(
+                f"  cost {cost:.6f} vs {strongest:.6f} if every hop used the strongest tier "
+                f"({cost / strongest:.0%})"
+            )
     finally:
         await pipe.aclose()
 
