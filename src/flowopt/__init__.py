@@ -10,6 +10,7 @@ print(pipe.invoke("What is vLLM?", user="alice").text)
 
 from flowopt.backends.base import Backend, ModelInfo
 from flowopt.backends.vllm import VLLMBackend
+from flowopt.declare import pipeline
 from flowopt.errors import (
     BackendError,
     BackendHTTPError,
@@ -30,7 +31,7 @@ from flowopt.errors import (
     UnknownNameError,
 )
 from flowopt.middleware.base import CallNext, Middleware, MiddlewareBase, PipelineContext, Use
-from flowopt.pipeline import RECOMMENDED_ORDER, Pipeline, load, pipeline
+from flowopt.pipeline import RECOMMENDED_ORDER, Pipeline, load
 from flowopt.resilience import (
     Breaker,
     Deadline,

@@ -38,15 +38,13 @@ from flowopt.middleware.base import (
 )
 from flowopt.result import Hop, Result, StepEvent, TokenEvent
 from flowopt.routing.steer import steered_backend
-from flowopt.spec import PipelineSpec, StepSpec, load_spec, parse_spec
-from flowopt.tracing import configure_tracing, get_tracer, record_error
+from flowopt.spec import PipelineSpec, StepSpec, load_spec
+from flowopt.tracing import configure_from_spec, get_tracer, record_error
 from flowopt.types import Message, Params, Request, Response
 
-__all__ = ["RECOMMENDED_ORDER", "Pipeline", "load", "pipeline"]
+__all__ = ["RECOMMENDED_ORDER", "Pipeline", "load"]
 
 RECOMMENDED_ORDER = ("memory", "cache", "compression", "triage", "resilience")
-
-_configured_exporters: set[tuple[str, str | None]] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,27 +66,6 @@ class _StateView(dict[str, Any]):
         raise KeyError(key)
 
 
-def _instantiate(use: Use, kind: str, where: str) -> Any:
-    target = use.target
-    if isinstance(target, str):
-        try:
-            cls = getattr(registry, {"middleware": "middleware", "backend": "backends"}[kind]).load(
-                target
-            )
-        except ConfigError as exc:
-            exc.message = f"{where}: {exc.message}"
-            raise
-        return use.instantiate(cls, where=where)
-    if inspect.isclass(target):
-        return use.instantiate(target, where=where)
-    if use.options:
-        raise ConfigError(
-            f"{where}: options were given for an already-built object {target!r}",
-            hint="pass the class (or a registered name) with options, or the object alone",
-        )
-    return target
-
-
 class Pipeline:
     """A runnable pipeline. Build it with :func:`pipeline` or :func:`load`.
 
@@ -107,7 +84,7 @@ class Pipeline:
             self._backends[bname] = self._make_backend(buse, f"backends.{bname}")
         self._middleware: list[tuple[str, Middleware]] = []
         for i, use in enumerate(spec.middleware):
-            obj = _instantiate(use, "middleware", f"middleware[{i}] ({use.name})")
+            obj = registry.instantiate(use, "middleware", f"middleware[{i}] ({use.name})")
             if not callable(obj):
                 raise ConfigError(
                     f"middleware[{i}] ({use.name}) is not callable",
@@ -137,10 +114,10 @@ class Pipeline:
                         hint="params take temperature, top_p, max_tokens, stop, seed, "
                         "logprobs, top_logprobs, response_format, extra",
                     ) from None
-                self._templates[step.name] = _template_id(spec.name, step)
+                self._templates[step.name] = step.template_id(spec.name)
             else:
                 step.callable()  # import now: a bad reference fails at build time
-        self._configure_tracing()
+        configure_from_spec(spec.tracing)
         self.graph = build_graph(spec, self._run_step, checkpointer=checkpointer)
         self._started = False
         self._start_lock: asyncio.Lock | None = None
@@ -149,7 +126,7 @@ class Pipeline:
     # -- construction helpers ------------------------------------------------------------
     @staticmethod
     def _make_backend(use: Use, where: str) -> Backend:
-        obj = _instantiate(use, "backend", where)
+        obj = registry.instantiate(use, "backend", where)
         for attr in ("generate", "model_info"):
             if not hasattr(obj, attr):
                 raise ConfigError(
@@ -157,24 +134,6 @@ class Pipeline:
                     hint="a backend implements flowopt.backends.Backend",
                 )
         return obj  # type: ignore[no-any-return]
-
-    def _configure_tracing(self) -> None:
-        t = self.spec.tracing
-        if t.exporter == "none":
-            if t.capture_content:
-                configure_tracing(exporter=None, capture_content=True)
-            return
-        key = (t.exporter, t.endpoint)
-        if key in _configured_exporters:
-            return
-        _configured_exporters.add(key)
-        configure_tracing(
-            exporter=t.exporter,
-            endpoint=t.endpoint,
-            headers=t.headers or None,
-            service_name=t.service_name,
-            capture_content=t.capture_content,
-        )
 
     # -- equality & serialisation ----------------------------------------------------------
     def __eq__(self, other: object) -> bool:
@@ -529,56 +488,6 @@ def _with_parent(config: RunnableConfig, span: trace.Span) -> RunnableConfig:
 def _trace_id(span: trace.Span) -> str | None:
     ctx = span.get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
-
-
-def _template_id(pipeline_name: str, step: StepSpec) -> str:
-    import hashlib
-
-    raw = f"{step.system or ''}\x00{step.prompt or ''}"
-    return f"{pipeline_name}/{step.name}@{hashlib.blake2b(raw.encode(), digest_size=6).hexdigest()}"
-
-
-def pipeline(
-    name: str = "pipeline",
-    *,
-    backend: Any,
-    steps: Sequence[Any],
-    middleware: Sequence[Any] = (),
-    backends: Mapping[str, Any] | None = None,
-    defaults: Mapping[str, Any] | None = None,
-    edges: Sequence[tuple[str, str]] | None = None,
-    routes: Sequence[Mapping[str, Any]] = (),
-    tracing: Mapping[str, Any] | None = None,
-    description: str | None = None,
-    checkpointer: Any = None,
-) -> Pipeline:
-    """Declare a pipeline in Python. Produces the same :class:`PipelineSpec` as YAML.
-
-    ``backend`` is ``{"vllm": {"base_url": ..., "model": ...}}``, a registered name, or a
-    backend object. ``steps`` are dicts (``{"name", "prompt" | "function", "output",
-    "system", "params", "backend"}``) or :class:`StepSpec`. ``middleware`` entries are
-    names, ``{name: {options}}``, :class:`Use` records or middleware objects, outermost
-    first.
-    """
-    data: dict[str, Any] = {
-        "name": name,
-        "backend": backend if isinstance(backend, str | Mapping | Use) else Use(backend),
-        "steps": list(steps),
-        "middleware": [m if isinstance(m, str | Mapping | Use) else Use(m) for m in middleware],
-        "backends": {
-            k: (v if isinstance(v, str | Mapping | Use) else Use(v))
-            for k, v in (backends or {}).items()
-        },
-        "defaults": dict(defaults or {}),
-        "routes": list(routes),
-    }
-    if edges is not None:
-        data["edges"] = [tuple(e) for e in edges]
-    if tracing is not None:
-        data["tracing"] = dict(tracing)
-    if description is not None:
-        data["description"] = description
-    return Pipeline(parse_spec(data, source=f"pipeline({name!r})"), checkpointer=checkpointer)
 
 
 def load(path: str | Path, *, checkpointer: Any = None) -> Pipeline:

@@ -13,14 +13,26 @@ naming both (never "last one wins").
 from __future__ import annotations
 
 import difflib
+import inspect
 import threading
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowopt.errors import ConfigError, PluginConflictError, UnknownNameError
 
-__all__ = ["GROUPS", "Registry", "RegistryEntry", "backends", "middleware", "stores"]
+if TYPE_CHECKING:
+    from flowopt.middleware.base import Use
+
+__all__ = [
+    "GROUPS",
+    "Registry",
+    "RegistryEntry",
+    "backends",
+    "instantiate",
+    "middleware",
+    "stores",
+]
 
 GROUPS = {
     "middleware": "flowopt.middleware",
@@ -129,3 +141,27 @@ class Registry:
 middleware = Registry("middleware")
 backends = Registry("backend")
 stores = Registry("store")
+
+
+def instantiate(use: Use, kind: str, where: str) -> Any:
+    """Build the object a :class:`~flowopt.middleware.base.Use` record describes: a
+    registered name is loaded from this module's registries (looked up at call time, so a
+    test may swap a registry), a class is called with the options, an object is used as is.
+    """
+    target = use.target
+    if isinstance(target, str):
+        try:
+            reg: Registry = globals()[{"middleware": "middleware", "backend": "backends"}[kind]]
+            cls = reg.load(target)
+        except ConfigError as exc:
+            exc.message = f"{where}: {exc.message}"
+            raise
+        return use.instantiate(cls, where=where)
+    if inspect.isclass(target):
+        return use.instantiate(target, where=where)
+    if use.options:
+        raise ConfigError(
+            f"{where}: options were given for an already-built object {target!r}",
+            hint="pass the class (or a registered name) with options, or the object alone",
+        )
+    return target

@@ -152,6 +152,15 @@ class StepSpec(_Frozen):
     def output_key(self) -> str:
         return self.output or self.name
 
+    def template_id(self, pipeline_name: str) -> str:
+        """A stable id of this step's prompt template: caches key on it, so an edited
+        template never serves answers produced by the old one."""
+        import hashlib
+
+        raw = f"{self.system or ''}\x00{self.prompt or ''}"
+        digest = hashlib.blake2b(raw.encode(), digest_size=6).hexdigest()
+        return f"{pipeline_name}/{self.name}@{digest}"
+
     def template_fields(self) -> set[str]:
         fields: set[str] = set()
         for tpl in (self.prompt, self.system):

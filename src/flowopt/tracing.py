@@ -31,6 +31,7 @@ from flowopt.types import Decision, Request, Response
 
 __all__ = [
     "GenAI",
+    "configure_from_spec",
     "configure_tracing",
     "content_capture_enabled",
     "get_tracer",
@@ -132,6 +133,29 @@ def configure_tracing(
     elif exporter == "console":
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
     return provider
+
+
+_configured_exporters: set[tuple[str, str | None]] = set()
+
+
+def configure_from_spec(spec: Any) -> None:
+    """Apply a spec's ``tracing:`` block once per (exporter, endpoint) per process, so
+    building many pipelines from one spec does not stack exporters."""
+    if spec.exporter == "none":
+        if spec.capture_content:
+            configure_tracing(exporter=None, capture_content=True)
+        return
+    key = (spec.exporter, spec.endpoint)
+    if key in _configured_exporters:
+        return
+    _configured_exporters.add(key)
+    configure_tracing(
+        exporter=spec.exporter,
+        endpoint=spec.endpoint,
+        headers=spec.headers or None,
+        service_name=spec.service_name,
+        capture_content=spec.capture_content,
+    )
 
 
 def record_request(
