@@ -5,7 +5,7 @@ tests/integration and through the fault proxy in tests/resilience."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -22,6 +22,7 @@ from flowopt import (
 )
 
 URL = "http://fake-vllm:8000"
+NaN = float("nan")
 MODELS = {"data": [{"id": "m", "root": "/models/m", "max_model_len": 2048}]}
 
 
@@ -140,6 +141,31 @@ async def test_stream_ok_with_usage() -> None:
     assert texts == ["he", "llo"] and final is not None
     assert final.text == "hello" and final.usage.output_tokens == 2
     assert final.finish_reason == "stop" and final.ttft_ms is not None
+
+
+@pytest.mark.parametrize("split", [1, 3, 7, 10_000])
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+async def test_stream_lines_split_anywhere(split: int, eol: str) -> None:
+    """The SSE reader splits lines itself: events cut at any byte, any SSE line end, a
+    final line without its end, a NaN orjson refuses and invalid UTF-8 all parse as
+    ``aiter_lines`` + ``json.loads`` did."""
+    events = [_delta("h\u00e9"), _delta("llo", "stop"),
+              {"model": "m", "choices": [], "usage": {"prompt_tokens": 2}, "x": NaN}]
+    text = "".join(f"data: {json.dumps(e)}{eol}{eol}" for e in events) + "data: [DONE]"
+    body = text.encode().replace(b"llo", b"ll\xff")
+    parts = [body[i : i + split] for i in range(0, len(body), split)]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+
+    b = _backend(lambda req: httpx.Response(200, content=chunks()))
+    r = await b.generate(Request.chat("hi", stream=True))
+    assert r.stream is not None
+    texts = [c.text async for c in r.stream]
+    final = r.stream.response
+    assert texts == ["h\u00e9", "ll\ufffd"] and final is not None
+    assert final.finish_reason == "stop" and final.usage.input_tokens == 2
 
 
 async def test_stream_cut_is_incomplete_not_finished() -> None:

@@ -232,3 +232,18 @@ async def test_disconnect_closes_the_backend_stream(stream: bool) -> None:
     gone = gw.metrics.registry.get_sample_value(
         "flowopt_gateway_client_disconnects_total", {"route": "/v1/chat/completions"})
     assert gone == 1
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_text_chunks_match_the_full_encoders(chat: bool) -> None:
+    """The per-token fast path's pre-built bytes are the full encoder's, byte for byte."""
+    from flowopt.gateway.wire import TextChunks, chat_chunk, completion_chunk, parse_call
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "prompt": "x"}
+    call = parse_call(body, kind="chat" if chat else "completion", tenant=None, request_id="r1")
+    model = 'mo"d\u00e9l'
+    encode = TextChunks(call, model, chat=chat)
+    for text, finish in [("hi ", None), ('\u00e9"\n\u2028\\', "length"), ("", "stop")]:
+        full = (chat_chunk(call, model, text=text, finish_reason=finish) if chat
+                else completion_chunk(call, model, text=text, finish_reason=finish))
+        assert encode(text, finish) == full

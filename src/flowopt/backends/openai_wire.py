@@ -8,13 +8,34 @@ reused by the gateway. Every parse validates shape and raises
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from flowopt.errors import BackendProtocolError
 from flowopt.types import Chunk, Request, TokenLogprob, Usage
 
-__all__ = ["build_payload", "parse_chunk", "parse_completion", "parse_usage"]
+__all__ = ["build_payload", "loads_event", "parse_chunk", "parse_completion", "parse_usage"]
+
+try:  # orjson parses a stream event several times faster than json; json is the fallback.
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None  # type: ignore[assignment]
+
+
+def loads_event(data: bytes) -> Any:
+    """Parse one SSE ``data:`` payload. Raises ``ValueError`` when it is not JSON.
+
+    Anything orjson refuses (NaN, huge integers, invalid UTF-8) is retried with ``json``
+    on the text decoded with replacement characters, which is what the server's bytes
+    always meant before orjson was used, so the result does not depend on orjson.
+    """
+    if _orjson is not None:
+        try:
+            return _orjson.loads(data)
+        except ValueError:
+            pass
+    return json.loads(data.decode("utf-8", "replace"))
 
 
 def build_payload(request: Request, served_model: str) -> dict[str, Any]:

@@ -19,7 +19,6 @@ flowopt's own types validate the request anyway.
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import time
 import uuid
@@ -44,12 +43,14 @@ from flowopt.gateway.tracing import TRACE_HEADER, end_span, server_span
 from flowopt.gateway.wire import (
     DONE,
     Call,
+    TextChunks,
     chat_chunk,
     chat_json,
     completion_chunk,
     completion_json,
     dumps,
     error_event,
+    loads,
     parse_call,
     usage_chunk,
 )
@@ -189,7 +190,7 @@ class Gateway:
             with trace.use_span(span, end_on_exit=False):
                 tenant = self.keys.tenant_for(request.headers.get("authorization"))
                 try:
-                    body = json.loads(await request.body())
+                    body = loads(await request.body())
                 except ValueError:
                     raise HTTPProblem(400, "the request body is not valid JSON") from None
                 call = parse_call(body, kind=kind, tenant=tenant, request_id=rid)
@@ -265,14 +266,18 @@ class Gateway:
                 yield self._chunk(call, model, final.text, final.finish_reason,
                                   final.logprobs or ())
             else:
+                plain = TextChunks(call, model, chat=chat)
                 async for chunk in stream:
                     if first and chunk.text:
                         first = False
                         ex.gw.metrics.ttft.labels(ex.route, model).observe(
                             time.perf_counter() - ex.started
                         )
-                    yield self._chunk(call, model, chunk.text, chunk.finish_reason,
-                                      chunk.logprobs)
+                    if chunk.logprobs:
+                        yield self._chunk(call, model, chunk.text, chunk.finish_reason,
+                                          chunk.logprobs)
+                    else:
+                        yield plain(chunk.text, chunk.finish_reason)
                 done = stream.response
                 assert done is not None
                 final = done

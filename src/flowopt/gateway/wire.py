@@ -9,6 +9,7 @@ including vLLM's own benchmark client.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,20 +24,32 @@ try:  # orjson is ~5x faster on the per-token path; json is the fallback.
     def dumps(obj: Any) -> bytes:
         return orjson.dumps(obj)
 
+    def loads(data: bytes) -> Any:
+        """Parse a request body; ``ValueError`` when it is not JSON. What orjson refuses
+        and ``json`` accepts (NaN, huge integers) still parses, as it did with ``json``."""
+        try:
+            return orjson.loads(data)
+        except ValueError:
+            return json.loads(data)
+
 except ImportError:  # pragma: no cover - depends on the environment
-    import json
 
     def dumps(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
+    def loads(data: bytes) -> Any:
+        return json.loads(data)
+
 
 __all__ = [
     "Call",
+    "TextChunks",
     "chat_chunk",
     "chat_json",
     "completion_chunk",
     "completion_json",
     "dumps",
+    "loads",
     "parse_call",
     "usage_chunk",
 ]
@@ -313,6 +326,33 @@ def usage_chunk(call: Call, model: str, usage: Usage, *, chat: bool) -> bytes:
         "choices": [],
         "usage": usage_dict(usage),
     })
+
+
+class TextChunks:
+    """Encodes the common streamed chunk (text and finish reason, no logprobs) of one call
+    from pre-built bytes: byte-identical to :func:`chat_chunk` / :func:`completion_chunk`
+    for those arguments, without building and serialising the envelope per token."""
+
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self, call: Call, model: str, *, chat: bool) -> None:
+        envelope = dumps({
+            "id": call.id,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": call.created,
+            "model": model,
+        })
+        opening = b',"choices":[{"index":0,"delta":{"content":' if chat else (
+            b',"choices":[{"index":0,"text":'
+        )
+        self._head = b"data: " + envelope[:-1] + opening
+        self._tail = b'},"logprobs":null,"finish_reason":' if chat else (
+            b',"logprobs":null,"finish_reason":'
+        )
+
+    def __call__(self, text: str, finish_reason: str | None) -> bytes:
+        fin = b"null" if finish_reason is None else dumps(finish_reason)
+        return b"".join((self._head, dumps(text), self._tail, fin, b"}]}\n\n"))
 
 
 def error_event(body: Mapping[str, Any]) -> bytes:
