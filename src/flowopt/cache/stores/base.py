@@ -19,6 +19,7 @@ blocking ones (sqlite, Postgres, Redis) in a worker thread.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,6 +53,26 @@ class Entry:
     created_at: float = field(default_factory=time.time)
     expires_at: float | None = None
     embedding: Vector | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, embedding: Vector | None = None) -> Entry:
+        """Rebuild an entry from the plain fields every store serialises (raises
+        KeyError/TypeError/ValueError on a malformed record; stores treat that as a miss)."""
+        expires = d.get("expires_at")
+        return cls(
+            exact_key=d["exact_key"],
+            partition=d["partition"],
+            tenant=d["tenant"],
+            model_identity=d["model_identity"],
+            question=d["question"],
+            text=d["text"],
+            chunks=None if d.get("chunks") is None else tuple(d["chunks"]),
+            response=d.get("response") or {},
+            tags=tuple(d.get("tags") or ()),
+            created_at=float(d["created_at"]),
+            expires_at=None if expires is None else float(expires),
+            embedding=embedding,
+        )
 
     def expired(self, now: float | None = None) -> bool:
         return self.expires_at is not None and (now or time.time()) >= self.expires_at

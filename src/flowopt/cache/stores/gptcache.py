@@ -310,17 +310,7 @@ def _decode(data: Any) -> Entry | None:
     emb = None
     if q.get("has_embedding") and data.embedding_data is not None:
         emb = np.asarray(data.embedding_data, dtype=np.float32).reshape(-1)
-    return Entry(
-        exact_key=q["exact_key"],
-        partition=q["partition"],
-        tenant=q["tenant"],
-        model_identity=q["model_identity"],
-        question=q["question"],
-        text=a["text"],
-        chunks=None if a.get("chunks") is None else tuple(a["chunks"]),
-        response=a.get("response") or {},
-        tags=tuple(q.get("tags") or ()),
-        created_at=float(q["created_at"]),
-        expires_at=q.get("expires_at"),
-        embedding=emb,
-    )
+    try:
+        return Entry.from_dict({**q, **a}, embedding=emb)
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -285,20 +285,18 @@ def _row(r: Any) -> Entry:
     (exact_key, partition, tenant, model_identity, question, body, tags, created, expires, emb) = r
     if isinstance(body, str):
         body = json.loads(body)
-    return Entry(
-        exact_key=exact_key,
-        partition=partition,
-        tenant=tenant,
-        model_identity=model_identity,
-        question=question,
-        text=body["text"],
-        chunks=None if body.get("chunks") is None else tuple(body["chunks"]),
-        response=body.get("response") or {},
-        tags=tuple(tags or ()),
-        created_at=float(created),
-        expires_at=None if expires is None else float(expires),
-        embedding=None if emb is None else _array(emb),
-    )
+    record = {
+        **body,
+        "exact_key": exact_key,
+        "partition": partition,
+        "tenant": tenant,
+        "model_identity": model_identity,
+        "question": question,
+        "tags": tags,
+        "created_at": created,
+        "expires_at": expires,
+    }
+    return Entry.from_dict(record, embedding=None if emb is None else _array(emb))
 
 
 def _array(value: Any) -> np.ndarray[Any, np.dtype[np.float32]]:

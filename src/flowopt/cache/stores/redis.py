@@ -172,18 +172,6 @@ def _encode(entry: Entry) -> str:
 def _decode(raw: bytes | str) -> Entry | None:
     try:
         d = json.loads(raw)
-        return Entry(
-            exact_key=d["exact_key"],
-            partition=d["partition"],
-            tenant=d["tenant"],
-            model_identity=d["model_identity"],
-            question=d["question"],
-            text=d["text"],
-            chunks=None if d.get("chunks") is None else tuple(d["chunks"]),
-            response=d.get("response") or {},
-            tags=tuple(d.get("tags") or ()),
-            created_at=float(d["created_at"]),
-            expires_at=d.get("expires_at"),
-        )
+        return Entry.from_dict(d)
     except (ValueError, KeyError, TypeError):
         return None
