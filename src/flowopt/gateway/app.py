@@ -281,14 +281,12 @@ class Gateway:
                 done = stream.response
                 assert done is not None
                 final = done
-            if call.include_usage:
-                yield usage_chunk(call, model, final.usage, chat=chat)
-            yield DONE
+            for event in _stream_end(call, model, final, chat=chat):
+                yield event
             ex.ok(final)
         except Exception as exc:
-            problem = ex.failed(exc)
-            yield error_event(problem.body())
-            yield DONE
+            for event in _stream_failed(ex, exc):
+                yield event
         finally:
             if stream is not None:
                 await stream.aclose()
@@ -319,16 +317,27 @@ class Gateway:
             if not streamed and final.text:  # the last step was a function step
                 yield chat_chunk(call, model, text=final.text)
             yield chat_chunk(call, model, finish_reason="stop")
-            if call.include_usage:
-                yield usage_chunk(call, model, final.usage, chat=True)
-            yield DONE
+            for event in _stream_end(call, model, final, chat=True):
+                yield event
             ex.ok(final)
         except Exception as exc:
-            problem = ex.failed(exc)
-            yield error_event(problem.body())
-            yield DONE
+            for event in _stream_failed(ex, exc):
+                yield event
         finally:
             await runs.aclose()  # type: ignore[attr-defined]
+
+
+def _stream_end(call: Call, model: str, final: Response, *, chat: bool) -> list[bytes]:
+    """The last events of a successful stream: usage if the client asked, then [DONE]."""
+    events = [usage_chunk(call, model, final.usage, chat=chat)] if call.include_usage else []
+    events.append(DONE)
+    return events
+
+
+def _stream_failed(ex: _Exchange, exc: Exception) -> list[bytes]:
+    """A failure after the 200 was sent: an OpenAI error event, then [DONE]; records it."""
+    problem = ex.failed(exc)
+    return [error_event(problem.body()), DONE]
 
 
 def _graph_response(result: Result, model: str) -> Response:

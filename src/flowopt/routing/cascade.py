@@ -25,12 +25,12 @@ from typing import Any, ClassVar, Literal
 
 from flowopt.errors import BackendError, ConfigError, RejectedError
 from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext, traced_backend
-from flowopt.routing.classifiers.judge import JudgeClassifier
+from flowopt.routing.classifiers.judge import JudgeClassifier, choice_request
 from flowopt.routing.confidence import Method, confidence
 from flowopt.routing.pricing import Tier, parse_tiers
 from flowopt.routing.steer import route_of, with_route
 from flowopt.stream import replay
-from flowopt.types import Message, Params, Request, Response
+from flowopt.types import Message, Request, Response
 
 __all__ = ["Cascade"]
 
@@ -102,18 +102,12 @@ class Cascade(MiddlewareBase):
         if self._verify is None:
             return None
         q = request.last_user_text[:2000]
-        vreq = Request(
-            messages=(Message("user", _VERIFY.format(q=q, a=answer[:2000])),),
-            params=Params(
-                temperature=0.0,
-                max_tokens=1,
-                logprobs=True,
-                top_logprobs=5,
-                extra={"structured_outputs": {"choice": ["yes", "no"]}},
-            ),
-            tenant=request.tenant,
-            deadline=request.deadline,
-            metadata={"flowopt.purpose": "cascade-verifier"},
+        vreq = choice_request(
+            request,
+            (Message("user", _VERIFY.format(q=q, a=answer[:2000])),),
+            choices=("yes", "no"),
+            max_tokens=1,
+            purpose="cascade-verifier",
         )
         try:
             resp = await self._verify(vreq)

@@ -51,21 +51,15 @@ class JudgeClassifier:
 
     def build(self, request: Request) -> Request:
         text = request.last_user_text[: self.max_chars]
-        return Request(
-            messages=(
+        return choice_request(
+            request,
+            (
                 Message("system", _SYSTEM),
                 Message("user", f"Request:\n{text}\n\nIs this request easy or hard?"),
             ),
-            params=Params(
-                temperature=0.0,
-                max_tokens=2,
-                logprobs=True,
-                top_logprobs=5,
-                extra={"structured_outputs": {"choice": ["easy", "hard"]}},
-            ),
-            tenant=request.tenant,
-            deadline=request.deadline,
-            metadata={"flowopt.purpose": "triage-judge"},
+            choices=("easy", "hard"),
+            max_tokens=2,
+            purpose="triage-judge",
         )
 
     @staticmethod
@@ -93,3 +87,29 @@ class JudgeClassifier:
             return Verdict(self.on_error_score, f"judge failed ({exc.code}); assumed hard")
         score = self.p_hard(resp.text, resp.logprobs)
         return Verdict(score, f"judge said {resp.text.strip()!r}, P(hard)={score:.2f}")
+
+
+def choice_request(
+    parent: Request,
+    messages: tuple[Message, ...],
+    *,
+    choices: tuple[str, ...],
+    max_tokens: int,
+    purpose: str,
+) -> Request:
+    """A greedy side call constrained to one of ``choices`` (vLLM structured outputs), with
+    the first token's alternatives so the answer's probability can be read. It inherits the
+    parent's tenant (limits) and deadline, and says what it is for in its metadata."""
+    return Request(
+        messages=messages,
+        params=Params(
+            temperature=0.0,
+            max_tokens=max_tokens,
+            logprobs=True,
+            top_logprobs=5,
+            extra={"structured_outputs": {"choice": list(choices)}},
+        ),
+        tenant=parent.tenant,
+        deadline=parent.deadline,
+        metadata={"flowopt.purpose": purpose},
+    )
