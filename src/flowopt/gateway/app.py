@@ -13,7 +13,9 @@ client that leaves cancels the backend request (see :mod:`flowopt.gateway.discon
 
 Why Starlette and not FastAPI: the routes are few and fixed, and the gateway's budget is
 about a millisecond per request; FastAPI's validation layer would spend it twice, since
-flowopt's own types validate the request anyway.
+flowopt's own types validate the request anyway. For the same reason the two generation
+routes skip Starlette's router and its three middleware layers (:class:`GatewayApp`):
+those wrap every ``send``, and a stream sends once per token.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response as HTTPResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from flowopt.errors import RejectedError
 from flowopt.gateway.auth import KeyRing
@@ -114,8 +117,12 @@ class _Exchange:
             return problem
         kind = error_kind(exc)
         if problem.status >= 500 and not isinstance(exc, HTTPProblem | RejectedError):
-            _log.error("request %s failed: %s", self.headers["x-request-id"], kind,
-                       exc_info=exc if kind == "internal" else None)
+            _log.error(
+                "request %s failed: %s",
+                self.headers["x-request-id"],
+                kind,
+                exc_info=exc if kind == "internal" else None,
+            )
         if isinstance(exc, RejectedError):
             self.gw.metrics.shed.labels(exc.reason).inc()
         self.gw.metrics.observe_error(self.route, self.model, problem.status, kind)
@@ -159,9 +166,7 @@ class Gateway:
 
     # -- small routes ---------------------------------------------------------------------
     async def health(self, request: HTTPRequest) -> HTTPResponse:
-        return HTTPResponse(
-            dumps({"status": "ok", "pipeline": self.pipe.name}), media_type=_JSON
-        )
+        return HTTPResponse(dumps({"status": "ok", "pipeline": self.pipe.name}), media_type=_JSON)
 
     async def list_models(self, request: HTTPRequest) -> HTTPResponse:
         try:
@@ -198,7 +203,8 @@ class Gateway:
                 ex.model = target.model
                 if target.kind == "graph" and kind != "chat":
                     raise HTTPProblem(
-                        400, f"the graph model {target.model!r} answers chat requests only",
+                        400,
+                        f"the graph model {target.model!r} answers chat requests only",
                         param="model",
                     )
                 if call.request.stream:
@@ -236,6 +242,10 @@ class Gateway:
                 request.receive, self.pipe.acall(call.request, backend=target.backend)
             )
             events = self._backend_events(call, target, response, ex)
+        if call.request.kind == "chat":
+            # The role chunk goes out with the first token, in one write: a write less
+            # before the first token.
+            events = _after(chat_chunk(call, target.model, role=True), events)
         return EventStreamResponse(
             events,
             headers=list(ex.headers.items()),
@@ -256,15 +266,12 @@ class Gateway:
         stream = response.stream
         first = True
         try:
-            if chat:
-                yield chat_chunk(call, model, role=True)
             if stream is None:  # answered whole (e.g. a cache hit): one chunk
                 final = response
-                ex.gw.metrics.ttft.labels(ex.route, model).observe(
-                    time.perf_counter() - ex.started
+                ex.gw.metrics.ttft.labels(ex.route, model).observe(time.perf_counter() - ex.started)
+                yield self._chunk(
+                    call, model, final.text, final.finish_reason, final.logprobs or ()
                 )
-                yield self._chunk(call, model, final.text, final.finish_reason,
-                                  final.logprobs or ())
             else:
                 plain = TextChunks(call, model, chat=chat)
                 async for chunk in stream:
@@ -274,8 +281,9 @@ class Gateway:
                             time.perf_counter() - ex.started
                         )
                     if chunk.logprobs:
-                        yield self._chunk(call, model, chunk.text, chunk.finish_reason,
-                                          chunk.logprobs)
+                        yield self._chunk(
+                            call, model, chunk.text, chunk.finish_reason, chunk.logprobs
+                        )
                     else:
                         yield plain(chunk.text, chunk.finish_reason)
                 done = stream.response
@@ -300,7 +308,6 @@ class Gateway:
         )
         streamed = False
         try:
-            yield chat_chunk(call, model, role=True)
             result: Result | None = None
             async for ev in runs:
                 if isinstance(ev, TokenEvent) and ev.step in self._sinks and ev.text:
@@ -325,6 +332,19 @@ class Gateway:
                 yield event
         finally:
             await runs.aclose()  # type: ignore[attr-defined]
+
+
+async def _after(head: bytes, events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    """``events`` with ``head`` written in front of the first one (or alone if none)."""
+    try:
+        async for data in events:
+            if head:
+                data, head = head + data, b""
+            yield data
+        if head:
+            yield head
+    finally:
+        await events.aclose()
 
 
 def _stream_end(call: Call, model: str, final: Response, *, chat: bool) -> list[bytes]:
@@ -363,6 +383,29 @@ def _problem_response(problem: HTTPProblem, headers: dict[str, str]) -> HTTPResp
     )
 
 
+class GatewayApp(Starlette):
+    """Starlette with a short way in for the generation routes.
+
+    ``POST /v1/chat/completions`` and ``POST /v1/completions`` go straight to their
+    handlers (which turn every failure into an OpenAI-shaped error themselves); everything
+    else, lifespan included, takes Starlette's usual path.
+    """
+
+    def __init__(self, gw: Gateway, routes: list[Route], **kw: Any) -> None:
+        super().__init__(routes=routes, **kw)
+        self._direct = {"/v1/chat/completions": gw.chat, "/v1/completions": gw.completions}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self._direct.get(scope["path"])
+            if handler is not None:
+                scope["app"] = self
+                response = await handler(HTTPRequest(scope, receive))
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(pipe: Pipeline, settings: GatewaySpec | None = None) -> Starlette:
     """The gateway's ASGI app for ``pipe`` (settings default to the spec's ``gateway:``).
 
@@ -370,7 +413,8 @@ def create_app(pipe: Pipeline, settings: GatewaySpec | None = None) -> Starlette
     shutdown. ``app.state.gateway`` is the :class:`Gateway` (tests read its metrics).
     """
     gw = Gateway(pipe, settings)
-    app = Starlette(
+    app = GatewayApp(
+        gw,
         routes=[
             Route("/v1/chat/completions", gw.chat, methods=["POST"]),
             Route("/v1/completions", gw.completions, methods=["POST"]),

@@ -15,9 +15,10 @@ schedule the test sets::
 Faults: ``ok`` (forward), ``status`` (answer ``code`` at once, optional ``Retry-After``),
 ``hang`` (read the request, never answer, until the client gives up or the proxy closes),
 ``reset`` (TCP RST before any answer), ``cut`` (forward, then reset the connection after
-``after_events`` server-sent events, or after ``after_bytes`` of body), ``delay`` (wait,
-then forward). After the schedule is used up, ``set_default`` decides (``ok`` at first);
-``set_random(rate, faults, seed)`` draws a fault for each request instead (benchmarks).
+``after_events`` server-sent events, or after ``after_bytes`` of body), ``delay`` (logged on
+arrival, then wait, then forward). After the schedule is used up, ``set_default`` decides
+(``ok`` at first); ``set_random(rate, faults, seed)`` draws a fault for each request
+instead (benchmarks).
 
 Also runnable for manual tests and other processes:
 ``python -m flowopt.testing.faultproxy --upstream http://127.0.0.1:8011 --port 8099 --rate 0.2``.
@@ -277,7 +278,13 @@ class FaultProxy:
             _rst(writer)
             return False
         if fault.kind == "delay":
+            # Logged on arrival (status None), so a test can wait for "the request is being
+            # held" rather than for its answer.
+            await self._record(method, path, "delay", None)
             await asyncio.sleep(fault.seconds)  # the injected slowness itself
+            return await self._forward(
+                method, target, path, headers, body, writer, fault, keep, record=False
+            )
         return await self._forward(method, target, path, headers, body, writer, fault, keep)
 
     async def _forward(
@@ -290,6 +297,7 @@ class FaultProxy:
         writer: asyncio.StreamWriter,
         fault: Fault,
         keep: bool,
+        record: bool = True,
     ) -> bool:
         assert self._client is not None
         fwd = [(k, v) for k, v in headers if k.lower() not in _HOP]
@@ -297,12 +305,14 @@ class FaultProxy:
         try:
             resp = await self._client.send(req, stream=True)
         except httpx.HTTPError as exc:
-            await self._record(method, path, fault.kind, 502)
+            if record:
+                await self._record(method, path, fault.kind, 502)
             await _write_response(
                 writer, 502, [("Content-Type", "text/plain")], f"upstream failed: {exc}".encode()
             )
             return keep
-        await self._record(method, path, fault.kind, resp.status_code)
+        if record:
+            await self._record(method, path, fault.kind, resp.status_code)
         out_headers = [(k, v) for k, v in resp.headers.items() if k.lower() not in _HOP]
         try:
             status_line = f"HTTP/1.1 {resp.status_code} {resp.reason_phrase}\r\n"
