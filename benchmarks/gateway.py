@@ -125,6 +125,15 @@ def _start_gateway(backend: str, model: str, workdir: Path) -> tuple[str, subpro
     return url, proc
 
 
+def emit(results: dict[str, Any], out: str | None) -> None:
+    """Print ``results`` as JSON, and write them to ``out`` when given."""
+    text = json.dumps(results, indent=2)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+
+
 # -- measurements ------------------------------------------------------------------------------
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (Linux /proc): the gateway's own cost,
@@ -247,11 +256,7 @@ def main() -> None:
         _serve_stub(args.serve_stub, args.tokens)
         return
     results = asyncio.run(main_async(args))
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(results, args.out)
 
 
 if __name__ == "__main__":
