@@ -3,6 +3,7 @@
 
     python benchmarks/cache.py [--vllm-url http://127.0.0.1:8011] [--model smollm2]
                                [--requests 200] [--concurrency 8] [--json out.json]
+                               [--embedder-runtime auto|onnx|torch] [--skip-e2e]
 
 Micro (in process, no server): exact-hit latency through the middleware stack, semantic
 lookup including the MiniLM embedding and the verifier, the latency a miss adds (lookup +
@@ -231,14 +232,24 @@ async def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=160)
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--embedder-runtime",
+        choices=["auto", "onnx", "torch"],
+        default="auto",
+        help="MiniLM runtime (auto: onnx when onnxruntime is installed)",
+    )
     args = ap.parse_args()
 
     pairs = load_pairs(args.pairs)
-    embedder = MiniLMEmbedder()
+    embedder = MiniLMEmbedder(runtime=args.embedder_runtime)
     embedder.load()
     embedder.embed("warm-up")
     verifier = LearnedVerifier()
-    report: dict[str, Any] = {"cpu_count": os.cpu_count(), "load_avg": os.getloadavg()}
+    report: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+        "embedder_runtime": embedder.runtime,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         report["micro"] = [
             await micro(name, pairs, embedder, verifier, Path(tmp))

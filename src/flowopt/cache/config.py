@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowopt.cache.embedder import RUNTIMES, EmbedderRuntime
 from flowopt.cache.keys import Scope
 from flowopt.errors import ConfigError
 
@@ -33,6 +34,11 @@ class CacheConfig:
 
     semantic: bool = True
     """Serve paraphrases. Off: exact tier only (no embedding model is loaded)."""
+
+    embedder_runtime: EmbedderRuntime = "auto"
+    """Engine of the default MiniLM embedder: ``onnx`` (onnxruntime over a one-time ONNX
+    export, ~2x faster per question), ``torch``, or ``auto`` (onnx when onnxruntime is
+    installed, else torch). Both give the same vectors."""
 
     scope: Scope = "tenant"
     """Who shares answers: everyone in a ``tenant``, or only the same ``user``."""
@@ -78,6 +84,12 @@ class CacheConfig:
             raise ConfigError(
                 f"cache scope must be 'tenant' or 'user', got {self.scope!r}",
                 hint="scope: tenant shares answers within a tenant; user within one user",
+            )
+        if self.embedder_runtime not in RUNTIMES:
+            raise ConfigError(
+                f"cache embedder_runtime must be auto, onnx or torch, got "
+                f"{self.embedder_runtime!r}",
+                hint="auto uses onnxruntime when it is installed, else torch",
             )
         if self.ttl_s is not None and self.ttl_s <= 0:
             raise ConfigError("cache ttl_s must be positive", hint="omit it to keep 24 h")

@@ -154,7 +154,7 @@ class CacheMiddleware(MiddlewareBase):
         verifier = self._verifier
         if cfg.semantic:
             if embedder is None:
-                embedder = MiniLMEmbedder()
+                embedder = MiniLMEmbedder(runtime=cfg.embedder_runtime)
             loader = getattr(embedder, "load", None)
             if loader is not None:
                 loader()
