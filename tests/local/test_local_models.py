@@ -95,7 +95,7 @@ def test_second_process_waits_for_the_first(
     holding = threading.Event()
 
     def other_converter() -> None:
-        with models._exclusive_lock(out.parent / f".{out.name}.lock"):
+        with models.exclusive_lock(out.parent / f".{out.name}.lock"):
             holding.set()
             time.sleep(0.5)
             out.mkdir()

@@ -24,7 +24,6 @@ Only the export needs torch and transformers; loading an existing export does no
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -32,11 +31,11 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from flowopt.errors import MissingDependencyError
+from flowopt.filelock import exclusive_lock
 
 __all__ = [
     "EXPORT_RECIPE",
@@ -96,17 +95,6 @@ def onnx_export_path(
     ``cache_dir`` defaulting to ``$FLOWOPT_HOME/models``."""
     base = Path(cache_dir) if cache_dir is not None else flowopt_home() / "models"
     return base / f"{name}-{model_fingerprint(model_dir)[:16]}.onnx"
-
-
-@contextlib.contextmanager
-def _exclusive_lock(lock_path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` (dropped by the kernel if the holder dies)."""
-    with open(lock_path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _export_deps() -> tuple[Any, Any]:
@@ -300,7 +288,7 @@ def ensure_onnx(
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(path.with_name(path.name + ".lock")):
+    with exclusive_lock(path.with_name(path.name + ".lock")):
         if not path.is_file():
             export_onnx(model_dir, path)
     return path

@@ -19,19 +19,18 @@ Run ``python -m flowopt.local.models [NAME]`` to prepare a model ahead of time.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flowopt.filelock import exclusive_lock
 from flowopt.local.errors import ModelConversionError, ModelNotFoundError, missing_dependency
 
 __all__ = [
@@ -85,19 +84,6 @@ def bundled_smollm2_gguf() -> Path:
     )
 
 
-@contextlib.contextmanager
-def _exclusive_lock(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_path``; blocks while another process holds it.
-    The kernel drops the lock if the holder dies, so a crash never leaves it stuck."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _import_conversion_deps() -> tuple[Any, Any, Any]:
     for module in ("gguf", "accelerate", "transformers", "torch"):
         if importlib.util.find_spec(module) is None:
@@ -118,7 +104,7 @@ def convert_gguf(gguf: Path, out_dir: Path, *, log: Callable[[str], None] | None
     marker = out_dir / MARKER
     if marker.is_file():
         return out_dir
-    with _exclusive_lock(out_dir.parent / f".{out_dir.name}.lock"):
+    with exclusive_lock(out_dir.parent / f".{out_dir.name}.lock"):
         if marker.is_file():  # another process finished while we waited
             return out_dir
         for key, value in _OFFLINE_ENV.items():
