@@ -28,4 +28,5 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check src tests plugins
+	$(VENV)/bin/ruff format --check src tests plugins benchmarks scripts examples
 	$(VENV)/bin/mypy

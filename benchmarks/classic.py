@@ -37,7 +37,8 @@ from flowopt.types import Params, Request
 
 def _pipe(url: str, model: str) -> flowopt.Pipeline:
     return flowopt.pipeline(
-        "classic", backend={"vllm": {"base_url": url, "model": model, "timeout": 600}},
+        "classic",
+        backend={"vllm": {"base_url": url, "model": model, "timeout": 600}},
         steps=[{"name": "a", "prompt": "{input}"}],
     )
 
@@ -60,7 +61,8 @@ async def batching(url: str, model: str, n: int, tokens: int) -> dict[str, Any]:
     out_seq = sum(r.usage.output_tokens for r in seq)
     out_par = sum(r.usage.output_tokens for r in par)
     return {
-        "requests": n, "max_tokens": tokens,
+        "requests": n,
+        "max_tokens": tokens,
         "individual": {"wall_s": round(t_seq, 2), "output_tok_s": round(out_seq / t_seq, 1)},
         "batched": {"wall_s": round(t_par, 2), "output_tok_s": round(out_par / t_par, 1)},
         "speedup": round(t_seq / t_par, 2),
@@ -84,9 +86,11 @@ async def ttft_series(url: str, model: str, n: int) -> dict[str, Any]:
     prompt_tokens = cached = 0
     try:
         for q in questions:
-            req = Request.chat([{"role": "system", "content": system},
-                                {"role": "user", "content": q}],
-                               params=Params(max_tokens=1, temperature=0), stream=True)
+            req = Request.chat(
+                [{"role": "system", "content": system}, {"role": "user", "content": q}],
+                params=Params(max_tokens=1, temperature=0),
+                stream=True,
+            )
             t0 = time.perf_counter()
             resp = await pipe.acall(req)
             assert resp.stream is not None
@@ -102,12 +106,15 @@ async def ttft_series(url: str, model: str, n: int) -> dict[str, Any]:
     finally:
         await pipe.aclose()
     rest = ttfts[1:]
-    return {"requests": n, "prompt_tokens": prompt_tokens,
-            "first_ttft_ms": round(ttfts[0], 1),
-            "later_ttft_median_ms": round(statistics.median(rest), 1),
-            "later_ttft_p90_ms": round(sorted(rest)[int(0.9 * (len(rest) - 1))], 1),
-            "all_ttft_ms": [round(t, 1) for t in ttfts],
-            "cached_prompt_tokens_reported": cached}
+    return {
+        "requests": n,
+        "prompt_tokens": prompt_tokens,
+        "first_ttft_ms": round(ttfts[0], 1),
+        "later_ttft_median_ms": round(statistics.median(rest), 1),
+        "later_ttft_p90_ms": round(sorted(rest)[int(0.9 * (len(rest) - 1))], 1),
+        "all_ttft_ms": [round(t, 1) for t in ttfts],
+        "cached_prompt_tokens_reported": cached,
+    }
 
 
 def _flowopt(*args: str) -> subprocess.CompletedProcess[str]:
@@ -118,8 +125,9 @@ def _flowopt(*args: str) -> subprocess.CompletedProcess[str]:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     if not args.skip_batching:
-        results["continuous_batching"] = await batching(args.url, args.model, args.requests,
-                                                        args.tokens)
+        results["continuous_batching"] = await batching(
+            args.url, args.model, args.requests, args.tokens
+        )
         print(json.dumps(results["continuous_batching"]), flush=True)
     on = await ttft_series(args.url, args.model, args.ttft_requests)
     results["prefix_caching"] = {"on": on}
@@ -128,8 +136,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     started_port = None
     if no_cache_url is None and args.start_no_cache:
         started_port = free_port()
-        r = _flowopt("backend", "up", "--port", str(started_port), "--served-name", args.model,
-                     "--server-arg=--no-enable-prefix-caching")
+        r = _flowopt(
+            "backend",
+            "up",
+            "--port",
+            str(started_port),
+            "--served-name",
+            args.model,
+            "--server-arg=--no-enable-prefix-caching",
+        )
         if r.returncode != 0:
             raise SystemExit(f"could not start the cache-off server:\n{r.stdout}\n{r.stderr}")
         no_cache_url = f"http://127.0.0.1:{started_port}"
@@ -138,7 +153,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             off = await ttft_series(no_cache_url, args.model, args.ttft_requests)
             results["prefix_caching"]["off"] = off
             results["prefix_caching"]["later_ttft_speedup"] = round(
-                off["later_ttft_median_ms"] / on["later_ttft_median_ms"], 2)
+                off["later_ttft_median_ms"] / on["later_ttft_median_ms"], 2
+            )
             print(json.dumps(off), flush=True)
     finally:
         if started_port is not None:
@@ -154,8 +170,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--ttft-requests", type=int, default=10)
     ap.add_argument("--no-cache-url", default=None, help="a server with prefix caching off")
-    ap.add_argument("--start-no-cache", action="store_true",
-                    help="start (and stop) a cache-off server with `flowopt backend up`")
+    ap.add_argument(
+        "--start-no-cache",
+        action="store_true",
+        help="start (and stop) a cache-off server with `flowopt backend up`",
+    )
     ap.add_argument("--skip-batching", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

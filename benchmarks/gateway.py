@@ -56,28 +56,57 @@ def _stub_app(tokens: int) -> Any:
         body = await request.json()
         if not body.get("stream"):
             message = {"role": "assistant", "content": "hi " * tokens}
-            return JSONResponse({
-                "id": "x", "object": "chat.completion", "created": 0, "model": "stub",
-                "choices": [{"index": 0, "message": message, "finish_reason": "length"}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": tokens,
-                          "total_tokens": 5 + tokens}})
+            return JSONResponse(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "stub",
+                    "choices": [{"index": 0, "message": message, "finish_reason": "length"}],
+                    "usage": {
+                        "prompt_tokens": 5,
+                        "completion_tokens": tokens,
+                        "total_tokens": 5 + tokens,
+                    },
+                }
+            )
 
         async def events() -> Any:
             for i in range(tokens):
                 last = i == tokens - 1
-                chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0,
-                         "model": "stub", "choices": [{"index": 0, "delta": {"content": "hi "},
-                                      "finish_reason": "length" if last else None}]}
+                chunk = {
+                    "id": "x",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": "stub",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"content": "hi "},
+                            "finish_reason": "length" if last else None,
+                        }
+                    ],
+                }
                 yield f"data: {json.dumps(chunk)}\n\n"
-            usage = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "stub",
-                     "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": tokens,
-                                              "total_tokens": 5 + tokens}}
+            usage = {
+                "id": "x",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "stub",
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": 5,
+                    "completion_tokens": tokens,
+                    "total_tokens": 5 + tokens,
+                },
+            }
             yield f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    return Starlette(routes=[Route("/v1/models", models), Route("/v1/chat/completions", chat,
-                                                                  methods=["POST"])])
+    return Starlette(
+        routes=[Route("/v1/models", models), Route("/v1/chat/completions", chat, methods=["POST"])]
+    )
 
 
 def _serve_stub(port: int, tokens: int) -> None:
@@ -103,8 +132,9 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
 
 def _start_stub(tokens: int) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve-stub", str(port),
-                             "--tokens", str(tokens)])
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-stub", str(port), "--tokens", str(tokens)]
+    )
     url = f"http://127.0.0.1:{port}"
     _wait_http(url + "/v1/models", proc)
     return url, proc
@@ -118,8 +148,17 @@ def _start_gateway(backend: str, model: str, workdir: Path) -> tuple[str, subpro
         "gateway: {expose_graph: false}\n"
     )
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", "from flowopt.cli import main; main()",
-                             "serve", str(spec), "--port", str(port)])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from flowopt.cli import main; main()",
+            "serve",
+            str(spec),
+            "--port",
+            str(port),
+        ]
+    )
     url = f"http://127.0.0.1:{port}"
     _wait_http(url + "/health", proc)
     return url, proc
@@ -146,8 +185,9 @@ def _pct(xs: list[float]) -> dict[str, float]:
     return {f"p{q}": round((percentile(xs, q) or 0.0) * 1000, 3) for q in (50, 90, 99)}
 
 
-async def added_latency(direct_url: str, gw_url: str, model: str, n: int,
-                        tokens: int, gw_pid: int) -> dict[str, Any]:
+async def added_latency(
+    direct_url: str, gw_url: str, model: str, n: int, tokens: int, gw_pid: int
+) -> dict[str, Any]:
     """Sequential requests, direct and via the gateway interleaved one by one."""
     d = HTTPTarget(direct_url, model=model, max_tokens=tokens)
     g = HTTPTarget(gw_url, model=model, max_tokens=tokens)
@@ -171,23 +211,30 @@ async def added_latency(direct_url: str, gw_url: str, model: str, n: int,
     finally:
         await d.aclose()
         await g.aclose()
-    res: dict[str, Any] = {"requests_each": n, "max_tokens": tokens,
-                           "gateway_cpu_ms_per_request": round(cpu / n * 1000, 3)}
+    res: dict[str, Any] = {
+        "requests_each": n,
+        "max_tokens": tokens,
+        "gateway_cpu_ms_per_request": round(cpu / n * 1000, 3),
+    }
     for m in ("ttft", "e2e"):
         dp, gp = _pct(out[f"d_{m}"]), _pct(out[f"g_{m}"])
         # Paired: gateway minus direct within each interleaved pair, so drift in the
         # machine's load (which moves both sides of a pair alike) cancels out.
         paired = [g - d for g, d in zip(out[f"g_{m}"], out[f"d_{m}"], strict=True)]
-        res[m] = {"direct_ms": dp, "gateway_ms": gp,
-                  "added_ms": {k: round(gp[k] - dp[k], 3) for k in dp},
-                  "paired_added_ms": {"p50": _pct(paired)["p50"]}}
+        res[m] = {
+            "direct_ms": dp,
+            "gateway_ms": gp,
+            "added_ms": {k: round(gp[k] - dp[k], 3) for k in dp},
+            "paired_added_ms": {"p50": _pct(paired)["p50"]},
+        }
     res["client_parse_ms_per_request_p50"] = round(percentile(client_ms, 50) or 0.0, 4)
     return res
 
 
 async def _burst(url: str, model: str, streams: int, tokens: int) -> tuple[float, int]:
-    t = HTTPTarget(url, model=model, max_tokens=tokens,
-                   extra={"ignore_eos": True} if model != "stub" else None)
+    t = HTTPTarget(
+        url, model=model, max_tokens=tokens, extra={"ignore_eos": True} if model != "stub" else None
+    )
     try:
         t0 = time.perf_counter()
         samples = await asyncio.gather(*(t.send(PROMPT, t0=t0) for _ in range(streams)))
@@ -198,8 +245,9 @@ async def _burst(url: str, model: str, streams: int, tokens: int) -> tuple[float
     return sum(s.output_tokens for s in ok) / wall, len(samples) - len(ok)
 
 
-async def throughput(direct_url: str, gw_url: str, model: str, streams: int, tokens: int,
-                     rounds: int) -> dict[str, Any]:
+async def throughput(
+    direct_url: str, gw_url: str, model: str, streams: int, tokens: int, rounds: int
+) -> dict[str, Any]:
     d_runs, g_runs, failed = [], [], 0
     await _burst(direct_url, model, 4, 4)  # warm both paths
     await _burst(gw_url, model, 4, 4)
@@ -210,10 +258,15 @@ async def throughput(direct_url: str, gw_url: str, model: str, streams: int, tok
             runs.append(tps)
             failed += f
     d, g = sum(d_runs) / len(d_runs), sum(g_runs) / len(g_runs)
-    return {"streams": streams, "max_tokens": tokens, "rounds": rounds,
-            "direct_tok_s": [round(x, 1) for x in d_runs],
-            "gateway_tok_s": [round(x, 1) for x in g_runs],
-            "ratio": round(g / d, 4), "failed_requests": failed}
+    return {
+        "streams": streams,
+        "max_tokens": tokens,
+        "rounds": rounds,
+        "direct_tok_s": [round(x, 1) for x in d_runs],
+        "gateway_tok_s": [round(x, 1) for x in g_runs],
+        "ratio": round(g / d, 4),
+        "failed_requests": failed,
+    }
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -224,9 +277,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         gw_stub_url, gw_stub = _start_gateway(stub_url, "stub", work)
         try:
             results["stub_added_latency"] = await added_latency(
-                stub_url, gw_stub_url, "stub", args.requests * 2, args.stub_tokens, gw_stub.pid)
+                stub_url, gw_stub_url, "stub", args.requests * 2, args.stub_tokens, gw_stub.pid
+            )
             results["stub_throughput_64"] = await throughput(
-                stub_url, gw_stub_url, "stub", args.streams, args.stub_tokens, args.rounds)
+                stub_url, gw_stub_url, "stub", args.streams, args.stub_tokens, args.rounds
+            )
         finally:
             for p in (gw_stub, stub):
                 p.terminate()
@@ -234,9 +289,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         gw_url, gw = _start_gateway(args.vllm, args.model, work)
         try:
             results["vllm_added_latency"] = await added_latency(
-                args.vllm, gw_url, args.model, args.requests, args.latency_tokens, gw.pid)
+                args.vllm, gw_url, args.model, args.requests, args.latency_tokens, gw.pid
+            )
             results["vllm_throughput_64"] = await throughput(
-                args.vllm, gw_url, args.model, args.streams, args.tokens, args.rounds)
+                args.vllm, gw_url, args.model, args.streams, args.tokens, args.rounds
+            )
         finally:
             gw.terminate()
             gw.wait(10)

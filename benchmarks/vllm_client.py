@@ -30,9 +30,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway import _start_gateway, emit
 
 KEYS = (
-    "completed", "failed", "request_throughput", "output_throughput",
-    "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "median_itl_ms",
-    "median_e2el_ms", "p99_e2el_ms",
+    "completed",
+    "failed",
+    "request_throughput",
+    "output_throughput",
+    "mean_ttft_ms",
+    "median_ttft_ms",
+    "p99_ttft_ms",
+    "median_tpot_ms",
+    "median_itl_ms",
+    "median_e2el_ms",
+    "p99_e2el_ms",
 )
 
 
@@ -45,15 +53,38 @@ def _vllm_bench(
 
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
-    ns = parser.parse_args([
-        "--backend", "openai-chat", "--base-url", base_url,
-        "--endpoint", "/v1/chat/completions", "--model", model, "--tokenizer", tokenizer,
-        "--dataset-name", "random", "--random-input-len", str(args.input_len),
-        "--random-output-len", str(args.output_len), "--num-prompts", str(args.num_prompts),
-        "--max-concurrency", str(args.concurrency), "--seed", "7", "--ignore-eos",
-        "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
-        "--disable-tqdm",
-    ])
+    ns = parser.parse_args(
+        [
+            "--backend",
+            "openai-chat",
+            "--base-url",
+            base_url,
+            "--endpoint",
+            "/v1/chat/completions",
+            "--model",
+            model,
+            "--tokenizer",
+            tokenizer,
+            "--dataset-name",
+            "random",
+            "--random-input-len",
+            str(args.input_len),
+            "--random-output-len",
+            str(args.output_len),
+            "--num-prompts",
+            str(args.num_prompts),
+            "--max-concurrency",
+            str(args.concurrency),
+            "--seed",
+            "7",
+            "--ignore-eos",
+            "--percentile-metrics",
+            "ttft,tpot,itl,e2el",
+            "--metric-percentiles",
+            "50,99",
+            "--disable-tqdm",
+        ]
+    )
     result = asyncio.run(bench_main(ns))
     return {k: result.get(k) for k in KEYS}
 
@@ -93,15 +124,18 @@ def main() -> None:
         return sum(vals) / len(vals)
 
     ratios = {
-        k: round(mean("gateway", k) / mean("direct", k), 4)
-        for k in KEYS[2:]
-        if mean("direct", k)
+        k: round(mean("gateway", k) / mean("direct", k), 4) for k in KEYS[2:] if mean("direct", k)
     }
     out = {
         "client": "vllm.benchmarks.serve (vllm bench serve), backend openai-chat",
-        "workload": {"dataset": "random", "input_len": args.input_len,
-                     "output_len": args.output_len, "num_prompts": args.num_prompts,
-                     "max_concurrency": args.concurrency, "rounds": args.rounds},
+        "workload": {
+            "dataset": "random",
+            "input_len": args.input_len,
+            "output_len": args.output_len,
+            "num_prompts": args.num_prompts,
+            "max_concurrency": args.concurrency,
+            "rounds": args.rounds,
+        },
         "runs": runs,
         "gateway_over_direct": ratios,
         "failed": sum(int(x["failed"] or 0) for v in runs.values() for x in v),

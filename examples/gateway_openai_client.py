@@ -31,8 +31,11 @@ def main() -> int:
 
     # 1. A plain JSON answer, with the trace id the gateway put in its headers.
     raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": "What is vLLM? One sentence."}],
-        max_tokens=32, temperature=0, user="example-user",
+        model=model,
+        messages=[{"role": "user", "content": "What is vLLM? One sentence."}],
+        max_tokens=32,
+        temperature=0,
+        user="example-user",
     )
     answer = raw.parse()
     print(f"answer: {answer.choices[0].message.content!r}")
@@ -42,8 +45,12 @@ def main() -> int:
     # 2. Streaming, with usage in the last event.
     print("stream: ", end="")
     for event in client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "Name three colours."}],
-        max_tokens=24, temperature=0, stream=True, stream_options={"include_usage": True},
+        model=model,
+        messages=[{"role": "user", "content": "Name three colours."}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     ):
         if event.choices and event.choices[0].delta.content:
             print(event.choices[0].delta.content, end="", flush=True)
@@ -52,8 +59,9 @@ def main() -> int:
 
     # 3. Errors arrive as the client's usual exceptions.
     try:
-        client.chat.completions.create(model="no-such-model",
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "hi"}]
+        )
     except openai.NotFoundError as exc:
         print(f"unknown model -> HTTP {exc.status_code}: {exc.code}")
     return 0

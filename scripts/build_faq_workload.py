@@ -63,8 +63,10 @@ def main() -> None:
     with out.open("w", encoding="utf-8") as f:
         for i, qs in enumerate(intents):
             rng.shuffle(qs)
-            f.write(json.dumps({"id": i, "questions": qs[: args.max_phrasings]},
-                               ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps({"id": i, "questions": qs[: args.max_phrasings]}, ensure_ascii=False)
+                + "\n"
+            )
     total = sum(min(len(q), args.max_phrasings) for q in intents)
     print(f"wrote {len(intents)} intents, {total} questions, {out.stat().st_size} bytes -> {out}")
 

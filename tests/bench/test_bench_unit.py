@@ -58,8 +58,17 @@ def test_no_knee_while_still_linear_and_knee_before_a_collapse() -> None:
 
 
 def _level(load: float, ok: int, total: int, tok_s: float) -> LevelStats:
-    samples = [Sample(start=0.0, ok=i < ok, error=None if i < ok else "http_503", ttft=0.1,
-                      e2e=1.0, output_tokens=10) for i in range(total)]
+    samples = [
+        Sample(
+            start=0.0,
+            ok=i < ok,
+            error=None if i < ok else "http_503",
+            ttft=0.1,
+            e2e=1.0,
+            output_tokens=10,
+        )
+        for i in range(total)
+    ]
     lv = summarize(f"c={load}", load, "concurrency", samples, 1.0, SLO())
     lv.output_tok_s = tok_s
     return lv
@@ -103,8 +112,12 @@ def test_faq_workload_is_zipf_skewed_and_seeded() -> None:
 
 def test_jsonl_workload_reads_prompts_and_messages(tmp_path: Path) -> None:
     f = tmp_path / "p.jsonl"
-    f.write_text(json.dumps({"prompt": "hello"}) + "\n\n"
-                 + json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    f.write_text(
+        json.dumps({"prompt": "hello"})
+        + "\n\n"
+        + json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+        + "\n"
+    )
     wl = jsonl_workload(f, system="be brief")
     assert {p.text for p in wl.take(50)} == {"hello", "hi"}
     assert wl.sample().messages[0] == {"role": "system", "content": "be brief"}
@@ -117,14 +130,22 @@ def _synthetic_result() -> BenchResult:
     loads = [1, 2, 4, 8, 16]
     levels = []
     for c, tput in zip(loads, [40, 80, 150, 160, 162], strict=True):
-        samples = [Sample(start=0.1 * i, ok=True, ttft=0.05 * c + 0.001 * i, e2e=0.5 * c,
-                          output_tokens=16) for i in range(20)]
+        samples = [
+            Sample(start=0.1 * i, ok=True, ttft=0.05 * c + 0.001 * i, e2e=0.5 * c, output_tokens=16)
+            for i in range(20)
+        ]
         lv = summarize(f"concurrency={c}", c, "concurrency", samples, 2.0, SLO(ttft_ms=300))
         lv.output_tok_s = tput
         levels.append(lv)
-    return BenchResult("http://x", "concurrency", {"name": "faq", "prompts": 3, "zipf_s": 1.1},
-                       {"max_tokens": 16, "concurrency": loads}, [VariantResult("target", levels)],
-                       "2025-01-01T00:00:00+00:00", 12.0)
+    return BenchResult(
+        "http://x",
+        "concurrency",
+        {"name": "faq", "prompts": 3, "zipf_s": 1.1},
+        {"max_tokens": 16, "concurrency": loads},
+        [VariantResult("target", levels)],
+        "2025-01-01T00:00:00+00:00",
+        12.0,
+    )
 
 
 def test_report_renders_offline_with_plots_and_summary() -> None:

@@ -149,8 +149,11 @@ async def test_stream_lines_split_anywhere(split: int, eol: str) -> None:
     """The SSE reader splits lines itself: events cut at any byte, any SSE line end, a
     final line without its end, a NaN orjson refuses and invalid UTF-8 all parse as
     ``aiter_lines`` + ``json.loads`` did."""
-    events = [_delta("h\u00e9"), _delta("llo", "stop"),
-              {"model": "m", "choices": [], "usage": {"prompt_tokens": 2}, "x": NaN}]
+    events = [
+        _delta("h\u00e9"),
+        _delta("llo", "stop"),
+        {"model": "m", "choices": [], "usage": {"prompt_tokens": 2}, "x": NaN},
+    ]
     text = "".join(f"data: {json.dumps(e)}{eol}{eol}" for e in events) + "data: [DONE]"
     body = text.encode().replace(b"llo", b"ll\xff")
     parts = [body[i : i + split] for i in range(0, len(body), split)]

@@ -58,8 +58,6 @@ class LiveGateway:
         self.other_key = OTHER_KEY
 
 
-
-
 class TcpRelay:
     """A real TCP relay between the gateway and vLLM that reports who hung up first.
 
@@ -80,8 +78,12 @@ class TcpRelay:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
 
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       on_eof: threading.Event, unless: threading.Event) -> None:
+        async def pipe(
+            reader: asyncio.StreamReader,
+            writer: asyncio.StreamWriter,
+            on_eof: threading.Event,
+            unless: threading.Event,
+        ) -> None:
             try:
                 while data := await reader.read(65536):
                     writer.write(data)

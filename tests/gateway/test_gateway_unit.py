@@ -37,8 +37,9 @@ def _client(pipe: Any, settings: GatewaySpec | None = None) -> httpx.AsyncClient
 
 
 def _fake_pipe(backend: Any = None) -> Any:
-    return pipeline("unit", backend=backend or FakeBackend(),
-                    steps=[{"name": "answer", "prompt": "{input}"}])
+    return pipeline(
+        "unit", backend=backend or FakeBackend(), steps=[{"name": "answer", "prompt": "{input}"}]
+    )
 
 
 # -- auth ---------------------------------------------------------------------------------
@@ -73,12 +74,23 @@ def test_gateway_spec_keys_from_env_never_written_back(
 # -- wire ----------------------------------------------------------------------------------
 def test_parse_call_passes_unknown_fields_through_and_maps_roles() -> None:
     call = parse_call(
-        {"model": "m", "messages": [{"role": "developer", "content": [{"type": "text",
-                                                                       "text": "be brief"}]},
-                                    {"role": "user", "content": "hi"}],
-         "max_completion_tokens": 5, "top_k": 3, "ignore_eos": True, "stop": "x",
-         "stream": True, "stream_options": {"include_usage": True}, "user": "u"},
-        kind="chat", tenant=None, request_id="r1",
+        {
+            "model": "m",
+            "messages": [
+                {"role": "developer", "content": [{"type": "text", "text": "be brief"}]},
+                {"role": "user", "content": "hi"},
+            ],
+            "max_completion_tokens": 5,
+            "top_k": 3,
+            "ignore_eos": True,
+            "stop": "x",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "user": "u",
+        },
+        kind="chat",
+        tenant=None,
+        request_id="r1",
     )
     req = call.request
     assert req.messages[0].role == "system" and req.messages[0].content == "be brief"
@@ -86,15 +98,25 @@ def test_parse_call_passes_unknown_fields_through_and_maps_roles() -> None:
     assert dict(req.params.extra) == {"top_k": 3, "ignore_eos": True}
     assert req.stream and call.include_usage
     assert (req.tenant, req.user) == ("u", "u")  # no keys: `user` is the identity
-    assert parse_call({"prompt": ["p"], "logprobs": 2}, kind="completion", tenant="t",
-                      request_id="r").request.params.top_logprobs == 2
+    assert (
+        parse_call(
+            {"prompt": ["p"], "logprobs": 2}, kind="completion", tenant="t", request_id="r"
+        ).request.params.top_logprobs
+        == 2
+    )
 
 
-@pytest.mark.parametrize("body", [
-    [], {"messages": []}, {"messages": [{"content": "x"}]}, {"messages": "hi"},
-    {"messages": [{"role": "user", "content": "x"}], "n": 2},
-    {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        {"messages": []},
+        {"messages": [{"content": "x"}]},
+        {"messages": "hi"},
+        {"messages": [{"role": "user", "content": "x"}], "n": 2},
+        {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+    ],
+)
 def test_parse_call_rejects_malformed_bodies(body: Any) -> None:
     with pytest.raises(HTTPProblem) as err:
         parse_call(body, kind="chat", tenant=None, request_id="r")
@@ -102,18 +124,26 @@ def test_parse_call_rejects_malformed_bodies(body: Any) -> None:
 
 
 # -- error mapping --------------------------------------------------------------------------
-@pytest.mark.parametrize(("exc", "status", "retry_after"), [
-    (InvalidRequestError("bad"), 400, None),
-    (RejectedError("busy", reason="overloaded", retry_after=0.2), 503, "1"),
-    (RejectedError("slow down", reason="tenant_rate_limit", retry_after=4.1), 429, "5"),
-    (BackendHTTPError("x", endpoint="e", status=429, retry_after=3), 429, "3"),
-    (BackendHTTPError("x", endpoint="e", status=400, body='{"error":{"message":"too long"}}'),
-     400, None),
-    (BackendHTTPError("x", endpoint="e", status=500), 502, None),
-    (BackendTimeout("x", endpoint="e"), 504, None),
-    (BackendUnavailable("x", endpoint="e"), 502, None),
-    (RuntimeError("secret detail"), 500, None),
-])
+@pytest.mark.parametrize(
+    ("exc", "status", "retry_after"),
+    [
+        (InvalidRequestError("bad"), 400, None),
+        (RejectedError("busy", reason="overloaded", retry_after=0.2), 503, "1"),
+        (RejectedError("slow down", reason="tenant_rate_limit", retry_after=4.1), 429, "5"),
+        (BackendHTTPError("x", endpoint="e", status=429, retry_after=3), 429, "3"),
+        (
+            BackendHTTPError(
+                "x", endpoint="e", status=400, body='{"error":{"message":"too long"}}'
+            ),
+            400,
+            None,
+        ),
+        (BackendHTTPError("x", endpoint="e", status=500), 502, None),
+        (BackendTimeout("x", endpoint="e"), 504, None),
+        (BackendUnavailable("x", endpoint="e"), 502, None),
+        (RuntimeError("secret detail"), 500, None),
+    ],
+)
 def test_errors_map_to_status_and_retry_after(
     exc: Exception, status: int, retry_after: str | None
 ) -> None:
@@ -128,8 +158,9 @@ def test_errors_map_to_status_and_retry_after(
 async def test_backend_failure_is_openai_error_json() -> None:
     pipe = _fake_pipe(FakeBackend(fail=BackendTimeout("slow", endpoint="http://x")))
     async with _client(pipe) as c:
-        resp = await c.post("/v1/chat/completions",
-                            json={"messages": [{"role": "user", "content": "hi"}]})
+        resp = await c.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+        )
     assert resp.status_code == 504
     assert resp.json()["error"]["code"] == "backend_timeout"
     assert "http://x" not in resp.text
@@ -137,9 +168,15 @@ async def test_backend_failure_is_openai_error_json() -> None:
 
 async def test_sse_format_and_usage_with_fake_backend() -> None:
     async with _client(_fake_pipe()) as c:
-        resp = await c.post("/v1/chat/completions", json={
-            "model": "fake-model", "messages": [{"role": "user", "content": "a b c"}],
-            "stream": True, "stream_options": {"include_usage": True}})
+        resp = await c.post(
+            "/v1/chat/completions",
+            json={
+                "model": "fake-model",
+                "messages": [{"role": "user", "content": "a b c"}],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        )
     events = [line[6:] for line in resp.text.split("\n") if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     objs = [json.loads(e) for e in events[:-1]]
@@ -162,8 +199,10 @@ async def test_traceparent_becomes_the_parent_of_the_server_span(spans: SpanCapt
     trace_id, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
     async with _client(_fake_pipe()) as c:
         resp = await c.post(
-            "/v1/chat/completions", headers={"traceparent": f"00-{trace_id}-{parent}-01"},
-            json={"messages": [{"role": "user", "content": "hi"}]})
+            "/v1/chat/completions",
+            headers={"traceparent": f"00-{trace_id}-{parent}-01"},
+            json={"messages": [{"role": "user", "content": "hi"}]},
+        )
     assert resp.headers["x-flowopt-trace-id"] == trace_id
     mine = [s for s in spans.spans() if format(s.context.trace_id, "032x") == trace_id]
     server = next(s for s in mine if s.name == "POST /v1/chat/completions")
@@ -206,8 +245,7 @@ class FakeEndlessBackend(FakeBackend):
 async def test_disconnect_closes_the_backend_stream(stream: bool) -> None:
     backend = FakeEndlessBackend()
     app = create_app(_fake_pipe(backend))
-    body = json.dumps({"messages": [{"role": "user", "content": "go"}],
-                       "stream": stream}).encode()
+    body = json.dumps({"messages": [{"role": "user", "content": "go"}], "stream": stream}).encode()
     sent: list[dict[str, Any]] = []
     messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     await messages.put({"type": "http.request", "body": body, "more_body": False})
@@ -218,11 +256,21 @@ async def test_disconnect_closes_the_backend_stream(stream: bool) -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-             "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-             "query_string": b"", "root_path": "", "headers": [(b"host", b"gw")],
-             "client": ("127.0.0.1", 1), "server": ("gw", 80), "state": {}}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"gw")],
+        "client": ("127.0.0.1", 1),
+        "server": ("gw", 80),
+        "state": {},
+    }
     served = asyncio.ensure_future(app(scope, receive, send))
     await backend.started.wait()
     await messages.put({"type": "http.disconnect"})  # the client hangs up mid-answer
@@ -230,7 +278,8 @@ async def test_disconnect_closes_the_backend_stream(stream: bool) -> None:
     await asyncio.wait_for(served, 10)
     gw = app.state.gateway
     gone = gw.metrics.registry.get_sample_value(
-        "flowopt_gateway_client_disconnects_total", {"route": "/v1/chat/completions"})
+        "flowopt_gateway_client_disconnects_total", {"route": "/v1/chat/completions"}
+    )
     assert gone == 1
 
 
@@ -244,6 +293,9 @@ def test_text_chunks_match_the_full_encoders(chat: bool) -> None:
     model = 'mo"d\u00e9l'
     encode = TextChunks(call, model, chat=chat)
     for text, finish in [("hi ", None), ('\u00e9"\n\u2028\\', "length"), ("", "stop")]:
-        full = (chat_chunk(call, model, text=text, finish_reason=finish) if chat
-                else completion_chunk(call, model, text=text, finish_reason=finish))
+        full = (
+            chat_chunk(call, model, text=text, finish_reason=finish)
+            if chat
+            else completion_chunk(call, model, text=text, finish_reason=finish)
+        )
         assert encode(text, finish) == full

@@ -20,8 +20,12 @@ pytestmark = pytest.mark.integration
 
 def _chat(gw: LiveGateway) -> ChatOpenAI:
     return ChatOpenAI(
-        base_url=gw.base_url + "/v1", api_key=gw.api_key, model=gw.model,  # type: ignore[arg-type]
-        max_tokens=8, temperature=0, max_retries=0,  # type: ignore[call-arg]
+        base_url=gw.base_url + "/v1",
+        api_key=gw.api_key,
+        model=gw.model,  # type: ignore[arg-type]
+        max_tokens=8,
+        temperature=0,
+        max_retries=0,  # type: ignore[call-arg]
     )
 
 
@@ -56,9 +60,7 @@ def relayed_gateway(vllm_url: str, served_model: str) -> Iterator[tuple[str, Tcp
 
 
 def _metric(text: str, name: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)
-    )
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -70,7 +72,10 @@ def test_client_disconnect_cancels_the_backend_request(
         "model": served_model,
         "messages": [{"role": "user", "content": "Count to one thousand."}],
         # ~40 s of generation if nobody stops it; the test ends long before.
-        "max_tokens": 1500, "ignore_eos": True, "stream": stream, "temperature": 0,
+        "max_tokens": 1500,
+        "ignore_eos": True,
+        "stream": stream,
+        "temperature": 0,
     }
     with httpx.Client(timeout=60) as c:
         if stream:
@@ -85,6 +90,7 @@ def test_client_disconnect_cancels_the_backend_request(
                 c.post(base_url + "/v1/chat/completions", json=body, timeout=1.0)
     assert relay.gateway_hung_up.wait(30), "the gateway kept the vLLM request running"
     assert not relay.upstream_finished.is_set()
-    gone = _metric(httpx.get(base_url + "/metrics").text,
-                   "flowopt_gateway_client_disconnects_total")
+    gone = _metric(
+        httpx.get(base_url + "/metrics").text, "flowopt_gateway_client_disconnects_total"
+    )
     assert gone == 1

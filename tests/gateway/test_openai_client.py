@@ -43,7 +43,11 @@ def test_other_key_is_other_tenant(live_gateway: LiveGateway) -> None:
 
 def test_chat_stream_with_usage(live_gateway: LiveGateway) -> None:
     stream = client(live_gateway).chat.completions.create(
-        model=live_gateway.model, messages=PROMPT, max_tokens=8, temperature=0, stream=True,
+        model=live_gateway.model,
+        messages=PROMPT,
+        max_tokens=8,
+        temperature=0,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -59,9 +63,13 @@ def test_chat_stream_with_usage(live_gateway: LiveGateway) -> None:
 
 def test_stream_matches_json_answer(live_gateway: LiveGateway) -> None:
     c = client(live_gateway)
-    whole = c.chat.completions.create(
-        model=live_gateway.model, messages=PROMPT, max_tokens=8, temperature=0
-    ).choices[0].message.content
+    whole = (
+        c.chat.completions.create(
+            model=live_gateway.model, messages=PROMPT, max_tokens=8, temperature=0
+        )
+        .choices[0]
+        .message.content
+    )
     streamed = "".join(
         ch.choices[0].delta.content or ""
         for ch in c.chat.completions.create(
@@ -80,10 +88,16 @@ def test_completions_json_and_stream(live_gateway: LiveGateway) -> None:
     assert out.object == "text_completion"
     assert out.choices[0].text
     assert out.usage is not None and out.usage.completion_tokens >= 1
-    pieces = list(c.completions.create(
-        model=live_gateway.model, prompt="The capital of France is", max_tokens=4,
-        temperature=0, stream=True, stream_options={"include_usage": True},
-    ))
+    pieces = list(
+        c.completions.create(
+            model=live_gateway.model,
+            prompt="The capital of France is",
+            max_tokens=4,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(p.choices[0].text for p in pieces if p.choices) == out.choices[0].text
     assert pieces[-1].usage is not None
 
@@ -133,8 +147,10 @@ def test_missing_and_wrong_keys_are_401(live_gateway: LiveGateway) -> None:
         client(live_gateway, "sk-wrong-key-0000000").chat.completions.create(
             model=live_gateway.model, messages=PROMPT, max_tokens=2
         )
-    resp = httpx.post(live_gateway.base_url + "/v1/chat/completions",
-                      json={"model": live_gateway.model, "messages": PROMPT})
+    resp = httpx.post(
+        live_gateway.base_url + "/v1/chat/completions",
+        json={"model": live_gateway.model, "messages": PROMPT},
+    )
     assert resp.status_code == 401
     assert resp.json()["error"]["code"] == "invalid_api_key"
     assert "sk-" not in resp.text  # no key is ever echoed
@@ -158,8 +174,10 @@ def test_traceparent_is_joined(live_gateway: LiveGateway) -> None:
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     resp = httpx.post(
         live_gateway.base_url + "/v1/chat/completions",
-        headers={"authorization": f"Bearer {live_gateway.api_key}",
-                 "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+        headers={
+            "authorization": f"Bearer {live_gateway.api_key}",
+            "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01",
+        },
         json={"model": live_gateway.model, "messages": PROMPT, "max_tokens": 2},
     )
     assert resp.status_code == 200

@@ -17,8 +17,7 @@ def _v(x: float | None, fmt: str = ".0f") -> str:
 
 
 def _load_name(lv: LevelStats) -> str:
-    return {"concurrency": "concurrent", "rate": "req/s offered", "time": "s"}.get(
-        lv.load_kind, "")
+    return {"concurrency": "concurrent", "rate": "req/s offered", "time": "s"}.get(lv.load_kind, "")
 
 
 def _headline(res: BenchResult, v: VariantResult) -> list[str]:
@@ -26,30 +25,41 @@ def _headline(res: BenchResult, v: VariantResult) -> list[str]:
     if res.shape == "users":
         lv = v.levels[0]
         s = res.settings
-        lines.append(f"Users: {s['users']}  Requests per user: {s['requests']}  "
-                     f"Total: {lv.total}  Successful: {lv.succeeded}  "
-                     f"Failed: {lv.total - lv.succeeded}")
+        lines.append(
+            f"Users: {s['users']}  Requests per user: {s['requests']}  "
+            f"Total: {lv.total}  Successful: {lv.succeeded}  "
+            f"Failed: {lv.total - lv.succeeded}"
+        )
     else:
         total = sum(lv.total for lv in v.levels)
         ok = sum(lv.succeeded for lv in v.levels)
-        lines.append(f"Levels: {len(v.levels)}  Total: {total}  Successful: {ok}  "
-                     f"Failed: {total - ok}")
+        lines.append(
+            f"Levels: {len(v.levels)}  Total: {total}  Successful: {ok}  Failed: {total - ok}"
+        )
     best = max(v.levels, key=lambda lv: lv.output_tok_s)
     knee = v.knee
     unit = _load_name(v.levels[0])
-    knee_s = f"~{knee:g} {unit}" if knee is not None else (
-        "none found" if len(v.levels) >= 3 else "n/a (needs a sweep)")
+    knee_s = (
+        f"~{knee:g} {unit}"
+        if knee is not None
+        else ("none found" if len(v.levels) >= 3 else "n/a (needs a sweep)")
+    )
     load, why = v.breaking
-    lines.append(f"TTFT p50/p95: {_v(best.ttft_ms['p50'])}/{_v(best.ttft_ms['p95'])} ms   "
-                 f"Tokens/s overall: {best.output_tok_s:.1f}   Knee: {knee_s}")
-    lines.append("Breaking point: " + (f"{load:g} {unit} ({why})" if load is not None
-                                        else "not reached"))
+    lines.append(
+        f"TTFT p50/p95: {_v(best.ttft_ms['p50'])}/{_v(best.ttft_ms['p95'])} ms   "
+        f"Tokens/s overall: {best.output_tok_s:.1f}   Knee: {knee_s}"
+    )
+    lines.append(
+        "Breaking point: " + (f"{load:g} {unit} ({why})" if load is not None else "not reached")
+    )
     return lines
 
 
 def _table(levels: list[LevelStats]) -> list[str]:
-    head = (f"{'level':<16}{'ok/total':>10}{'req/s':>8}{'tok/s':>8}{'TTFT p50/95/99 ms':>22}"
-            f"{'E2E p50/95/99 ms':>24}{'TPOT':>7}{'ITL':>7}{'good/s':>8}")
+    head = (
+        f"{'level':<16}{'ok/total':>10}{'req/s':>8}{'tok/s':>8}{'TTFT p50/95/99 ms':>22}"
+        f"{'E2E p50/95/99 ms':>24}{'TPOT':>7}{'ITL':>7}{'good/s':>8}"
+    )
     rows = [head, "-" * len(head)]
     for lv in levels:
         ttft = "/".join(_v(lv.ttft_ms[q]) for q in ("p50", "p95", "p99"))
@@ -69,22 +79,32 @@ def _table(levels: list[LevelStats]) -> list[str]:
 def terminal_summary(res: BenchResult) -> str:
     """The summary printed at the end of a run."""
     w = res.workload
-    out = [f"Target: {res.target}   Workload: {w.get('name')} ({w.get('prompts')} prompts, "
-           f"zipf {w.get('zipf_s')})   max_tokens: {res.settings.get('max_tokens')}"]
+    out = [
+        f"Target: {res.target}   Workload: {w.get('name')} ({w.get('prompts')} prompts, "
+        f"zipf {w.get('zipf_s')})   max_tokens: {res.settings.get('max_tokens')}"
+    ]
     out += _headline(res, res.main)
     out += ["", *_table(res.main.levels)]
     if res.main.windows:
         out += ["", "Soak windows (drift):", *_table(res.main.windows)]
     if len(res.variants) > 1:
-        out += ["", "Ablation (variant / full):",
-                f"{'variant':<24}{'load':>6}{'tok/s':>8}{'TTFT p50':>10}{'E2E p50':>9}"]
+        out += [
+            "",
+            "Ablation (variant / full):",
+            f"{'variant':<24}{'load':>6}{'tok/s':>8}{'TTFT p50':>10}{'E2E p50':>9}",
+        ]
         for r in res.ratios():
-            out.append(f"{r['variant']:<24}{r['load']:>6g}{_v(r['tok_s_ratio'], '.2f'):>8}"
-                       f"{_v(r['ttft_p50_ratio'], '.2f'):>10}{_v(r['e2e_p50_ratio'], '.2f'):>9}")
+            out.append(
+                f"{r['variant']:<24}{r['load']:>6g}{_v(r['tok_s_ratio'], '.2f'):>8}"
+                f"{_v(r['ttft_p50_ratio'], '.2f'):>10}{_v(r['e2e_p50_ratio'], '.2f'):>9}"
+            )
     co = res.client_overhead()
-    out += ["", f"Client overhead: parse {co['parse_ms_per_request_max']:.3f} ms/request, "
-                f"loop lag p99 {co['loop_lag_p99_ms_max']:.2f} ms, "
-                f"CPU {co['cpu_share_max']:.0%} of a core"]
+    out += [
+        "",
+        f"Client overhead: parse {co['parse_ms_per_request_max']:.3f} ms/request, "
+        f"loop lag p99 {co['loop_lag_p99_ms_max']:.2f} ms, "
+        f"CPU {co['cpu_share_max']:.0%} of a core",
+    ]
     if co["warning"]:
         out.append("WARNING: " + co["warning"])
     return "\n".join(out)
@@ -94,8 +114,11 @@ def _charts(res: BenchResult) -> list[str]:
     v = res.main
     lv0 = v.levels[0]
     xs = [lv.load for lv in v.levels]
-    xlabel = {"concurrency": "concurrent requests", "rate": "offered load (req/s)",
-              "time": "time (s)"}.get(lv0.load_kind, "load")
+    xlabel = {
+        "concurrency": "concurrent requests",
+        "rate": "offered load (req/s)",
+        "time": "time (s)",
+    }.get(lv0.load_kind, "load")
     marks = []
     if v.knee is not None:
         marks.append((v.knee, f"knee ~{v.knee:g}", "#16a34a"))
@@ -103,21 +126,48 @@ def _charts(res: BenchResult) -> list[str]:
         marks.append((v.breaking[0], "breaking", "#dc2626"))
     logx = lv0.load_kind != "time" and len(xs) > 2 and max(xs) / max(min(xs), 1e-9) >= 8
     charts = []
-    tp = [(f"{var.name} tok/s", [lv.load for lv in var.levels],
-           [lv.output_tok_s for lv in var.levels]) for var in res.variants]
-    charts.append(line_chart("Output throughput vs load", tp, xlabel=xlabel,
-                             ylabel="output tokens/s", marks=marks, logx=logx))
+    tp = [
+        (
+            f"{var.name} tok/s",
+            [lv.load for lv in var.levels],
+            [lv.output_tok_s for lv in var.levels],
+        )
+        for var in res.variants
+    ]
+    charts.append(
+        line_chart(
+            "Output throughput vs load",
+            tp,
+            xlabel=xlabel,
+            ylabel="output tokens/s",
+            marks=marks,
+            logx=logx,
+        )
+    )
     rq: list[tuple[str, list[float], list[float | None]]] = [
-        ("req/s", xs, [lv.req_s for lv in v.levels])]
+        ("req/s", xs, [lv.req_s for lv in v.levels])
+    ]
     if any(lv.goodput_req_s is not None for lv in v.levels):
         rq.append(("goodput req/s", xs, [lv.goodput_req_s for lv in v.levels]))
-    charts.append(line_chart("Requests/s vs load", rq, xlabel=xlabel, ylabel="requests/s",
-                             marks=marks, logx=logx))
+    charts.append(
+        line_chart(
+            "Requests/s vs load", rq, xlabel=xlabel, ylabel="requests/s", marks=marks, logx=logx
+        )
+    )
     for metric, title in (("ttft_ms", "Time to first token"), ("e2e_ms", "End-to-end latency")):
-        series = [(q, xs, [getattr(lv, metric)[q] for lv in v.levels])
-                  for q in ("p50", "p95", "p99")]
-        charts.append(line_chart(f"{title} percentiles vs load", series, xlabel=xlabel,
-                                 ylabel="ms", marks=marks, logx=logx))
+        series = [
+            (q, xs, [getattr(lv, metric)[q] for lv in v.levels]) for q in ("p50", "p95", "p99")
+        ]
+        charts.append(
+            line_chart(
+                f"{title} percentiles vs load",
+                series,
+                xlabel=xlabel,
+                ylabel="ms",
+                marks=marks,
+                logx=logx,
+            )
+        )
     cdf = []
     for lv in v.levels[:8]:
         ts = sorted(lv.ttft_samples_ms)
@@ -125,8 +175,11 @@ def _charts(res: BenchResult) -> list[str]:
             n = len(ts)
             cdf.append((lv.label, ts, [100.0 * (i + 1) / n for i in range(n)]))
     if cdf:
-        charts.append(line_chart("TTFT distribution (CDF) per level", cdf, xlabel="TTFT (ms)",
-                                 ylabel="% of requests"))
+        charts.append(
+            line_chart(
+                "TTFT distribution (CDF) per level", cdf, xlabel="TTFT (ms)", ylabel="% of requests"
+            )
+        )
     return charts
 
 

@@ -109,13 +109,22 @@ class _Monitor:
     def apply(self, stats: LevelStats) -> LevelStats:
         wall = time.perf_counter() - self.wall0
         stats.client_cpu_share = round((time.process_time() - self.cpu0) / max(wall, 1e-9), 4)
-        stats.loop_lag_ms = {f"p{q}": None if (v := percentile(self.lags, q)) is None
-                             else round(v * 1000, 3) for q in (50, 99)}
+        stats.loop_lag_ms = {
+            f"p{q}": None if (v := percentile(self.lags, q)) is None else round(v * 1000, 3)
+            for q in (50, 99)
+        }
         return stats
 
 
-async def _closed_loop(target: Target, workload: Workload, *, concurrency: int, total: int,
-                       duration: float | None, progress: Progress) -> tuple[list[Sample], float]:
+async def _closed_loop(
+    target: Target,
+    workload: Workload,
+    *,
+    concurrency: int,
+    total: int,
+    duration: float | None,
+    progress: Progress,
+) -> tuple[list[Sample], float]:
     samples: list[Sample] = []
     counter = iter(range(total)) if duration is None else None
     t0 = time.perf_counter()
@@ -138,8 +147,9 @@ async def _closed_loop(target: Target, workload: Workload, *, concurrency: int, 
 _Run = Callable[[], Awaitable[tuple[list[Sample], float]]]
 
 
-async def _level(label: str, load: float, kind: str, slo: SLO, progress: Progress,
-                 total: int | None, run: _Run) -> LevelStats:
+async def _level(
+    label: str, load: float, kind: str, slo: SLO, progress: Progress, total: int | None, run: _Run
+) -> LevelStats:
     progress.start(label, total)
     monitor, task = _Monitor.start()
     try:
@@ -150,32 +160,72 @@ async def _level(label: str, load: float, kind: str, slo: SLO, progress: Progres
     return monitor.apply(summarize(label, load, kind, samples, wall, slo))
 
 
-async def run_users(target: Target, workload: Workload, *, users: int, requests: int,
-                    slo: SLO, progress: Progress) -> LevelStats:
+async def run_users(
+    target: Target, workload: Workload, *, users: int, requests: int, slo: SLO, progress: Progress
+) -> LevelStats:
     """U users x R requests each (closed loop at concurrency U)."""
     return await _level(
-        f"users={users}", users, "concurrency", slo, progress, users * requests,
-        functools.partial(_closed_loop, target, workload, concurrency=users,
-                          total=users * requests, duration=None, progress=progress),
+        f"users={users}",
+        users,
+        "concurrency",
+        slo,
+        progress,
+        users * requests,
+        functools.partial(
+            _closed_loop,
+            target,
+            workload,
+            concurrency=users,
+            total=users * requests,
+            duration=None,
+            progress=progress,
+        ),
     )
 
 
-async def run_concurrency_sweep(target: Target, workload: Workload, *,
-                                levels: Sequence[int], requests_per_user: int, slo: SLO,
-                                progress: Progress) -> list[LevelStats]:
+async def run_concurrency_sweep(
+    target: Target,
+    workload: Workload,
+    *,
+    levels: Sequence[int],
+    requests_per_user: int,
+    slo: SLO,
+    progress: Progress,
+) -> list[LevelStats]:
     out = []
     for c in levels:
-        out.append(await _level(
-            f"concurrency={c}", c, "concurrency", slo, progress, c * requests_per_user,
-            functools.partial(_closed_loop, target, workload, concurrency=c,
-                              total=c * requests_per_user, duration=None, progress=progress),
-        ))
+        out.append(
+            await _level(
+                f"concurrency={c}",
+                c,
+                "concurrency",
+                slo,
+                progress,
+                c * requests_per_user,
+                functools.partial(
+                    _closed_loop,
+                    target,
+                    workload,
+                    concurrency=c,
+                    total=c * requests_per_user,
+                    duration=None,
+                    progress=progress,
+                ),
+            )
+        )
     return out
 
 
-async def _open_loop(target: Target, workload: Workload, *, rate: float, total: int,
-                     seed: int, progress: Progress, max_inflight: int
-                     ) -> tuple[list[Sample], float]:
+async def _open_loop(
+    target: Target,
+    workload: Workload,
+    *,
+    rate: float,
+    total: int,
+    seed: int,
+    progress: Progress,
+    max_inflight: int,
+) -> tuple[list[Sample], float]:
     rng = random.Random(seed)
     samples: list[Sample] = []
     t0 = time.perf_counter()
@@ -202,35 +252,67 @@ async def _open_loop(target: Target, workload: Workload, *, rate: float, total: 
     return samples, time.perf_counter() - t0
 
 
-async def run_rate_sweep(target: Target, workload: Workload, *, rates: Sequence[float],
-                         duration: float, slo: SLO, progress: Progress, seed: int = 0,
-                         max_inflight: int = 1024) -> list[LevelStats]:
+async def run_rate_sweep(
+    target: Target,
+    workload: Workload,
+    *,
+    rates: Sequence[float],
+    duration: float,
+    slo: SLO,
+    progress: Progress,
+    seed: int = 0,
+    max_inflight: int = 1024,
+) -> list[LevelStats]:
     """Open loop: Poisson arrivals at each rate for about ``duration`` seconds."""
     out = []
     for i, rate in enumerate(rates):
         total = max(1, round(rate * duration))
-        out.append(await _level(
-            f"rate={rate:g}/s", rate, "rate", slo, progress, total,
-            functools.partial(_open_loop, target, workload, rate=rate, total=total,
-                              seed=seed + i, progress=progress, max_inflight=max_inflight),
-        ))
+        out.append(
+            await _level(
+                f"rate={rate:g}/s",
+                rate,
+                "rate",
+                slo,
+                progress,
+                total,
+                functools.partial(
+                    _open_loop,
+                    target,
+                    workload,
+                    rate=rate,
+                    total=total,
+                    seed=seed + i,
+                    progress=progress,
+                    max_inflight=max_inflight,
+                ),
+            )
+        )
     return out
 
 
-async def run_soak(target: Target, workload: Workload, *, concurrency: int, duration: float,
-                   slo: SLO, progress: Progress, window: float | None = None
-                   ) -> tuple[LevelStats, list[LevelStats]]:
+async def run_soak(
+    target: Target,
+    workload: Workload,
+    *,
+    concurrency: int,
+    duration: float,
+    slo: SLO,
+    progress: Progress,
+    window: float | None = None,
+) -> tuple[LevelStats, list[LevelStats]]:
     """Fixed concurrency for ``duration`` s; also per-window stats to show drift."""
     holder: list[Sample] = []
 
     async def run() -> tuple[list[Sample], float]:
-        samples, wall = await _closed_loop(target, workload, concurrency=concurrency, total=0,
-                                           duration=duration, progress=progress)
+        samples, wall = await _closed_loop(
+            target, workload, concurrency=concurrency, total=0, duration=duration, progress=progress
+        )
         holder.extend(samples)
         return samples, wall
 
-    overall = await _level(f"soak c={concurrency}", concurrency, "concurrency", slo, progress,
-                           None, run)
+    overall = await _level(
+        f"soak c={concurrency}", concurrency, "concurrency", slo, progress, None, run
+    )
     win = window or max(duration / 6, 1.0)
     windows = []
     n = max(1, math.ceil(duration / win))
@@ -239,4 +321,3 @@ async def run_soak(target: Target, workload: Workload, *, concurrency: int, dura
         part = [s for s in holder if lo <= s.start < hi]
         windows.append(summarize(f"t={lo:.0f}-{hi:.0f}s", hi, "time", part, win, slo))
     return overall, windows
-

@@ -62,11 +62,15 @@ class BenchConfig:
 
     def validate(self) -> None:
         if (self.spec is None) == (self.url is None):
-            raise ConfigError("name one target: a SPEC file or --url",
-                              hint="flowopt bench pipeline.yaml, or flowopt bench --url URL")
+            raise ConfigError(
+                "name one target: a SPEC file or --url",
+                hint="flowopt bench pipeline.yaml, or flowopt bench --url URL",
+            )
         if self.compare and self.spec is None:
-            raise ConfigError("--compare needs a spec target (it removes middleware one by one)",
-                              hint="pass the pipeline's YAML spec instead of --url")
+            raise ConfigError(
+                "--compare needs a spec target (it removes middleware one by one)",
+                hint="pass the pipeline's YAML spec instead of --url",
+            )
         if self.users < 1 or self.requests < 1 or any(c < 1 for c in self.concurrency):
             raise ConfigError("users, requests and concurrency levels must be >= 1", hint="")
         if any(r <= 0 for r in self.rates) or self.duration <= 0:
@@ -88,10 +92,12 @@ def _variants(cfg: BenchConfig) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = [("full", Pipeline(spec))]
     if cfg.compare:
         if not spec.middleware:
-            raise ConfigError(f"{cfg.spec} has no middleware to compare",
-                              hint="--compare removes each middleware in turn")
+            raise ConfigError(
+                f"{cfg.spec} has no middleware to compare",
+                hint="--compare removes each middleware in turn",
+            )
         for i, use in enumerate(spec.middleware):
-            rest = spec.middleware[:i] + spec.middleware[i + 1:]
+            rest = spec.middleware[:i] + spec.middleware[i + 1 :]
             variant = spec.model_copy(update={"middleware": rest})
             out.append((f"without {use.name}", Pipeline(variant)))
         if len(spec.middleware) > 1:
@@ -99,29 +105,58 @@ def _variants(cfg: BenchConfig) -> list[tuple[str, Any]]:
     return out
 
 
-async def _run_shape(cfg: BenchConfig, target: Target, progress: Progress,
-                     name: str) -> VariantResult:
+async def _run_shape(
+    cfg: BenchConfig, target: Target, progress: Progress, name: str
+) -> VariantResult:
     wl = cfg.workload()  # a fresh, identically seeded workload per variant
     if cfg.shape == "users":
-        lv = await run_users(target, wl, users=cfg.users, requests=cfg.requests, slo=cfg.slo,
-                             progress=progress)
+        lv = await run_users(
+            target, wl, users=cfg.users, requests=cfg.requests, slo=cfg.slo, progress=progress
+        )
         return VariantResult(name, [lv])
     if cfg.shape == "concurrency":
-        return VariantResult(name, await run_concurrency_sweep(
-            target, wl, levels=cfg.concurrency, requests_per_user=cfg.requests, slo=cfg.slo,
-            progress=progress))
+        return VariantResult(
+            name,
+            await run_concurrency_sweep(
+                target,
+                wl,
+                levels=cfg.concurrency,
+                requests_per_user=cfg.requests,
+                slo=cfg.slo,
+                progress=progress,
+            ),
+        )
     if cfg.shape == "rate":
-        return VariantResult(name, await run_rate_sweep(
-            target, wl, rates=cfg.rates, duration=cfg.duration, slo=cfg.slo, progress=progress,
-            seed=cfg.seed))
-    overall, windows = await run_soak(target, wl, concurrency=cfg.concurrency[0],
-                                      duration=cfg.duration, slo=cfg.slo, progress=progress)
+        return VariantResult(
+            name,
+            await run_rate_sweep(
+                target,
+                wl,
+                rates=cfg.rates,
+                duration=cfg.duration,
+                slo=cfg.slo,
+                progress=progress,
+                seed=cfg.seed,
+            ),
+        )
+    overall, windows = await run_soak(
+        target,
+        wl,
+        concurrency=cfg.concurrency[0],
+        duration=cfg.duration,
+        slo=cfg.slo,
+        progress=progress,
+    )
     return VariantResult(name, [overall], windows)
 
 
 def _settings(cfg: BenchConfig) -> dict[str, Any]:
-    s: dict[str, Any] = {"max_tokens": cfg.max_tokens, "temperature": cfg.temperature,
-                         "endpoint": cfg.endpoint, "seed": cfg.seed}
+    s: dict[str, Any] = {
+        "max_tokens": cfg.max_tokens,
+        "temperature": cfg.temperature,
+        "endpoint": cfg.endpoint,
+        "seed": cfg.seed,
+    }
     if cfg.shape == "users":
         s |= {"users": cfg.users, "requests": cfg.requests}
     elif cfg.shape == "concurrency":
@@ -131,8 +166,11 @@ def _settings(cfg: BenchConfig) -> dict[str, Any]:
     else:
         s |= {"concurrency": cfg.concurrency[0], "duration_s": cfg.duration}
     if cfg.slo.set:
-        s["slo"] = {"ttft_ms": cfg.slo.ttft_ms, "e2e_ms": cfg.slo.e2e_ms,
-                    "tpot_ms": cfg.slo.tpot_ms}
+        s["slo"] = {
+            "ttft_ms": cfg.slo.ttft_ms,
+            "e2e_ms": cfg.slo.e2e_ms,
+            "tpot_ms": cfg.slo.tpot_ms,
+        }
     return s
 
 
@@ -145,9 +183,16 @@ async def run_bench(cfg: BenchConfig) -> BenchResult:
     t0 = time.perf_counter()
     variants: list[VariantResult] = []
     if cfg.url is not None:
-        http = HTTPTarget(cfg.url, model=cfg.model, api_key=cfg.api_key,
-                          max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                          endpoint=cfg.endpoint, timeout=cfg.timeout, extra=cfg.extra)
+        http = HTTPTarget(
+            cfg.url,
+            model=cfg.model,
+            api_key=cfg.api_key,
+            max_tokens=cfg.max_tokens,
+            temperature=cfg.temperature,
+            endpoint=cfg.endpoint,
+            timeout=cfg.timeout,
+            extra=cfg.extra,
+        )
         try:
             await http.resolve_model()
             variants.append(await _run_shape(cfg, http, progress, "target"))
@@ -157,14 +202,19 @@ async def run_bench(cfg: BenchConfig) -> BenchResult:
     else:
         name = f"spec:{Path(cfg.spec or '').name}"
         for vname, pipe in _variants(cfg):
-            target = PipelineTarget(pipe, max_tokens=cfg.max_tokens,
-                                    temperature=cfg.temperature, name=vname)
+            target = PipelineTarget(
+                pipe, max_tokens=cfg.max_tokens, temperature=cfg.temperature, name=vname
+            )
             try:
                 variants.append(await _run_shape(cfg, target, progress, vname))
             finally:
                 await target.aclose()
     return BenchResult(
-        target=name, shape=cfg.shape, workload=cfg.workload().describe(),
-        settings=_settings(cfg), variants=variants, started_at=started,
+        target=name,
+        shape=cfg.shape,
+        workload=cfg.workload().describe(),
+        settings=_settings(cfg),
+        variants=variants,
+        started_at=started,
         duration_s=time.perf_counter() - t0,
     )

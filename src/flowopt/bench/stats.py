@@ -113,8 +113,9 @@ class LevelStats:
         return out
 
 
-def summarize(label: str, load: float, load_kind: str, samples: Sequence[Sample],
-              wall_s: float, slo: SLO) -> LevelStats:
+def summarize(
+    label: str, load: float, load_kind: str, samples: Sequence[Sample], wall_s: float, slo: SLO
+) -> LevelStats:
     ok = [s for s in samples if s.ok]
     errors = Counter(s.error or "unknown" for s in samples if not s.ok)
     ttfts = [s.ttft for s in ok if s.ttft is not None]
@@ -124,10 +125,19 @@ def summarize(label: str, load: float, load_kind: str, samples: Sequence[Sample]
     wall = max(wall_s, 1e-9)
     good = [s for s in ok if slo.met(s)] if slo.set else None
     return LevelStats(
-        label=label, load=load, load_kind=load_kind, wall_s=round(wall_s, 3),
-        total=len(samples), succeeded=len(ok), errors=dict(errors),
-        ttft_ms=_pcts(ttfts), e2e_ms=_pcts([s.e2e for s in ok]), tpot_ms=_pcts(tpots),
-        itl_ms=_pcts(itls), output_tokens=tokens, output_tok_s=round(tokens / wall, 3),
+        label=label,
+        load=load,
+        load_kind=load_kind,
+        wall_s=round(wall_s, 3),
+        total=len(samples),
+        succeeded=len(ok),
+        errors=dict(errors),
+        ttft_ms=_pcts(ttfts),
+        e2e_ms=_pcts([s.e2e for s in ok]),
+        tpot_ms=_pcts(tpots),
+        itl_ms=_pcts(itls),
+        output_tokens=tokens,
+        output_tok_s=round(tokens / wall, 3),
         per_request_tok_s=_pcts([s.output_tokens / s.e2e for s in ok if s.e2e > 0], 1.0),
         req_s=round(len(ok) / wall, 4),
         goodput_req_s=None if good is None else round(len(good) / wall, 4),
@@ -177,16 +187,19 @@ def find_knee(loads: Sequence[float], values: Sequence[float]) -> float | None:
     return best
 
 
-def breaking_point(levels: Sequence[LevelStats], *, min_success: float = 0.99,
-                   collapse: float = 0.80) -> tuple[float | None, str | None]:
+def breaking_point(
+    levels: Sequence[LevelStats], *, min_success: float = 0.99, collapse: float = 0.80
+) -> tuple[float | None, str | None]:
     """The first failing load level and why, or (None, None)."""
     best = 0.0
     for lv in sorted(levels, key=lambda lv: lv.load):
         if lv.total and lv.success_rate < min_success:
             return lv.load, f"success rate {lv.success_rate:.1%} < {min_success:.0%}"
         if best > 0 and lv.output_tok_s < collapse * best:
-            return lv.load, (f"throughput fell to {lv.output_tok_s:.1f} tok/s, "
-                             f"< {collapse:.0%} of the best {best:.1f}")
+            return lv.load, (
+                f"throughput fell to {lv.output_tok_s:.1f} tok/s, "
+                f"< {collapse:.0%} of the best {best:.1f}"
+            )
         if lv.slo_attainment is not None and lv.slo_attainment < 0.5:
             return lv.load, f"SLO attainment {lv.slo_attainment:.1%} < 50%"
         best = max(best, lv.output_tok_s)

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 
 __all__ = ["COLORS", "line_chart"]
 
-COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563",
-          "#db2777")
+COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#db2777")
 W, H, L, R, T, B = 640, 320, 64, 150, 24, 44
 
 
@@ -63,10 +62,12 @@ def line_chart(
     def py(y: float) -> float:
         return H - B - y / y1 * (H - T - B)
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" '
-           f'height="{H}" font-family="sans-serif" font-size="11">',
-           f'<text x="{W / 2 - R / 2}" y="15" text-anchor="middle" font-size="13" '
-           f'font-weight="bold">{html.escape(title)}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" '
+        f'height="{H}" font-family="sans-serif" font-size="11">',
+        f'<text x="{W / 2 - R / 2}" y="15" text-anchor="middle" font-size="13" '
+        f'font-weight="bold">{html.escape(title)}</text>',
+    ]
     for t in yt:
         y = py(t)
         out.append(f'<line x1="{L}" x2="{W - R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>')
@@ -77,35 +78,43 @@ def line_chart(
         xticks = [t for t in _ticks(lo, max(xticks), 6) if t >= lo]
     for t in xticks:
         x = px(t)
-        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{H - B}" y2="{H - B + 4}" '
-                   'stroke="#374151"/>')
+        out.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{H - B}" y2="{H - B + 4}" stroke="#374151"/>'
+        )
         out.append(f'<text x="{x:.1f}" y="{H - B + 16}" text-anchor="middle">{_fmt(t)}</text>')
     out.append(f'<line x1="{L}" x2="{W - R}" y1="{H - B}" y2="{H - B}" stroke="#374151"/>')
     out.append(f'<line x1="{L}" x2="{L}" y1="{T}" y2="{H - B}" stroke="#374151"/>')
-    out.append(f'<text x="{(L + W - R) / 2}" y="{H - 6}" text-anchor="middle">'
-               f'{html.escape(xlabel)}</text>')
-    out.append(f'<text transform="translate(14,{(T + H - B) / 2}) rotate(-90)" '
-               f'text-anchor="middle">{html.escape(ylabel)}</text>')
+    out.append(
+        f'<text x="{(L + W - R) / 2}" y="{H - 6}" text-anchor="middle">{html.escape(xlabel)}</text>'
+    )
+    out.append(
+        f'<text transform="translate(14,{(T + H - B) / 2}) rotate(-90)" '
+        f'text-anchor="middle">{html.escape(ylabel)}</text>'
+    )
     for x, label, color in marks:
         if x0 <= fx(x) <= x1:
             xx = px(x)
-            out.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{T}" y2="{H - B}" '
-                       f'stroke="{color}" stroke-dasharray="5,4"/>')
-            out.append(f'<text x="{xx + 4:.1f}" y="{T + 12}" fill="{color}">'
-                       f'{html.escape(label)}</text>')
+            out.append(
+                f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{T}" y2="{H - B}" '
+                f'stroke="{color}" stroke-dasharray="5,4"/>'
+            )
+            out.append(
+                f'<text x="{xx + 4:.1f}" y="{T + 12}" fill="{color}">{html.escape(label)}</text>'
+            )
     for i, (name, xs, ys) in enumerate(series):
         color = COLORS[i % len(COLORS)]
         p = [(px(x), py(y)) for x, y in zip(xs, ys, strict=False) if y is not None]
         if not p:
             continue
         path = " ".join(f"{a:.1f},{b:.1f}" for a, b in p)
-        out.append(f'<polyline points="{path}" fill="none" stroke="{color}" '
-                   'stroke-width="2"/>')
+        out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
         if len(p) < 40:
             out.extend(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{color}"/>' for a, b in p)
         ly = T + 14 + i * 16
-        out.append(f'<line x1="{W - R + 10}" x2="{W - R + 28}" y1="{ly - 4}" y2="{ly - 4}" '
-                   f'stroke="{color}" stroke-width="2"/>')
+        out.append(
+            f'<line x1="{W - R + 10}" x2="{W - R + 28}" y1="{ly - 4}" y2="{ly - 4}" '
+            f'stroke="{color}" stroke-width="2"/>'
+        )
         out.append(f'<text x="{W - R + 32}" y="{ly}">{html.escape(name)}</text>')
     out.append("</svg>")
     return "".join(out)

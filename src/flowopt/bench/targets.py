@@ -82,9 +82,18 @@ def error_kind(exc: BaseException) -> str:
 class HTTPTarget:
     """An OpenAI-compatible server. ``endpoint`` is ``chat`` or ``completions``."""
 
-    def __init__(self, base_url: str, *, model: str | None = None, api_key: str | None = None,
-                 max_tokens: int = 64, temperature: float = 0.0, endpoint: str = "chat",
-                 timeout: float = 300.0, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        endpoint: str = "chat",
+        timeout: float = 300.0,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.name = self.base_url
         self.model = model
@@ -94,7 +103,8 @@ class HTTPTarget:
         self.extra = dict(extra or {})
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
-            headers=headers, timeout=httpx.Timeout(timeout, connect=10.0),
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=4096, max_keepalive_connections=4096),
         )
 
@@ -107,8 +117,12 @@ class HTTPTarget:
 
     def _body(self, prompt: Prompt) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {
-            "model": self.model, "max_tokens": self.max_tokens, "temperature": self.temperature,
-            "stream": True, "stream_options": {"include_usage": True}, **self.extra,
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **self.extra,
         }
         if self.endpoint == "chat":
             body["messages"] = list(prompt.messages)
@@ -175,8 +189,15 @@ class HTTPTarget:
 class PipelineTarget:
     """A flowopt pipeline in-process: one request through ``Pipeline.acall``."""
 
-    def __init__(self, pipe: Any, *, max_tokens: int = 64, temperature: float = 0.0,
-                 name: str | None = None, tenant: str | None = None) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        name: str | None = None,
+        tenant: str | None = None,
+    ) -> None:
         self.pipe = pipe
         self.name = name or f"spec:{pipe.name}"
         self.max_tokens = max_tokens
@@ -191,7 +212,9 @@ class PipelineTarget:
         last: float | None = None
         try:
             request = Request.chat(
-                list(prompt.messages), stream=True, tenant=self.tenant,
+                list(prompt.messages),
+                stream=True,
+                tenant=self.tenant,
                 params=Params(max_tokens=self.max_tokens, temperature=self.temperature),
             )
             response = await self.pipe.acall(request)

@@ -41,8 +41,15 @@ class Prompt:
 class Workload:
     """An endless, seeded sampler of prompts."""
 
-    def __init__(self, name: str, pool: Sequence[Sequence[Prompt]], *, zipf_s: float = 0.0,
-                 seed: int = 0, system: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        pool: Sequence[Sequence[Prompt]],
+        *,
+        zipf_s: float = 0.0,
+        seed: int = 0,
+        system: str | None = None,
+    ) -> None:
         if not pool or not all(pool):
             raise ConfigError(f"workload {name!r} has no prompts", hint="check the prompt file")
         self.name = name
@@ -64,32 +71,44 @@ class Workload:
     def sample(self) -> Prompt:
         import bisect
 
-        group = self._pool[min(bisect.bisect_left(self._cum, self._rng.random()),
-                               len(self._pool) - 1)]
+        group = self._pool[
+            min(bisect.bisect_left(self._cum, self._rng.random()), len(self._pool) - 1)
+        ]
         prompt = group[self._rng.randrange(len(group))]
         if self._system:
-            return Prompt(({"role": "system", "content": self._system}, *prompt.messages),
-                          prompt.intent)
+            return Prompt(
+                ({"role": "system", "content": self._system}, *prompt.messages), prompt.intent
+            )
         return prompt
 
     def take(self, n: int) -> list[Prompt]:
         return [self.sample() for _ in range(n)]
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "groups": len(self._pool), "prompts": len(self),
-                "zipf_s": self.zipf_s, "system_prompt": bool(self._system)}
+        return {
+            "name": self.name,
+            "groups": len(self._pool),
+            "prompts": len(self),
+            "zipf_s": self.zipf_s,
+            "system_prompt": bool(self._system),
+        }
 
 
-def faq_workload(*, zipf_s: float = 1.1, seed: int = 0, system: str | None = None,
-                 intents: int | None = None) -> Workload:
+def faq_workload(
+    *, zipf_s: float = 1.1, seed: int = 0, system: str | None = None, intents: int | None = None
+) -> Workload:
     """The packaged FAQ workload: intents ranked by Zipf(``zipf_s``), random paraphrase."""
     ref = resources.files("flowopt") / "data" / "faq_workload.jsonl"
     groups: list[list[Prompt]] = []
     with ref.open("r", encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
-            groups.append([Prompt(({"role": "user", "content": q},), int(row["id"]))
-                           for q in row["questions"]])
+            groups.append(
+                [
+                    Prompt(({"role": "user", "content": q},), int(row["id"]))
+                    for q in row["questions"]
+                ]
+            )
     if intents is not None:
         groups = groups[:intents]
     return Workload("faq", groups, zipf_s=zipf_s, seed=seed, system=system)
@@ -98,16 +117,19 @@ def faq_workload(*, zipf_s: float = 1.1, seed: int = 0, system: str | None = Non
 def _prompt_from(row: Any, where: str) -> Prompt:
     if isinstance(row, dict):
         if isinstance(row.get("messages"), list):
-            msgs = tuple({"role": str(m["role"]), "content": str(m["content"])}
-                         for m in row["messages"])
+            msgs = tuple(
+                {"role": str(m["role"]), "content": str(m["content"])} for m in row["messages"]
+            )
             return Prompt(msgs)
         for key in ("prompt", "question", "text"):
             if isinstance(row.get(key), str):
                 return Prompt(({"role": "user", "content": row[key]},))
     if isinstance(row, str):
         return Prompt(({"role": "user", "content": row},))
-    raise ConfigError(f"{where}: no 'prompt', 'question', 'text' or 'messages'",
-                      hint='write one object a line, e.g. {"prompt": "..."}')
+    raise ConfigError(
+        f"{where}: no 'prompt', 'question', 'text' or 'messages'",
+        hint='write one object a line, e.g. {"prompt": "..."}',
+    )
 
 
 def jsonl_workload(path: str | Path, *, seed: int = 0, system: str | None = None) -> Workload:

@@ -9,21 +9,41 @@ __all__ = ["serve"]
 
 @click.command()
 @click.argument("spec", type=click.Path(dir_okay=False, exists=True))
-@click.option("--host", default=None, help="Interface to bind (default: spec gateway.host, "
-              "else 127.0.0.1). Keep loopback unless API keys are configured.")
-@click.option("--port", type=int, default=None,
-              help="Port (default: spec gateway.port, else 8000).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes; each runs its own copy of the pipeline.")
-@click.option("--log-level", default="warning", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-@click.option("--access-log/--no-access-log", default=False, show_default=True,
-              help="One line per request (method, path, status); never bodies or keys.")
-def serve(spec: str, host: str | None, port: int | None, workers: int, log_level: str,
-          access_log: bool) -> None:
+@click.option(
+    "--host",
+    default=None,
+    help="Interface to bind (default: spec gateway.host, "
+    "else 127.0.0.1). Keep loopback unless API keys are configured.",
+)
+@click.option(
+    "--port", type=int, default=None, help="Port (default: spec gateway.port, else 8000)."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes; each runs its own copy of the pipeline.",
+)
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    show_default=True,
+    help="One line per request (method, path, status); never bodies or keys.",
+)
+def serve(
+    spec: str, host: str | None, port: int | None, workers: int, log_level: str, access_log: bool
+) -> None:
     """Serve SPEC over the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models,
     /health, /metrics. Any OpenAI client works unchanged; point its base URL at /v1."""
     from flowopt.gateway.server import serve as run_server
 
-    run_server(spec, host=host, port=port, workers=workers, log_level=log_level,
-               access_log=access_log)
+    run_server(
+        spec, host=host, port=port, workers=workers, log_level=log_level, access_log=access_log
+    )

@@ -28,8 +28,14 @@ def free_port() -> int:
 class BackgroundServer:
     """``with BackgroundServer(app) as srv: srv.base_url`` -> ``http://127.0.0.1:P``."""
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int | None = None,
-                 start_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
         uvicorn = _uvicorn()
         self.host = host
         self.port = port or free_port()
@@ -42,9 +48,11 @@ class BackgroundServer:
                 await super().startup(sockets=sockets)
                 ready.set()
 
-        config = uvicorn.Config(app, host=host, port=self.port, log_level="warning",
-                                access_log=False, lifespan="on")
+        config = uvicorn.Config(
+            app, host=host, port=self.port, log_level="warning", access_log=False, lifespan="on"
+        )
         self._server = _Server(config)
+
         def run() -> None:
             try:
                 self._server.run()
@@ -73,6 +81,7 @@ class BackgroundServer:
     def __enter__(self) -> BackgroundServer:
         return self.start()
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -91,8 +91,9 @@ def problem_from(exc: BaseException) -> HTTPProblem:
     if isinstance(exc, RejectedError):
         reason = exc.reason.lower()
         if reason == "deadline":  # the caller's own deadline ran out before an answer
-            return HTTPProblem(504, f"request rejected: {exc.message}", type="api_error",
-                               code=exc.reason)
+            return HTTPProblem(
+                504, f"request rejected: {exc.message}", type="api_error", code=exc.reason
+            )
         caller = any(word in reason for word in _CALLER_REASONS)
         return HTTPProblem(
             429 if caller else 503,
@@ -104,31 +105,41 @@ def problem_from(exc: BaseException) -> HTTPProblem:
     if isinstance(exc, BackendHTTPError):
         if exc.status == 429:
             return HTTPProblem(
-                429, "the model server is rate limiting", type="rate_limit_error",
-                code="backend_rate_limited", headers=_retry_after(exc.retry_after),
+                429,
+                "the model server is rate limiting",
+                type="rate_limit_error",
+                code="backend_rate_limited",
+                headers=_retry_after(exc.retry_after),
             )
         if 400 <= exc.status < 500 and exc.status not in (401, 403, 404):
             # The server rejected what the caller sent (context too long, bad parameter):
             # pass its explanation on, the caller can fix it.
             return HTTPProblem(exc.status, _backend_message(exc.body), code="backend_rejected")
         return HTTPProblem(
-            502, f"the model server answered HTTP {exc.status}", type="api_error",
-            code="backend_http_error", headers=_retry_after(exc.retry_after),
+            502,
+            f"the model server answered HTTP {exc.status}",
+            type="api_error",
+            code="backend_http_error",
+            headers=_retry_after(exc.retry_after),
         )
     if isinstance(exc, BackendTimeout):
-        return HTTPProblem(504, "the model server did not answer in time", type="api_error",
-                           code="backend_timeout")
+        return HTTPProblem(
+            504, "the model server did not answer in time", type="api_error", code="backend_timeout"
+        )
     if isinstance(exc, IncompleteStream):
-        return HTTPProblem(502, "the model server's answer broke off", type="api_error",
-                           code="backend_incomplete")
+        return HTTPProblem(
+            502, "the model server's answer broke off", type="api_error", code="backend_incomplete"
+        )
     if isinstance(exc, BackendError):
         return HTTPProblem(
-            502, "the model server is unavailable", type="api_error",
-            code="backend_unavailable", headers=_retry_after(exc.retry_after),
+            502,
+            "the model server is unavailable",
+            type="api_error",
+            code="backend_unavailable",
+            headers=_retry_after(exc.retry_after),
         )
     if isinstance(exc, FlowoptError):
-        return HTTPProblem(500, f"the pipeline failed: {exc.code}", type="api_error",
-                           code=exc.code)
+        return HTTPProblem(500, f"the pipeline failed: {exc.code}", type="api_error", code=exc.code)
     return HTTPProblem(500, "internal error", type="api_error", code="internal_error")
 
 

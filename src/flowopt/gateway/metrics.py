@@ -51,50 +51,71 @@ class GatewayMetrics:
         self.registry: CollectorRegistry = prom.CollectorRegistry(auto_describe=True)
         reg = self.registry
         self.requests = prom.Counter(
-            "flowopt_gateway_requests", "Requests answered, by route, model and status code.",
-            ["route", "model", "status"], registry=reg,
+            "flowopt_gateway_requests",
+            "Requests answered, by route, model and status code.",
+            ["route", "model", "status"],
+            registry=reg,
         )
         self.errors = prom.Counter(
-            "flowopt_gateway_errors", "Failed requests by error kind.",
-            ["route", "kind"], registry=reg,
+            "flowopt_gateway_errors",
+            "Failed requests by error kind.",
+            ["route", "kind"],
+            registry=reg,
         )
         self.latency = prom.Histogram(
             "flowopt_gateway_request_duration_seconds",
             "Time from request received to last byte of the answer.",
-            ["route", "model"], buckets=_LATENCY, registry=reg,
+            ["route", "model"],
+            buckets=_LATENCY,
+            registry=reg,
         )
         self.ttft = prom.Histogram(
             "flowopt_gateway_time_to_first_token_seconds",
             "Time from request received to the first streamed token sent.",
-            ["route", "model"], buckets=_TTFT, registry=reg,
+            ["route", "model"],
+            buckets=_TTFT,
+            registry=reg,
         )
         self.tokens = prom.Counter(
-            "flowopt_gateway_tokens", "Tokens processed, by direction (input/output/cached).",
-            ["model", "direction"], registry=reg,
+            "flowopt_gateway_tokens",
+            "Tokens processed, by direction (input/output/cached).",
+            ["model", "direction"],
+            registry=reg,
         )
         self.cache = prom.Counter(
-            "flowopt_gateway_cache_lookups", "Cache decisions seen on answers (hit/miss...).",
-            ["result"], registry=reg,
+            "flowopt_gateway_cache_lookups",
+            "Cache decisions seen on answers (hit/miss...).",
+            ["result"],
+            registry=reg,
         )
         self.routes = prom.Counter(
-            "flowopt_gateway_routes", "Answers by the backend (tier) that produced them.",
-            ["backend"], registry=reg,
+            "flowopt_gateway_routes",
+            "Answers by the backend (tier) that produced them.",
+            ["backend"],
+            registry=reg,
         )
         self.decisions = prom.Counter(
-            "flowopt_gateway_decisions", "Every middleware decision, by middleware and action.",
-            ["middleware", "action"], registry=reg,
+            "flowopt_gateway_decisions",
+            "Every middleware decision, by middleware and action.",
+            ["middleware", "action"],
+            registry=reg,
         )
         self.shed = prom.Counter(
-            "flowopt_gateway_shed", "Requests refused on purpose (load shed, limits).",
-            ["reason"], registry=reg,
+            "flowopt_gateway_shed",
+            "Requests refused on purpose (load shed, limits).",
+            ["reason"],
+            registry=reg,
         )
         self.disconnects = prom.Counter(
             "flowopt_gateway_client_disconnects",
             "Requests whose client left before the answer; the backend call was cancelled.",
-            ["route"], registry=reg,
+            ["route"],
+            registry=reg,
         )
         self.in_flight = prom.Gauge(
-            "flowopt_gateway_in_flight", "Requests being answered now.", registry=reg,
+            "flowopt_gateway_in_flight",
+            "Requests being answered now.",
+            registry=reg,
             multiprocess_mode="livesum",
         )
 

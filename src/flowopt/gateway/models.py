@@ -76,8 +76,7 @@ class ModelTable:
                 return Target("backend", model, name)
         raise HTTPProblem(
             404,
-            f"the model {model!r} does not exist here; GET /v1/models lists "
-            f"{self.names()}",
+            f"the model {model!r} does not exist here; GET /v1/models lists {self.names()}",
             code="model_not_found",
             param="model",
         )

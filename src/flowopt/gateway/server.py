@@ -70,14 +70,22 @@ def serve(
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flowopt-prom-")
         uvicorn.run(
-            "flowopt.gateway.server:app_from_env", factory=True, host=host, port=port,
-            workers=workers, log_level=log_level, access_log=access_log,
+            "flowopt.gateway.server:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            access_log=access_log,
         )
         return
     from flowopt.gateway.app import create_app
     from flowopt.pipeline import Pipeline
 
     uvicorn.run(
-        create_app(Pipeline(parsed)), host=host, port=port, log_level=log_level,
+        create_app(Pipeline(parsed)),
+        host=host,
+        port=port,
+        log_level=log_level,
         access_log=access_log,
     )

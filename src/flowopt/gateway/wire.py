@@ -55,11 +55,26 @@ __all__ = [
 ]
 
 # Fields the gateway interprets itself (everything else goes to the server in extra).
-_OWN = frozenset({
-    "model", "messages", "prompt", "stream", "stream_options", "user", "n", "temperature",
-    "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "logprobs", "top_logprobs",
-    "response_format",
-})
+_OWN = frozenset(
+    {
+        "model",
+        "messages",
+        "prompt",
+        "stream",
+        "stream_options",
+        "user",
+        "n",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "seed",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +144,7 @@ def _params(body: Mapping[str, Any], kind: str) -> Params:
     )
 
 
-def parse_call(
-    body: Any, *, kind: str, tenant: str | None, request_id: str
-) -> Call:
+def parse_call(body: Any, *, kind: str, tenant: str | None, request_id: str) -> Call:
     """Validate a ``/v1/chat/completions`` or ``/v1/completions`` body.
 
     Raises a 400 :class:`HTTPProblem` naming the field; type errors inside flowopt's
@@ -229,37 +242,45 @@ def _flowopt_block(response: Response) -> dict[str, Any]:
 
 
 def chat_json(call: Call, response: Response, model: str) -> bytes:
-    return dumps({
-        "id": call.id,
-        "object": "chat.completion",
-        "created": call.created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": response.text},
-            "logprobs": _chat_logprobs(response.logprobs),
-            "finish_reason": response.finish_reason,
-        }],
-        "usage": usage_dict(response.usage),
-        "flowopt": _flowopt_block(response),
-    })
+    return dumps(
+        {
+            "id": call.id,
+            "object": "chat.completion",
+            "created": call.created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": response.text},
+                    "logprobs": _chat_logprobs(response.logprobs),
+                    "finish_reason": response.finish_reason,
+                }
+            ],
+            "usage": usage_dict(response.usage),
+            "flowopt": _flowopt_block(response),
+        }
+    )
 
 
 def completion_json(call: Call, response: Response, model: str) -> bytes:
-    return dumps({
-        "id": call.id,
-        "object": "text_completion",
-        "created": call.created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "text": response.text,
-            "logprobs": _completion_logprobs(response.logprobs),
-            "finish_reason": response.finish_reason,
-        }],
-        "usage": usage_dict(response.usage),
-        "flowopt": _flowopt_block(response),
-    })
+    return dumps(
+        {
+            "id": call.id,
+            "object": "text_completion",
+            "created": call.created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": response.text,
+                    "logprobs": _completion_logprobs(response.logprobs),
+                    "finish_reason": response.finish_reason,
+                }
+            ],
+            "usage": usage_dict(response.usage),
+            "flowopt": _flowopt_block(response),
+        }
+    )
 
 
 def _event(obj: Any) -> bytes:
@@ -281,18 +302,22 @@ def chat_chunk(
         delta["content"] = ""
     if text is not None:
         delta["content"] = text
-    return _event({
-        "id": call.id,
-        "object": "chat.completion.chunk",
-        "created": call.created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "delta": delta,
-            "logprobs": _chat_logprobs(logprobs),
-            "finish_reason": finish_reason,
-        }],
-    })
+    return _event(
+        {
+            "id": call.id,
+            "object": "chat.completion.chunk",
+            "created": call.created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": _chat_logprobs(logprobs),
+                    "finish_reason": finish_reason,
+                }
+            ],
+        }
+    )
 
 
 def completion_chunk(
@@ -303,29 +328,35 @@ def completion_chunk(
     finish_reason: str | None = None,
     logprobs: tuple[TokenLogprob, ...] = (),
 ) -> bytes:
-    return _event({
-        "id": call.id,
-        "object": "text_completion",
-        "created": call.created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "text": text,
-            "logprobs": _completion_logprobs(logprobs),
-            "finish_reason": finish_reason,
-        }],
-    })
+    return _event(
+        {
+            "id": call.id,
+            "object": "text_completion",
+            "created": call.created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": text,
+                    "logprobs": _completion_logprobs(logprobs),
+                    "finish_reason": finish_reason,
+                }
+            ],
+        }
+    )
 
 
 def usage_chunk(call: Call, model: str, usage: Usage, *, chat: bool) -> bytes:
-    return _event({
-        "id": call.id,
-        "object": "chat.completion.chunk" if chat else "text_completion",
-        "created": call.created,
-        "model": model,
-        "choices": [],
-        "usage": usage_dict(usage),
-    })
+    return _event(
+        {
+            "id": call.id,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": call.created,
+            "model": model,
+            "choices": [],
+            "usage": usage_dict(usage),
+        }
+    )
 
 
 class TextChunks:
@@ -336,18 +367,24 @@ class TextChunks:
     __slots__ = ("_head", "_tail")
 
     def __init__(self, call: Call, model: str, *, chat: bool) -> None:
-        envelope = dumps({
-            "id": call.id,
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": call.created,
-            "model": model,
-        })
-        opening = b',"choices":[{"index":0,"delta":{"content":' if chat else (
-            b',"choices":[{"index":0,"text":'
+        envelope = dumps(
+            {
+                "id": call.id,
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": call.created,
+                "model": model,
+            }
+        )
+        opening = (
+            b',"choices":[{"index":0,"delta":{"content":'
+            if chat
+            else (b',"choices":[{"index":0,"text":')
         )
         self._head = b"data: " + envelope[:-1] + opening
-        self._tail = b'},"logprobs":null,"finish_reason":' if chat else (
-            b',"logprobs":null,"finish_reason":'
+        self._tail = (
+            b'},"logprobs":null,"finish_reason":'
+            if chat
+            else (b',"logprobs":null,"finish_reason":')
         )
 
     def __call__(self, text: str, finish_reason: str | None) -> bytes:
