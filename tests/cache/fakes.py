@@ -29,10 +29,13 @@ class FakeEmbedder:
 
     def embed(self, text: str) -> npt.NDArray[np.float32]:
         self.calls += 1
+        # Each word is its own deterministic random direction (seeded by its hash), so two
+        # different words are nearly orthogonal instead of colliding in a bucket: with
+        # buckets, "9" and "12" shared one and two questions became the same vector.
         vec = np.zeros(self.dim, dtype=np.float32)
         for word in re.findall(r"[a-z0-9]+", text.lower()):
-            h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "big")
-            vec[h % self.dim] += 1.0
+            seed = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "big")
+            vec += np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
         norm = float(np.linalg.norm(vec))
         if norm == 0:
             vec[0] = 1.0
