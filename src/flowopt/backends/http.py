@@ -29,25 +29,9 @@ __all__ = [
     "TransportBroken",
     "TransportConnectError",
     "TransportTimeout",
+    "check_choice",
     "make_client",
 ]
-
-try:  # orjson serialises a request body several times faster than json.
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - orjson ships with the gateway extra
-    _orjson = None  # type: ignore[assignment]
-
-
-def dumps(payload: Any) -> bytes:
-    """JSON body bytes (orjson when installed, else json with the same output shape)."""
-    if _orjson is not None:
-        try:
-            return _orjson.dumps(payload)
-        except TypeError:  # e.g. integers beyond 64 bits: let json say what it thinks
-            pass
-    import json
-
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class TransportTimeout(Exception):
@@ -224,6 +208,9 @@ def _aiohttp_error(exc: BaseException, aiohttp: Any) -> Exception:
     return TransportBroken(f"{type(exc).__name__}: {exc}")
 
 
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 class AiohttpClient:
     """aiohttp underneath: the default, for its cheaper per-request and per-chunk cost.
 
@@ -243,13 +230,15 @@ class AiohttpClient:
         import aiohttp
 
         self._aiohttp = aiohttp
+        self._default = (timeout, connect_timeout)
+        self._default_timeout = self._timeout(timeout, connect_timeout)
         connector = aiohttp.TCPConnector(
             limit=max_connections, limit_per_host=0, keepalive_timeout=keepalive
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers=dict(headers),
-            timeout=self._timeout(timeout, connect_timeout),
+            timeout=self._default_timeout,
             auto_decompress=True,
         )
 
@@ -272,12 +261,16 @@ class AiohttpClient:
         self, url: str, body: bytes, *, timeout: float, connect_timeout: float
     ) -> RawResponse:
         aiohttp = self._aiohttp
+        # Without a deadline the prebuilt default applies: no new ClientTimeout per call.
+        per_call = (timeout, connect_timeout)
         try:
             resp = await self._session.post(
                 url,
                 data=body,
-                headers={"Content-Type": "application/json"},
-                timeout=self._timeout(timeout, connect_timeout),
+                headers=_JSON_HEADERS,
+                timeout=(
+                    self._default_timeout if per_call == self._default else self._timeout(*per_call)
+                ),
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _aiohttp_error(exc, aiohttp) from None

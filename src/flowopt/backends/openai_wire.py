@@ -15,7 +15,14 @@ from typing import Any
 from flowopt.errors import BackendProtocolError
 from flowopt.types import Chunk, Request, TokenLogprob, Usage
 
-__all__ = ["build_payload", "loads_event", "parse_chunk", "parse_completion", "parse_usage"]
+__all__ = [
+    "build_payload",
+    "dumps_payload",
+    "loads_event",
+    "parse_chunk",
+    "parse_completion",
+    "parse_usage",
+]
 
 try:  # orjson parses a stream event several times faster than json; json is the fallback.
     import orjson as _orjson
@@ -36,6 +43,17 @@ def loads_event(data: bytes) -> Any:
         except ValueError:
             pass
     return json.loads(data.decode("utf-8", "replace"))
+
+
+def dumps_payload(payload: Any) -> bytes:
+    """A request body as JSON bytes: orjson when installed (several times faster), else
+    ``json`` (also for what orjson refuses, such as integers beyond 64 bits)."""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(payload)
+        except TypeError:
+            pass
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def build_payload(request: Request, served_model: str) -> dict[str, Any]:

@@ -31,11 +31,11 @@ from flowopt.backends.http import (
     TransportConnectError,
     TransportTimeout,
     check_choice,
-    dumps,
     make_client,
 )
 from flowopt.backends.openai_wire import (
     build_payload,
+    dumps_payload,
     loads_event,
     parse_chunk,
     parse_completion,
@@ -312,7 +312,10 @@ class VLLMBackend:
         read_timeout, connect_timeout = self._timeout_for(request)
         try:
             resp = await client.post(
-                url + path, dumps(payload), timeout=read_timeout, connect_timeout=connect_timeout
+                url + path,
+                dumps_payload(payload),
+                timeout=read_timeout,
+                connect_timeout=connect_timeout,
             )
         except TRANSPORT_ERRORS as exc:
             replica.outstanding -= 1
