@@ -18,11 +18,15 @@ from flowopt.errors import (
     BackendTimeout,
     BackendUnavailable,
     ConfigError,
+    DeadlineExceeded,
+    EndpointCoolingDown,
     FlowoptError,
     IncompleteStream,
     InvalidRequestError,
     MissingDependencyError,
+    Overloaded,
     PluginConflictError,
+    RateLimited,
     RejectedError,
     RunError,
     SpecError,
@@ -43,7 +47,6 @@ from flowopt.resilience import (
     TenantLimits,
 )
 from flowopt.result import Hop, Result, StepEvent, TokenEvent
-from flowopt.routing.steer import EndpointCoolingDown
 from flowopt.spec import PipelineSpec, StepSpec, load_spec, parse_spec
 from flowopt.stream import Stream, replay
 from flowopt.tracing import configure_tracing
@@ -88,6 +91,7 @@ __all__ = [
     "Chunk",
     "ConfigError",
     "Deadline",
+    "DeadlineExceeded",
     "Decision",
     "EndpointCoolingDown",
     "Fallback",
@@ -101,12 +105,14 @@ __all__ = [
     "MiddlewareBase",
     "MissingDependencyError",
     "ModelInfo",
+    "Overloaded",
     "Params",
     "Pipeline",
     "PipelineContext",
     "PipelineSpec",
     "PluginConflictError",
     "Price",
+    "RateLimited",
     "RejectedError",
     "Request",
     "Resilience",

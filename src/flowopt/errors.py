@@ -15,13 +15,23 @@ type. Errors are split by *when* they happen, because the fix differs:
         ├── InvalidRequestError       the request itself is malformed (bad messages...)
         ├── BackendError              the backend failed; carries the endpoint
         │   ├── BackendUnavailable    connection refused / reset / DNS: retryable
+        │   │   └── EndpointCoolingDown   every endpoint of the chosen backend is avoided
+        │   │                             (cooling down, circuit open): nothing was sent
         │   ├── BackendTimeout        no answer within the deadline: retryable
         │   ├── BackendHTTPError      non-2xx status (retryable for 429 and 5xx)
         │   ├── BackendProtocolError  2xx but the body is not what the API promises
         │   └── IncompleteStream      a stream ended before its final chunk
+        │                             (``client_left``: its reader closed it, not the server)
         ├── StoreError                a cache / memory / limit store failed
-        ├── RejectedError             refused on purpose (load shed, rate limit, deadline)
+        ├── RejectedError             refused on purpose; ``retry_after`` says when to retry
+        │   ├── RateLimited           the caller is over its allowance (HTTP 429)
+        │   ├── Overloaded            the service sheds load: queue full, evicted (HTTP 503)
+        │   └── DeadlineExceeded      the request's own deadline cannot be met (HTTP 504)
         └── StepError                 a function step raised (wraps the cause)
+
+Code that reacts to a failure (the gateway's status codes, the breaker, the fallback)
+matches on these *types*, never on message text or reason strings: ``reason`` and
+``message`` are for people.
 
 Each error has a stable ``code`` (``flowopt.<kind>``) that ends its message, so logs and
 issue reports can be searched, and a ``hint`` that says how to fix it. Run-time errors carry
@@ -37,11 +47,15 @@ __all__ = [
     "BackendTimeout",
     "BackendUnavailable",
     "ConfigError",
+    "DeadlineExceeded",
+    "EndpointCoolingDown",
     "FlowoptError",
     "IncompleteStream",
     "InvalidRequestError",
     "MissingDependencyError",
+    "Overloaded",
     "PluginConflictError",
+    "RateLimited",
     "RejectedError",
     "RunError",
     "SpecError",
@@ -182,6 +196,14 @@ class BackendUnavailable(BackendError):
     retryable = True
 
 
+class EndpointCoolingDown(BackendUnavailable):
+    """Every endpoint of the chosen backend is cooling down (after a 429 or 503 with
+    ``Retry-After``) or has its circuit open. Nothing was sent. ``retry_after`` is when the
+    first of them may take traffic again."""
+
+    code = "flowopt.backend.cooling_down"
+
+
 class BackendTimeout(BackendError):
     """The backend did not answer in time."""
 
@@ -223,16 +245,31 @@ class BackendProtocolError(BackendError):
 
 
 class IncompleteStream(BackendError):
-    """A stream stopped before the server said it was finished. Never a finished answer."""
+    """A stream stopped before the server said it was finished. Never a finished answer.
+
+    ``client_left`` is true when the stream's *reader* closed it (the client hung up, a
+    consumer stopped iterating): the endpoint did nothing wrong, so a circuit breaker does
+    not count it and nothing retries it.
+    """
 
     code = "flowopt.backend.incomplete_stream"
-    retryable = True
 
     def __init__(
-        self, message: str, *, endpoint: str, partial_text: str = "", **kw: object
+        self,
+        message: str,
+        *,
+        endpoint: str,
+        partial_text: str = "",
+        client_left: bool = False,
+        **kw: object,
     ) -> None:
         self.partial_text = partial_text
+        self.client_left = client_left
         super().__init__(message, endpoint=endpoint, **kw)  # type: ignore[arg-type]
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return not self.client_left
 
 
 class StoreError(RunError):
@@ -244,22 +281,49 @@ class StoreError(RunError):
 
 class RejectedError(RunError):
     """Refused on purpose: load shed, tenant over its limit, or deadline already spent.
-    ``retry_after`` (seconds) tells the caller when trying again may succeed."""
+    ``retry_after`` (seconds) tells the caller when trying again may succeed; ``reason`` is
+    a short label for people and metrics (``shed:evicted``, ``rate_limit``). Raise one of
+    the subclasses: callers match on the type."""
 
     code = "flowopt.rejected"
+    default_reason = "rejected"
 
     def __init__(
         self,
         message: str,
         *,
-        reason: str,
+        reason: str | None = None,
         retry_after: float | None = None,
         hint: str | None = None,
         request_id: str | None = None,
     ) -> None:
-        self.reason = reason
+        self.reason = reason or self.default_reason
         self.retry_after = retry_after
         super().__init__(message, hint=hint, request_id=request_id)
+
+
+class RateLimited(RejectedError):
+    """The caller (tenant, key) is over its allowance. Its own traffic is the cause: HTTP
+    429, and a fallback to another tier would not help."""
+
+    code = "flowopt.rejected.rate_limited"
+    default_reason = "rate_limit"
+
+
+class Overloaded(RejectedError):
+    """The service is shedding load (queue full, evicted by more important work). Not the
+    caller's fault: HTTP 503 with ``Retry-After``; another tier may have room."""
+
+    code = "flowopt.rejected.overloaded"
+    default_reason = "shed"
+
+
+class DeadlineExceeded(RejectedError):
+    """The request's own deadline is spent, or cannot be met by the time it would start:
+    HTTP 504. Nothing was sent to a backend."""
+
+    code = "flowopt.rejected.deadline"
+    default_reason = "deadline"
 
 
 class StepError(RunError):

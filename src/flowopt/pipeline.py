@@ -30,14 +30,14 @@ from flowopt.backends.base import Backend
 from flowopt.errors import ConfigError, FlowoptError, InvalidRequestError, StepError
 from flowopt.graph import build_graph
 from flowopt.middleware.base import (
-    Handler,
+    CallNext,
     Middleware,
     PipelineContext,
     Use,
     build_stack,
 )
+from flowopt.middleware.steer import steered_backend
 from flowopt.result import Hop, Result, StepEvent, TokenEvent
-from flowopt.routing.steer import steered_backend
 from flowopt.spec import PipelineSpec, StepSpec, load_spec
 from flowopt.tracing import configure_from_spec, get_tracer, record_error
 from flowopt.types import Message, Params, Request, Response
@@ -93,14 +93,12 @@ class Pipeline:
             name = str(getattr(obj, "name", None) or use.name)
             self._middleware.append((name, obj))
         traced = spec.tracing.middleware_spans
-        # Each stack ends in a steering terminal, so a layer (triage, fallback) can send a
-        # request to another named backend through the layers below it (routing/steer.py).
-        self._handlers: dict[str, Handler] = {
-            bname: build_stack(
-                self._middleware, steered_backend(self._backends, default=bname), traced=traced
-            )
-            for bname in self._backends
-        }
+        # One stack, ending in the steering terminal: where a request goes is decided by its
+        # typed route (a pinned step, or a layer such as triage choosing), never by which
+        # stack it entered (middleware/steer.py).
+        self._handler: CallNext = build_stack(
+            self._middleware, steered_backend(self._backends, default="default"), traced=traced
+        )
         self._params: dict[str, Params] = {}
         self._templates: dict[str, str] = {}
         for step in spec.steps:
@@ -159,9 +157,10 @@ class Pipeline:
     def middleware(self) -> list[tuple[str, Middleware]]:
         return list(self._middleware)
 
-    def handler(self, backend: str = "default") -> Handler:
-        """The composed middleware stack over one backend (for direct single calls)."""
-        return self._handlers[backend]
+    def handler(self) -> CallNext:
+        """The composed middleware stack (for direct single calls): a request goes to the
+        backend its ``route`` names, the default one when it names none."""
+        return self._handler
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -177,9 +176,7 @@ class Pipeline:
                 name=self.name,
                 backend=self._backends["default"],
                 backends=self.backends,
-                # the stacks end in a steering terminal (routing/steer.py): layers may route
-                # by metadata and rely on endpoint avoidance being enforced below them.
-                extras={"flowopt.steered": True},
+                steered=True,  # the stack ends in the steering terminal (middleware/steer.py)
             )
             for _, mw in self._middleware:
                 setup = getattr(mw, "setup", None)
@@ -207,11 +204,25 @@ class Pipeline:
         await self.aclose()
 
     # -- one LLM call (no graph) -----------------------------------------------------------
-    async def acall(self, request: Request, *, backend: str = "default") -> Response:
-        """Send one request through the middleware stack (bypassing the steps)."""
+    async def acall(self, request: Request, *, backend: str | None = None) -> Response:
+        """Send one request through the middleware stack (bypassing the steps).
+
+        ``backend`` pins the request to that backend (no layer may re-route it); without
+        it the request goes where its own ``route`` says, or where the layers choose.
+        """
         await self.start()
-        response = await self._handlers[backend](request)
-        return response
+        if backend is not None:
+            self._check_backend(backend)
+            request = request.replace(route=backend, pinned=True)
+        return await self._handler(request)
+
+    def _check_backend(self, backend: str) -> None:
+        if backend not in self._backends:
+            raise ConfigError(
+                f"pipeline {self.name!r} has no backend {backend!r} "
+                f"(it has {sorted(self._backends)})",
+                hint="declare it under `backends:` in the spec",
+            )
 
     # -- step execution ---------------------------------------------------------------------
     async def _run_step(
@@ -273,9 +284,12 @@ class Pipeline:
             priority=opts.priority,
             deadline=opts.deadline,
             metadata=opts.metadata,
+            # a step declared on a backend is pinned there: triage, cascade and fallback
+            # leave it alone (tests/routing/test_pinned.py)
+            route=step.backend,
+            pinned=step.backend is not None,
         )
-        handler = self._handlers[step.backend or "default"]
-        response = await handler(request)
+        response = await self._handler(request)
         if response.stream is not None and not response.stream.done:
             from langgraph.config import get_stream_writer
 

@@ -344,10 +344,10 @@ class PipelineSpec(_Frozen):
         known = set(names)
         outputs = {s.output_key for s in self.steps}
         for s in self.steps:
-            if s.backend is not None and s.backend not in self.backends:
+            if s.backend is not None and s.backend != "default" and s.backend not in self.backends:
                 raise ValueError(
                     f"step {s.name!r} uses backend {s.backend!r}, which is not in 'backends' "
-                    f"(have: {sorted(self.backends) or 'none'})"
+                    f"(have: {['default', *sorted(self.backends)]})"
                 )
             missing = s.template_fields() - outputs - _RESERVED
             if missing:

@@ -24,7 +24,7 @@ from typing import Any
 from flowopt.errors import IncompleteStream
 from flowopt.types import Chunk, Decision, Response
 
-__all__ = ["Stream", "replay"]
+__all__ = ["Stream", "replay", "when_final"]
 
 CompleteHook = Callable[[Response], "Awaitable[Response | None] | Response | None"]
 ErrorHook = Callable[[BaseException], Any]
@@ -164,6 +164,7 @@ class Stream:
             IncompleteStream(
                 "the stream was closed by its consumer before the answer finished",
                 endpoint=self.endpoint or "(consumer)",
+                client_left=True,
             )
         )
 
@@ -200,6 +201,32 @@ class Stream:
         self._error = exc
         for hook in self._on_error:
             hook(exc)
+
+
+async def when_final(
+    response: Response,
+    on_final: CompleteHook,
+    on_error: ErrorHook | None = None,
+) -> Response:
+    """Act on the final response, whether or not it is still streaming: the one helper for
+    "now if it is complete, else when its stream ends".
+
+    A complete response: ``on_final(response)`` runs now (awaited if it is a coroutine),
+    and what it returns, if a :class:`Response`, is returned in place of ``response``. A
+    streaming handle: ``on_final`` becomes a completion hook (what it returns replaces the
+    final response when the stream ends), ``on_error`` an error hook (the stream failed or
+    was abandoned), and the handle is returned unchanged. Never consumes the stream.
+    """
+    stream = response.stream
+    if stream is None or stream.done:
+        out = on_final(response)
+        if inspect.isawaitable(out):
+            out = await out
+        return out if isinstance(out, Response) else response
+    stream.on_complete(on_final)
+    if on_error is not None:
+        stream.on_error(on_error)
+    return response
 
 
 def replay(response: Response, *, chunk_texts: list[str] | None = None) -> Response:

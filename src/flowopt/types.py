@@ -165,6 +165,21 @@ class Request:
     that produced the messages (a step name + template hash): caches key on it so a changed
     template never serves an old answer. ``deadline`` is an absolute ``time.monotonic()``
     value that every hop must respect.
+
+    Routing is typed, and decided in one place (the steering terminal,
+    :mod:`flowopt.middleware.steer`, dispatches on it):
+
+    - ``route``: the backend (tier) name to call; ``None`` is the pipeline's default.
+      Middleware choose with :meth:`routed` (triage, cascade, fallback).
+    - ``pinned``: the route was fixed by whoever built the request (a step declared with
+      ``backend: strong``, a gateway client naming a tier's model). :meth:`routed` leaves a
+      pinned request where it is, so no layer can move it to another backend.
+    - ``avoid``: ``{endpoint_url: monotonic_until}``, endpoints that must get no request
+      (cooling down after a 429, circuit open, just failed). A backend with replicas picks
+      among the others; when all are avoided the terminal refuses without network I/O.
+    - ``purpose``: why the call exists when it is not the step's own answer, e.g.
+      ``"triage-judge"`` or ``"cascade-verifier"`` for side calls (they travel through the
+      layers below the middleware that makes them, so they are traced, limited and retried).
     """
 
     messages: tuple[Message, ...] = ()
@@ -180,6 +195,10 @@ class Request:
     deadline: float | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     request_id: str = field(default_factory=_new_id)
+    route: str | None = None
+    pinned: bool = False
+    avoid: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
+    purpose: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.params, Mapping):
@@ -204,6 +223,35 @@ class Request:
                 hint="use messages for chat models, prompt for plain completions",
             )
         object.__setattr__(self, "metadata", _freeze(self.metadata))
+        object.__setattr__(self, "avoid", _freeze(self.avoid))
+        if self.pinned and self.route is None:
+            raise InvalidRequestError(
+                "a pinned request needs a route",
+                hint="pass route='backend-name' with pinned=True",
+            )
+
+    # -- routing -----------------------------------------------------------------------
+    def routed(self, backend: str) -> Request:
+        """This request sent to ``backend``, unless its route is pinned (then unchanged)."""
+        if self.pinned or self.route == backend:
+            return self
+        return dataclasses.replace(self, route=backend)
+
+    def avoiding(self, endpoints: Mapping[str, float]) -> Request:
+        """Add ``{url: monotonic_until}`` to :attr:`avoid`, keeping the later deadline."""
+        if not endpoints:
+            return self
+        merged = dict(self.avoid)
+        for url, until in endpoints.items():
+            merged[url] = max(until, merged.get(url, until))
+        return dataclasses.replace(self, avoid=merged)
+
+    def avoided(self, now: float | None = None) -> dict[str, float]:
+        """Endpoints still to be avoided at ``now``: ``{url: seconds_left}``."""
+        if not self.avoid:
+            return {}
+        t = time.monotonic() if now is None else now
+        return {u: until - t for u, until in self.avoid.items() if until > t}
 
     # -- convenience -------------------------------------------------------------------
     @classmethod

@@ -12,7 +12,7 @@ import asyncio
 import threading
 from typing import ClassVar
 
-from flowopt.errors import RejectedError
+from flowopt.errors import Overloaded, RateLimited
 from flowopt.gateway.background import BackgroundServer
 from flowopt.middleware.base import CallNext, MiddlewareBase
 from flowopt.types import Request, Response
@@ -42,9 +42,9 @@ class ShedUser(MiddlewareBase):
 
     async def __call__(self, request: Request, call_next: CallNext) -> Response:
         if request.user == "shed-me":
-            raise RejectedError("shedding load", reason="overloaded", retry_after=2.5)
+            raise Overloaded("shedding load", reason="overloaded", retry_after=2.5)
         if request.user == "limit-me":
-            raise RejectedError("over the limit", reason="tenant_rate_limit", retry_after=7)
+            raise RateLimited("over the limit", reason="tenant_rate_limit", retry_after=7)
         return await call_next(request)
 
 

@@ -18,7 +18,11 @@ from flowopt.errors import (
     BackendHTTPError,
     BackendTimeout,
     BackendUnavailable,
+    DeadlineExceeded,
+    EndpointCoolingDown,
     InvalidRequestError,
+    Overloaded,
+    RateLimited,
     RejectedError,
 )
 from flowopt.gateway.app import create_app
@@ -128,8 +132,16 @@ def test_parse_call_rejects_malformed_bodies(body: Any) -> None:
     ("exc", "status", "retry_after"),
     [
         (InvalidRequestError("bad"), 400, None),
-        (RejectedError("busy", reason="overloaded", retry_after=0.2), 503, "1"),
-        (RejectedError("slow down", reason="tenant_rate_limit", retry_after=4.1), 429, "5"),
+        (Overloaded("busy", reason="overloaded", retry_after=0.2), 503, "1"),
+        (Overloaded("queue full", reason="shed:evicted", retry_after=1.5), 503, "2"),
+        (RateLimited("slow down", reason="tenant_rate_limit", retry_after=4.1), 429, "5"),
+        # the type decides, never the reason's words: a rate-limit-sounding reason on an
+        # Overloaded error is still 503, a plain reason on RateLimited is still 429
+        (Overloaded("busy", reason="rate_limit_like_words", retry_after=1), 503, "1"),
+        (RateLimited("over", reason="x", retry_after=1), 429, "1"),
+        (RejectedError("refused", retry_after=2), 503, "2"),
+        (DeadlineExceeded("spent"), 504, None),
+        (EndpointCoolingDown("cooling", endpoint="e", retry_after=2.2), 502, "3"),
         (BackendHTTPError("x", endpoint="e", status=429, retry_after=3), 429, "3"),
         (
             BackendHTTPError(

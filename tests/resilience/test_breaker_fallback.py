@@ -8,9 +8,8 @@ import time
 
 import pytest
 
-from flowopt.errors import BackendHTTPError, BackendTimeout, RejectedError
+from flowopt.errors import BackendHTTPError, BackendTimeout, EndpointCoolingDown, RejectedError
 from flowopt.resilience import Breaker, Deadline, Fallback
-from flowopt.routing.steer import EndpointCoolingDown
 from flowopt.testing import run_middleware_conformance
 from flowopt.testing.faultproxy import Fault
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from flowopt import Request, Use, pipeline, registry
 from flowopt.cli import cli
 from flowopt.errors import BackendUnavailable, ConfigError
-from flowopt.middleware.base import Handler, build_stack, traced_backend
+from flowopt.middleware.base import CallNext, build_stack, traced_backend
 from flowopt.testing import FakeBackend, SpanCapture, run_middleware_conformance
 
 from flowopt_redact import Redact
@@ -20,11 +20,11 @@ SECRET = "Mail jane.doe@example.com or call +44 20 7946 0958 about order #12345.
 REDACTED = "Mail [EMAIL] or call [PHONE] about order #12345."
 
 
-def _terminal(backend: FakeBackend) -> Handler:
+def _terminal(backend: FakeBackend) -> CallNext:
     return traced_backend(backend, name="fake")
 
 
-def _stack(mw: Any, backend: FakeBackend) -> Handler:
+def _stack(mw: Any, backend: FakeBackend) -> CallNext:
     return build_stack([("redact", mw)], _terminal(backend))
 
 

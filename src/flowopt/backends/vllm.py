@@ -184,8 +184,8 @@ class VLLMBackend:
         if request is not None and len(replicas) > 1:
             # Endpoints the resilience layer asked us to avoid (cooling down, circuit open,
             # just failed): pick among the others; the steering terminal refuses before we
-            # get here when all are avoided. See flowopt.routing.steer.AVOID_KEY.
-            avoid = request.metadata.get("flowopt.avoid") or {}
+            # get here when all are avoided (flowopt.middleware.steer).
+            avoid = request.avoid
             now = time.monotonic()
             usable = [r for r in replicas if avoid.get(r.url, 0.0) <= now]
             replicas = usable or replicas

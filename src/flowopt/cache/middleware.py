@@ -136,16 +136,14 @@ class CacheMiddleware(MiddlewareBase):
                 return
             if self.model_identity is None:
                 self.model_identity = await _identity(ctx)
-            await asyncio.to_thread(self._open, ctx.state_dir)
+            await asyncio.to_thread(self._open)
 
-    def _open(self, state_dir: str | None) -> None:
+    def _open(self) -> None:
         cfg = self.config
         store = self._store
         if store is None:
             opts = dict(cfg.store_options)
             opts.setdefault("max_entries", cfg.max_entries)
-            if cfg.store == "gptcache" and "path" not in opts and state_dir:
-                opts["path"] = f"{state_dir}/cache"
             store = open_store(cfg.store, **opts)
         exact = self._exact_store
         if exact is None and cfg.exact_store:
@@ -181,7 +179,7 @@ class CacheMiddleware(MiddlewareBase):
                     "the cache middleware was not set up: run it in a pipeline, call "
                     "`await cache.setup(ctx)`, or pass model_identity="
                 )
-            self._open(None)
+            self._open()
         assert self.engine is not None
         return self.engine
 

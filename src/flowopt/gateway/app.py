@@ -227,7 +227,7 @@ class Gateway:
                 call.request.last_user_text, user=call.request.user, tenant=call.request.tenant
             )
             return _graph_response(result, target.model)
-        response = await self.pipe.acall(call.request, backend=target.backend)
+        response = await self.pipe.acall(call.request, backend=target.pin)
         return await response.complete()
 
     async def _open_stream(
@@ -239,7 +239,7 @@ class Gateway:
             # Opening the stream may wait (queueing middleware, a slow prefill before the
             # server's headers): a client that leaves meanwhile cancels it too.
             response = await until_disconnect(
-                request.receive, self.pipe.acall(call.request, backend=target.backend)
+                request.receive, self.pipe.acall(call.request, backend=target.pin)
             )
             events = self._backend_events(call, target, response, ex)
         if call.request.kind == "chat":

@@ -20,17 +20,15 @@ from flowopt.errors import (
     BackendError,
     BackendHTTPError,
     BackendTimeout,
+    DeadlineExceeded,
     FlowoptError,
     IncompleteStream,
     InvalidRequestError,
+    RateLimited,
     RejectedError,
 )
 
 __all__ = ["HTTPProblem", "error_kind", "problem_from"]
-
-# RejectedError reasons that mean "this caller is over its allowance" (429); any other
-# reason (load shed, overload, queue full, deadline) is the service's state (503).
-_CALLER_REASONS = ("rate", "limit", "quota", "tenant", "budget")
 
 
 class HTTPProblem(Exception):
@@ -88,17 +86,23 @@ def problem_from(exc: BaseException) -> HTTPProblem:
     if isinstance(exc, InvalidRequestError):
         hint = f" ({exc.hint})" if exc.hint else ""
         return HTTPProblem(400, exc.message + hint, code="invalid_request")
-    if isinstance(exc, RejectedError):
-        reason = exc.reason.lower()
-        if reason == "deadline":  # the caller's own deadline ran out before an answer
-            return HTTPProblem(
-                504, f"request rejected: {exc.message}", type="api_error", code=exc.reason
-            )
-        caller = any(word in reason for word in _CALLER_REASONS)
+    if isinstance(exc, DeadlineExceeded):  # the caller's own deadline ran out first
         return HTTPProblem(
-            429 if caller else 503,
+            504, f"request rejected: {exc.message}", type="api_error", code=exc.reason
+        )
+    if isinstance(exc, RateLimited):  # this caller is over its allowance
+        return HTTPProblem(
+            429,
             f"request rejected: {exc.message}",
-            type="rate_limit_error" if caller else "service_unavailable",
+            type="rate_limit_error",
+            code=exc.reason,
+            headers=_retry_after(exc.retry_after),
+        )
+    if isinstance(exc, RejectedError):  # Overloaded, or any other refusal: the service's state
+        return HTTPProblem(
+            503,
+            f"request rejected: {exc.message}",
+            type="service_unavailable",
             code=exc.reason,
             headers=_retry_after(exc.retry_after),
         )

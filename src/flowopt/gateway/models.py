@@ -3,7 +3,9 @@
 A client names a model; the gateway answers with one of:
 
 - a **backend** of the pipeline (the default one, or a named tier): the request goes
-  through the middleware stack once (``Pipeline.acall``). Its name is the model the
+  through the middleware stack once (``Pipeline.acall``). The default backend's model is
+  the pipeline's entry point (triage may send the request to another tier); another
+  tier's model pins the request to that tier. Its name is the model the
   backend serves (``/v1/models`` of vLLM, e.g. ``smollm2``); the backend's name in the spec
   (``default``, ``fast``...) is accepted as an alias.
 - the **graph**: the whole multi-step pipeline runs on the last user message
@@ -38,6 +40,14 @@ class Target:
     kind: Literal["backend", "graph"]
     model: str
     backend: str = "default"
+
+    @property
+    def pin(self) -> str | None:
+        """The backend a request for this model is pinned to: ``None`` for the default
+        backend's model (the pipeline's entry point, where triage or a cascade may still
+        choose a tier), the tier's name when a client names another tier's model (no
+        layer re-routes it)."""
+        return None if self.backend == "default" else self.backend
 
 
 class ModelTable:

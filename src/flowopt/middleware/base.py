@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 CallNext = Callable[[Request], Awaitable[Response]]
-Handler = CallNext
+"""The rest of the stack below a middleware, and the shape of a whole stack."""
 
 
 @runtime_checkable
@@ -64,17 +64,20 @@ class Middleware(Protocol):
     async def __call__(self, request: Request, call_next: CallNext) -> Response: ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class PipelineContext:
     """What a middleware may need from the pipeline it is part of, given once at start-up
     through the optional ``async def setup(self, ctx)``. ``backends`` maps tier/backend
-    names to backends; ``backend`` is the default one."""
+    names to backends; ``backend`` is the default one. ``steered`` is true when the stack
+    ends in the steering terminal (:mod:`flowopt.middleware.steer`), which dispatches on
+    ``Request.route`` and enforces ``Request.avoid``: a pipeline's stack always does; a
+    stack built by hand over one backend may not, and layers then enforce avoidance
+    themselves."""
 
     name: str
     backend: Backend
     backends: Mapping[str, Backend] = field(default_factory=dict)
-    state_dir: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    steered: bool = False
 
 
 class MiddlewareBase:
@@ -231,7 +234,7 @@ def _end_span_when_done(span: trace.Span, response: Response, middleware: str | 
     return response
 
 
-def traced_backend(backend: Backend, *, name: str) -> Handler:
+def traced_backend(backend: Backend, *, name: str) -> CallNext:
     """The terminal handler: call the backend inside a ``chat {model}`` CLIENT span."""
     tracer = get_tracer()
     kind = client_kind()
@@ -257,7 +260,7 @@ def traced_backend(backend: Backend, *, name: str) -> Handler:
     return call_backend
 
 
-def _wrap(mw: Middleware, name: str, inner: Handler, traced: bool) -> Handler:
+def _wrap(mw: Middleware, name: str, inner: CallNext, traced: bool) -> CallNext:
     if not traced:
 
         async def plain(request: Request) -> Response:
@@ -284,10 +287,10 @@ def _wrap(mw: Middleware, name: str, inner: Handler, traced: bool) -> Handler:
 
 def build_stack(
     middlewares: list[tuple[str, Middleware]],
-    terminal: Handler,
+    terminal: CallNext,
     *,
     traced: bool = True,
-) -> Handler:
+) -> CallNext:
     """Compose ``middlewares`` (outermost first) around ``terminal`` once."""
     handler = terminal
     for name, mw in reversed(middlewares):

@@ -8,6 +8,7 @@ import time
 from typing import ClassVar
 
 from flowopt.middleware.base import CallNext, MiddlewareBase
+from flowopt.stream import when_final
 from flowopt.types import Request, Response
 
 __all__ = ["Logging", "NoOp"]
@@ -58,10 +59,7 @@ class Logging(MiddlewareBase):
                 final.finish_reason,
             )
 
-        if response.stream is not None and not response.stream.done:
-            response.stream.on_complete(emit)
-        else:
-            emit(response)
+        response = await when_final(response, emit)
         return response.with_decision(
             self.decision("logged", level=logging.getLevelName(self._level))
         )

@@ -10,8 +10,9 @@ Two reasons to stop sending to an endpoint, kept apart because they end differen
   decides — a success closes the circuit, a failure re-opens it for twice as long.
 
 The layer does not route: it adds the endpoints to avoid to the request
-(:data:`flowopt.routing.steer.AVOID_KEY`); the vLLM backend picks among the other replicas
-and the steering terminal refuses at once when none is left, so fallback can move on.
+(``Request.avoid``, enforced by :mod:`flowopt.middleware.steer`); the vLLM backend picks
+among the other replicas and the steering terminal refuses at once when none is left, so
+fallback can move on.
 State is per process (a breaker reacts to what *this* process sees, in milliseconds).
 """
 
@@ -21,9 +22,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from flowopt.errors import BackendError, BackendHTTPError, ConfigError, IncompleteStream
+from flowopt.errors import (
+    BackendError,
+    BackendHTTPError,
+    ConfigError,
+    EndpointCoolingDown,
+    IncompleteStream,
+)
 from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
-from flowopt.routing.steer import EndpointCoolingDown, backend_endpoints, with_avoid
+from flowopt.middleware.steer import backend_endpoints
+from flowopt.stream import when_final
 from flowopt.types import Request, Response
 
 __all__ = ["Breaker", "EndpointState"]
@@ -79,7 +87,7 @@ class Breaker(MiddlewareBase):
         self._default_endpoints: list[str] = []
 
     async def setup(self, ctx: PipelineContext) -> None:
-        self._steered = bool(ctx.extras.get("flowopt.steered"))
+        self._steered = ctx.steered
         self._default_endpoints = backend_endpoints(ctx.backend)
 
     # -- state ---------------------------------------------------------------------------
@@ -120,7 +128,7 @@ class Breaker(MiddlewareBase):
     def on_failure(self, exc: BaseException) -> None:
         if not isinstance(exc, BackendError) or isinstance(exc, EndpointCoolingDown):
             return
-        if isinstance(exc, IncompleteStream) and "closed by its consumer" in exc.message:
+        if isinstance(exc, IncompleteStream) and exc.client_left:
             return  # the reader walked away; the endpoint did nothing wrong
         now = time.monotonic()
         for url in (exc.endpoint or "").split(","):
@@ -159,25 +167,20 @@ class Breaker(MiddlewareBase):
                     request_id=request.request_id,
                 )
         try:
-            response = await call_next(with_avoid(request, block))
+            response = await call_next(request.avoiding(block))
         except BaseException as exc:
             self.on_failure(exc)
             raise
-        stream = response.stream
-        if stream is not None and not stream.done:
-            url = response.endpoint or stream.endpoint
+        url = response.endpoint or (response.stream.endpoint if response.stream else None)
 
-            def ok(final: Response) -> None:
-                self.on_success(final.endpoint or url)
+        def ok(final: Response) -> None:
+            self.on_success(final.endpoint or url)
 
-            def err(exc: BaseException) -> None:
-                if self.count_incomplete_streams:
-                    self.on_failure(exc)
+        def err(exc: BaseException) -> None:
+            if self.count_incomplete_streams:
+                self.on_failure(exc)
 
-            stream.on_complete(ok)
-            stream.on_error(err)
-        else:
-            self.on_success(response.endpoint)
+        response = await when_final(response, ok, err)
         if block:
             now = time.monotonic()
             response = response.with_decision(

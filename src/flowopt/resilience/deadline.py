@@ -5,7 +5,7 @@ The budget lives on the request as an absolute ``time.monotonic()`` value
 never sleep past it, the vLLM backend shortens its HTTP timeout to it, and a streamed answer
 is cut (reported incomplete) when it runs out. This layer sets a default budget when the
 caller gave none, refuses a request whose budget is already spent (a typed
-``RejectedError`` instead of a doomed call), and is the backstop that converts an overrun
+``DeadlineExceeded`` instead of a doomed call), and is the backstop that converts an overrun
 anywhere below into :class:`~flowopt.errors.BackendTimeout`.
 """
 
@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
-from flowopt.errors import BackendTimeout, ConfigError, IncompleteStream, RejectedError
+from flowopt.errors import BackendTimeout, ConfigError, DeadlineExceeded, IncompleteStream
 from flowopt.middleware.base import CallNext, MiddlewareBase
 from flowopt.resilience._streams import rewrap
 from flowopt.types import Chunk, Request, Response
@@ -53,7 +53,7 @@ class Deadline(MiddlewareBase):
         deadline = request.deadline
         left = deadline - time.monotonic()
         if left < self.min_s:
-            raise RejectedError(
+            raise DeadlineExceeded(
                 f"request {request.request_id} has {max(left, 0.0) * 1000:.0f} ms of its "
                 "deadline left; not sent",
                 reason="deadline",

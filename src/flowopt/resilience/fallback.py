@@ -6,14 +6,16 @@ serves a stale answer if a stale source has one — marked ``stale`` in the resp
 metadata and decisions, never passed off as fresh. Every step is recorded on the span.
 
 What falls back: retryable backend errors (after retries), endpoints cooling down, and
-``RejectedError`` from load shedding (another tier may have room). Never: invalid requests,
+``Overloaded`` from load shedding (another tier may have room). Never: invalid requests,
 configuration errors, tenant rate limits (the tenant is over budget everywhere), or a
 stream that already delivered text.
 
 Stale sources: any object with ``async def stale_lookup(request) -> Response | None``. The
 built-in :class:`LastGoodAnswers` keeps the last good deterministic answer per (tenant,
-template, request content); a semantic cache can offer itself by putting such an object in
-``PipelineContext.extras["flowopt.stale_source"]`` during its ``setup``.
+template, request content).
+
+A pinned request (``Request.pinned``: a step declared on one backend) never moves to
+another tier; it may still get a stale answer *from its own backend's* past answers.
 """
 
 from __future__ import annotations
@@ -23,10 +25,9 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from flowopt.errors import BackendError, ConfigError, RejectedError
+from flowopt.errors import BackendError, ConfigError, EndpointCoolingDown, Overloaded
 from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
-from flowopt.routing.steer import route_of, with_route
-from flowopt.stream import replay
+from flowopt.stream import replay, when_final
 from flowopt.types import Request, Response
 
 __all__ = ["Fallback", "LastGoodAnswers", "StaleSource"]
@@ -91,8 +92,11 @@ class LastGoodAnswers:
 
 
 def _falls_back(exc: BaseException) -> bool:
-    if isinstance(exc, RejectedError):
-        return exc.reason.startswith("shed")
+    """Another tier may answer: the service shed this request, or the backend failed in a
+    way a retry could fix (after the retries below gave up), or every endpoint is cooling
+    down. Not: a caller over its rate limit, a spent deadline, a rejected request."""
+    if isinstance(exc, Overloaded | EndpointCoolingDown):
+        return True
     return isinstance(exc, BackendError) and exc.retryable
 
 
@@ -134,12 +138,11 @@ class Fallback(MiddlewareBase):
                 f"(it has {sorted(ctx.backends)})",
                 hint="declare them under `backends:` or fix the names",
             )
-        source = ctx.extras.get("flowopt.stale_source")
-        if source is not None and isinstance(source, StaleSource):
-            self._sources.insert(0, source)
 
     def _chain(self, request: Request) -> list[str | None]:
-        first = route_of(request)
+        first = request.route
+        if request.pinned:
+            return [first]
         rest: list[str | None] = [t for t in self.tiers if t != first]
         return [first, *rest]
 
@@ -147,16 +150,16 @@ class Fallback(MiddlewareBase):
         path: list[dict[str, Any]] = []
         last: BaseException | None = None
         for i, tier in enumerate(self._chain(request)):
-            attempt = request if i == 0 or tier is None else with_route(request, tier)
+            attempt = request if i == 0 or tier is None else request.routed(tier)
             try:
                 response = await call_next(attempt)
-            except (BackendError, RejectedError) as exc:
+            except (BackendError, Overloaded) as exc:
                 if not _falls_back(exc):
                     raise
                 path.append({"backend": tier or "(own)", "error": exc.code})
                 last = exc
                 continue
-            return self._served(request, response, tier, path)
+            return await self._served(request, response, tier, path)
         assert last is not None
         if self.stale:
             for source in self._sources:
@@ -175,15 +178,12 @@ class Fallback(MiddlewareBase):
         last.add_note(f"flowopt.fallback: every tier failed: {path}")
         raise last
 
-    def _served(
+    async def _served(
         self, request: Request, response: Response, tier: str | None, path: list[dict[str, Any]]
     ) -> Response:
         if self.last_good is not None:
-            if response.stream is not None and not response.stream.done:
-                lg = self.last_good
-                response.stream.on_complete(lambda final: lg.remember(request, final))
-            else:
-                self.last_good.remember(request, response)
+            lg = self.last_good
+            response = await when_final(response, lambda final: lg.remember(request, final))
         if path:
             response = response.with_decision(
                 self.decision("fell_back", path=path, served_by=tier or "(own)")

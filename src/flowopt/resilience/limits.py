@@ -6,7 +6,7 @@ one request-token and an *estimate* of the LLM tokens (prompt characters / 4 plu
 ``max_tokens``, or ``default_output_tokens``); when the answer arrives it settles the
 difference with the real usage, so an over-estimate is refunded and an under-estimate
 becomes debt the tenant waits off. A refused request gets
-``RejectedError(reason="rate_limit:<bucket>", retry_after=...)`` at once — no queueing.
+``RateLimited(reason="rate_limit", retry_after=...)`` at once — no queueing.
 
 The store is in-process by default; ``store: redis`` with ``redis_url`` shares one budget
 between every process of the app (atomic Lua script, Redis's clock). If Redis fails the
@@ -19,9 +19,10 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar
 
-from flowopt.errors import ConfigError, RejectedError, StoreError
+from flowopt.errors import ConfigError, RateLimited, StoreError
 from flowopt.middleware.base import CallNext, MiddlewareBase
 from flowopt.resilience.buckets import BucketSpec, BucketStore, MemoryBuckets, RedisBuckets
+from flowopt.stream import when_final
 from flowopt.types import Request, Response
 
 __all__ = ["TenantLimits", "estimate_tokens"]
@@ -126,7 +127,7 @@ class TenantLimits(MiddlewareBase):
             store_error, wait = exc.message, 0.0
         if wait > 0:
             which = [s.key.rsplit(":", 1)[1] for s in specs]
-            raise RejectedError(
+            raise RateLimited(
                 f"tenant {tenant!r} is over its limit ({'/'.join(which)} per minute)",
                 reason="rate_limit",
                 retry_after=round(wait, 3),
@@ -141,15 +142,11 @@ class TenantLimits(MiddlewareBase):
         detail: dict[str, Any] = {"tenant": tenant, "estimated_tokens": estimate}
         if store_error:
             detail["store_error"] = store_error
-        stream = response.stream
-        if stream is not None and not stream.done:
 
-            async def settle(final: Response) -> None:
-                await self._settle(tenant, specs, estimate, final.usage.total_tokens)
+        async def settle(final: Response) -> None:
+            await self._settle(tenant, specs, estimate, final.usage.total_tokens)
 
-            stream.on_complete(settle)
-        else:
-            await self._settle(tenant, specs, estimate, response.usage.total_tokens)
+        response = await when_final(response, settle)
         return response.with_decision(self.decision("admitted", **detail))
 
     async def _settle(

@@ -7,10 +7,11 @@ a 4xx other than 429, a protocol error, or a stream that already delivered text 
 saw part of an answer; it is reported as :class:`~flowopt.errors.IncompleteStream`).
 
 Replica fallback: the endpoint that failed is put in the request's avoid set
-(:data:`flowopt.routing.steer.AVOID_KEY`) until its delay has passed, so the next attempt
-goes to another replica at once when there is one, and waits out the delay when there is
-none (the steering terminal refuses with ``EndpointCoolingDown``, which this layer waits
-out without spending budget: nothing was sent).
+(``Request.avoid``, enforced by :mod:`flowopt.middleware.steer`) until its delay has
+passed, so the next attempt goes to another replica at once when there is one, and waits
+out the delay when there is none (the steering terminal refuses with
+``EndpointCoolingDown``, which this layer waits out without spending budget: nothing was
+sent).
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from flowopt.errors import BackendError, ConfigError
+from flowopt.errors import BackendError, ConfigError, EndpointCoolingDown
 from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
 from flowopt.resilience._streams import rewrap
 from flowopt.resilience.backoff import Backoff, RetryBudget
-from flowopt.routing.steer import EndpointCoolingDown, with_avoid
 from flowopt.types import Chunk, Request, Response
 
 __all__ = ["Retry"]
@@ -88,7 +88,7 @@ class Retry(MiddlewareBase):
         self._steered = False
 
     async def setup(self, ctx: PipelineContext) -> None:
-        self._steered = bool(ctx.extras.get("flowopt.steered"))
+        self._steered = ctx.steered
 
     # -- the attempt loop --------------------------------------------------------------
     def _delay_for(self, exc: BackendError, retry_no: int) -> float | None:
@@ -104,7 +104,7 @@ class Retry(MiddlewareBase):
     async def _send(self, request: Request, call_next: CallNext, st: _Attempts) -> Response:
         """Send until a response handle comes back or the error must go up."""
         while True:
-            attempt_req = with_avoid(request, st.avoid)
+            attempt_req = request.avoiding(st.avoid)
             try:
                 st.sent += 1
                 return await call_next(attempt_req)

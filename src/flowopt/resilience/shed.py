@@ -5,7 +5,7 @@ flight makes *every* request slower (continuous batching shares the GPU), and an
 queue turns overload into timeouts for everyone. This layer lets ``max_concurrency``
 requests run per backend, holds at most ``max_queue`` more (highest ``priority`` first,
 then arrival order), and past that rejects the lowest-priority request *at once* with
-``RejectedError(reason="shed", retry_after=...)`` — a newcomer with a higher priority than
+``Overloaded(reason="shed", retry_after=...)`` — a newcomer with a higher priority than
 the lowest waiter evicts that waiter instead. The rejection is decided synchronously, with
 no I/O, so it costs microseconds, not a timeout.
 
@@ -15,7 +15,7 @@ that estimate is refused up front too (``reason="shed:deadline"``).
 
 Slots are held until a streamed answer finishes (or fails / is closed): a stream in flight
 occupies the server as much as a buffered call. Per backend means per route name
-(:data:`flowopt.routing.steer.ROUTE_KEY`); requests with no route share the ``default`` pool.
+(``Request.route``); requests with no route share the ``default`` pool.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from flowopt.errors import ConfigError, RejectedError
+from flowopt.errors import ConfigError, Overloaded
 from flowopt.middleware.base import CallNext, MiddlewareBase
-from flowopt.routing.steer import route_of
+from flowopt.stream import when_final
 from flowopt.types import Request, Response
 
 __all__ = ["LoadShed"]
@@ -76,7 +76,7 @@ class LoadShed(MiddlewareBase):
         self._seq = itertools.count()
 
     def _pool(self, request: Request) -> tuple[str, _Pool]:
-        key = route_of(request) or "default"
+        key = request.route or "default"
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = _Pool()
@@ -86,9 +86,9 @@ class LoadShed(MiddlewareBase):
         per_slot = pool.service_s or 0.5
         return round(per_slot * (ahead + 1) / self.max_concurrency, 3)
 
-    def _reject(self, request: Request, key: str, pool: _Pool, why: str) -> RejectedError:
+    def _reject(self, request: Request, key: str, pool: _Pool, why: str) -> Overloaded:
         pool.shed += 1
-        return RejectedError(
+        return Overloaded(
             f"backend {key!r} is saturated ({pool.active} running, {len(pool.queue)} "
             f"waiting); request {request.request_id} (priority {request.priority}) shed",
             reason=why,
@@ -148,19 +148,15 @@ class LoadShed(MiddlewareBase):
         except BaseException:
             self._release(pool, time.perf_counter() - started)
             raise
-        stream = response.stream
-        if stream is not None and not stream.done:
-            released = [False]
+        released = False
 
-            def done(_: object) -> None:
-                if not released[0]:
-                    released[0] = True
-                    self._release(pool, time.perf_counter() - started)
+        def done(_: object) -> None:  # the slot is held until a stream ends, either way
+            nonlocal released
+            if not released:
+                released = True
+                self._release(pool, time.perf_counter() - started)
 
-            stream.on_complete(done)
-            stream.on_error(done)
-        else:
-            self._release(pool, time.perf_counter() - started)
+        response = await when_final(response, done, done)
         wait_ms = (started - queued_at) * 1000.0
         if wait_ms >= 1.0:
             response = response.with_decision(self.decision("queued", wait_ms=round(wait_ms, 1)))

@@ -3,7 +3,10 @@
     triage      a classifier (rules, embedding kNN router, LLM judge) picks a tier
     cascade     cheapest tier first, escalate on low logprob confidence or a verifier's no
     pricing     price per 1K tokens or per GPU-second; cost and always-strongest cost
-    steer       the terminal that dispatches to the tier a layer chose (ROUTE_KEY)
+
+A layer chooses a tier by setting ``Request.route`` (:meth:`flowopt.types.Request.routed`,
+which leaves a pinned request alone); the steering terminal
+(:mod:`flowopt.middleware.steer`) dispatches on it, below every other layer.
 
 Heavy parts (the embedding model) load lazily, on first use.
 """

@@ -16,6 +16,11 @@ Streaming — the user chooses, with a cost in time to first token (TTFT):
 - ``stream: final``: a streamed request skips the cascade and streams live from one tier
   chosen up front (``stream_tier``, default the strongest; or the route set by triage):
   TTFT of that tier alone, no confidence check, no savings from the cascade.
+
+A pinned request (a step declared on one backend) is not cascaded: it goes to its own
+backend and the decision says ``pinned``. The verifier's yes/no call is a side request
+(``purpose="cascade-verifier"``) sent through the layers below the cascade, so it is
+traced, limited and retried like any hop.
 """
 
 from __future__ import annotations
@@ -24,12 +29,11 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 from flowopt.errors import BackendError, ConfigError, RejectedError
-from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext, traced_backend
+from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
 from flowopt.routing.classifiers.judge import JudgeClassifier, choice_request
 from flowopt.routing.confidence import Method, confidence
 from flowopt.routing.pricing import Tier, parse_tiers
-from flowopt.routing.steer import route_of, with_route
-from flowopt.stream import replay
+from flowopt.stream import replay, when_final
 from flowopt.types import Message, Request, Response
 
 __all__ = ["Cascade"]
@@ -73,7 +77,6 @@ class Cascade(MiddlewareBase):
         self.thresholds = th
         self.method: Method = confidence
         self.verifier_name = verifier
-        self._verify: Any = None
         self.stream_mode = stream
         self.stream_tier = stream_tier or self.tiers[-1].name
 
@@ -87,8 +90,6 @@ class Cascade(MiddlewareBase):
                 f"cascade uses backends {missing} that pipeline {ctx.name!r} lacks",
                 hint=f"it has {sorted(ctx.backends)}",
             )
-        if self.verifier_name:
-            self._verify = traced_backend(ctx.backends[self.verifier_name], name=self.verifier_name)
 
     def _tier(self, name: str) -> Tier:
         for t in self.tiers:
@@ -98,8 +99,10 @@ class Cascade(MiddlewareBase):
             f"cascade has no tier {name!r}", hint=f"tiers: {[t.name for t in self.tiers]}"
         )
 
-    async def _verifier_score(self, request: Request, answer: str) -> float | None:
-        if self._verify is None:
+    async def _verifier_score(
+        self, request: Request, answer: str, call_next: CallNext
+    ) -> float | None:
+        if self.verifier_name is None:
             return None
         q = request.last_user_text[:2000]
         vreq = choice_request(
@@ -108,10 +111,11 @@ class Cascade(MiddlewareBase):
             choices=("yes", "no"),
             max_tokens=1,
             purpose="cascade-verifier",
+            backend=self.verifier_name,
         )
         try:
-            resp = await self._verify(vreq)
-        except BackendError:
+            resp = await (await call_next(vreq)).complete()
+        except (BackendError, RejectedError):
             return None
         return 1.0 - JudgeClassifier.p_hard(
             "hard" if resp.text.strip().lower().startswith("no") else "easy",
@@ -119,12 +123,16 @@ class Cascade(MiddlewareBase):
         )
 
     async def __call__(self, request: Request, call_next: CallNext) -> Response:
+        if request.pinned:
+            response = await call_next(request)
+            return response.with_decision(self.decision("pinned", backend=request.route))
         if request.stream and self.stream_mode == "final":
-            tier = self._tier(route_of(request) or self.stream_tier)
-            response = await call_next(with_route(request, tier.backend))
-            return self._stream_accounting(response, tier, [{"tier": tier.name, "mode": "final"}])
+            tier = self._tier(request.route or self.stream_tier)
+            response = await call_next(request.routed(tier.backend))
+            mode: list[dict[str, Any]] = [{"tier": tier.name, "mode": "final"}]
+            return await self._when_final_account(response, tier, mode)
         start = 0
-        routed = route_of(request)
+        routed = request.route
         if routed is not None:  # triage above chose a starting tier
             start = next((i for i, t in enumerate(self.tiers) if routed in (t.name, t.backend)), 0)
         trail: list[dict[str, Any]] = []
@@ -134,10 +142,10 @@ class Cascade(MiddlewareBase):
             tier = self.tiers[i]
             final_tier = i == len(self.tiers) - 1
             if final_tier:
-                attempt = with_route(request, tier.backend)
+                attempt = request.routed(tier.backend)
                 response = await self._final(attempt, call_next, tier, trail, spent, last_exc)
                 return response
-            attempt = with_route(request.replace(stream=False), tier.backend)
+            attempt = request.replace(stream=False).routed(tier.backend)
             if not request.params.logprobs:
                 attempt = attempt.with_params(logprobs=True, top_logprobs=None)
             try:
@@ -150,7 +158,11 @@ class Cascade(MiddlewareBase):
             cost = tier.price.cost(resp.usage, resp.latency_ms)
             spent += cost
             conf = confidence(resp.logprobs, self.method)
-            vscore = await self._verifier_score(request, resp.text) if conf is not None else None
+            vscore = (
+                await self._verifier_score(request, resp.text, call_next)
+                if conf is not None
+                else None
+            )
             score = conf if vscore is None or conf is None else (conf + vscore) / 2
             accepted = (
                 score is not None
@@ -189,11 +201,7 @@ class Cascade(MiddlewareBase):
                 exc.add_note(f"flowopt.cascade: earlier tiers failed too: {trail}")
             raise
         trail.append({"tier": tier.name, "accepted": True, "final": True})
-        if response.stream is not None and not response.stream.done:
-            return self._stream_accounting(response, tier, trail, spent)
-        return self._account(
-            response, tier, trail, spent + tier.price.cost(response.usage, response.latency_ms)
-        )
+        return await self._when_final_account(response, tier, trail, spent)
 
     def _account(
         self, final: Response, tier: Tier, trail: list[dict[str, Any]], spent: float
@@ -213,18 +221,17 @@ class Cascade(MiddlewareBase):
             )
         )
 
-    def _stream_accounting(
+    async def _when_final_account(
         self, response: Response, tier: Tier, trail: list[dict[str, Any]], spent: float = 0.0
     ) -> Response:
-        assert response.stream is not None
+        """Account for the final tier's answer once it is complete (now or at stream end)."""
 
         def account(final: Response) -> Response:
             return self._account(
                 final, tier, trail, spent + tier.price.cost(final.usage, final.latency_ms)
             )
 
-        response.stream.on_complete(account)
-        return response
+        return await when_final(response, account)
 
 
 def _remap(logprobs: Any) -> Any:

@@ -2,9 +2,10 @@
 
 A classifier scores the request (P that the cheapest tier gets it wrong); ``thresholds``
 map the score to a tier (two tiers: one threshold; N tiers: N-1 ascending thresholds), or
-a rule names the tier outright. The decision is written as the route
-(:data:`flowopt.routing.steer.ROUTE_KEY`), so every layer below — retries, limits,
-shedding — applies to the chosen tier too. The decision, its reason and score, the cost
+a rule names the tier outright. The decision is written as the request's route
+(``Request.route``), so every layer below — retries, limits, shedding — applies to the
+chosen tier too. A pinned request (a step declared on one backend) is never re-routed:
+triage passes it through and records ``pinned``. The decision, its reason and score, the cost
 and what the strongest tier would have cost go into the response's decision record and
 onto the span; ``Response.cost`` is filled.
 """
@@ -19,7 +20,7 @@ from flowopt.errors import ConfigError
 from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
 from flowopt.routing.classifiers.base import Classifier, Verdict
 from flowopt.routing.pricing import Tier, parse_tiers
-from flowopt.routing.steer import route_of, with_route
+from flowopt.stream import when_final
 from flowopt.types import Request, Response
 
 __all__ = ["Triage", "make_classifier"]
@@ -110,13 +111,16 @@ class Triage(MiddlewareBase):
             bind(ctx.backends)
 
     async def __call__(self, request: Request, call_next: CallNext) -> Response:
-        if self.respect_route and route_of(request) is not None:
+        if request.pinned:
+            response = await call_next(request)
+            return response.with_decision(self.decision("pinned", backend=request.route))
+        if self.respect_route and request.route is not None:
             return await call_next(request)
         t0 = time.perf_counter()
-        verdict = await self.classifier.classify(request)
+        verdict = await self.classifier.classify(request, call_next)
         tier = tier_for(self.tiers, self.thresholds, verdict)
         classify_ms = (time.perf_counter() - t0) * 1000.0
-        response = await call_next(with_route(request, tier.backend))
+        response = await call_next(request.routed(tier.backend))
         strongest = self.tiers[-1]
 
         def account(final: Response) -> Response:
@@ -138,7 +142,4 @@ class Triage(MiddlewareBase):
                 )
             )
 
-        if response.stream is not None and not response.stream.done:
-            response.stream.on_complete(account)  # cost is known when the stream ends
-            return response
-        return account(response)
+        return await when_final(response, account)  # cost is known when the stream ends

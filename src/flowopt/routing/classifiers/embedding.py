@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from flowopt.errors import ConfigError
+from flowopt.middleware.base import CallNext
 from flowopt.routing.classifiers.base import Verdict
 from flowopt.types import Request
 
@@ -154,7 +155,7 @@ class EmbeddingRouter:
         q = np.asarray(self._embedder.embed_many(list(texts)), dtype=np.float32)
         return self.score_vectors(q)
 
-    async def classify(self, request: Request) -> Verdict:
+    async def classify(self, request: Request, call: CallNext | None = None) -> Verdict:
         text = request.last_user_text
         # the forward pass is CPU work (~5 ms): keep it off the event loop
         score = float((await asyncio.to_thread(self.score_texts, [text]))[0])

@@ -5,6 +5,10 @@ The answer is constrained with vLLM structured outputs
 of the two words, and read with logprobs, so the score is P("hard") rather than a coin
 flip. It costs one extra (one-token) call per request on the cheap tier, which is why it
 pays only when the strong tier is much dearer; measured in docs/triage.md.
+
+The judge's call is a side request (``purpose="triage-judge"``) sent through the layers
+below triage, pinned to the judge's backend: it gets its own ``chat`` span under the
+triage span, and counts against the tenant's limits like any hop.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from flowopt.errors import BackendError
-from flowopt.middleware.base import traced_backend
+from flowopt.errors import BackendError, ConfigError, RejectedError
+from flowopt.middleware.base import CallNext
 from flowopt.routing.classifiers.base import Verdict
 from flowopt.types import Message, Params, Request
 
@@ -37,17 +41,14 @@ class JudgeClassifier:
         self.backend_name = backend
         self.max_chars = max_chars
         self.on_error_score = on_error_score
-        self._call: Any = None
 
     def bind(self, backends: Any) -> None:
-        from flowopt.errors import ConfigError
-
+        """Check, at start-up, that the judge's backend exists in the pipeline."""
         if self.backend_name not in backends:
             raise ConfigError(
                 f"judge backend {self.backend_name!r} is not a pipeline backend",
                 hint=f"use one of {sorted(backends)}",
             )
-        self._call = traced_backend(backends[self.backend_name], name=self.backend_name)
 
     def build(self, request: Request) -> Request:
         text = request.last_user_text[: self.max_chars]
@@ -60,6 +61,7 @@ class JudgeClassifier:
             choices=("easy", "hard"),
             max_tokens=2,
             purpose="triage-judge",
+            backend=self.backend_name,
         )
 
     @staticmethod
@@ -78,12 +80,10 @@ class JudgeClassifier:
                 return probs["hard"] / total
         return 1.0 if text.strip().lower().startswith("hard") else 0.0
 
-    async def classify(self, request: Request) -> Verdict:
-        if self._call is None:
-            return Verdict(self.on_error_score, "judge not bound to a backend")
+    async def classify(self, request: Request, call: CallNext) -> Verdict:
         try:
-            resp = await self._call(self.build(request))
-        except BackendError as exc:
+            resp = await (await call(self.build(request))).complete()
+        except (BackendError, RejectedError) as exc:
             return Verdict(self.on_error_score, f"judge failed ({exc.code}); assumed hard")
         score = self.p_hard(resp.text, resp.logprobs)
         return Verdict(score, f"judge said {resp.text.strip()!r}, P(hard)={score:.2f}")
@@ -96,10 +96,12 @@ def choice_request(
     choices: tuple[str, ...],
     max_tokens: int,
     purpose: str,
+    backend: str,
 ) -> Request:
     """A greedy side call constrained to one of ``choices`` (vLLM structured outputs), with
     the first token's alternatives so the answer's probability can be read. It inherits the
-    parent's tenant (limits) and deadline, and says what it is for in its metadata."""
+    parent's tenant (limits), priority and deadline, is pinned to ``backend``, and says what
+    it is for in ``purpose`` (and its template id, so a cache never mixes it with answers)."""
     return Request(
         messages=messages,
         params=Params(
@@ -110,6 +112,11 @@ def choice_request(
             extra={"structured_outputs": {"choice": list(choices)}},
         ),
         tenant=parent.tenant,
+        user=parent.user,
+        priority=parent.priority,
         deadline=parent.deadline,
-        metadata={"flowopt.purpose": purpose},
+        template=f"flowopt.{purpose}",
+        route=backend,
+        pinned=True,
+        purpose=purpose,
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowopt.errors import ConfigError
+from flowopt.middleware.base import CallNext
 from flowopt.routing.classifiers.base import Verdict
 from flowopt.types import Request
 
@@ -94,7 +95,7 @@ class RulesClassifier:
         self.default_score = default_score
         self.metadata_key = metadata_key
 
-    async def classify(self, request: Request) -> Verdict:
+    async def classify(self, request: Request, call: CallNext | None = None) -> Verdict:
         return self.classify_sync(request)
 
     def classify_sync(self, request: Request) -> Verdict:
