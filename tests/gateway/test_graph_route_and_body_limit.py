@@ -336,3 +336,60 @@ def test_message_inputs_are_plain_data_in_the_state() -> None:
     ]
     assert result.outputs["input"] == "q"
     assert fb.calls[-1].messages[-1] == Message("user", "q", name="ada")
+
+
+# -- through a real HTTP server (uvicorn), over a raw socket -------------------------------------
+def _raw_exchange(port: int, head: bytes, body_parts: list[bytes]) -> tuple[bytes, bool]:
+    """Send a request head and some body, then read the answer without sending the rest.
+    Returns the answer and whether the server closed the connection after it."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        for part in body_parts:
+            sock.sendall(part)
+        data = b""
+        while True:
+            got = sock.recv(65536)
+            if not got:
+                return data, True
+            data += got
+            if b"\r\n\r\n" in data:
+                header, _, rest = data.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in header.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                if len(rest) >= length:
+                    try:
+                        closed = sock.recv(1) == b""
+                    except (ConnectionResetError, TimeoutError):
+                        closed = True
+                    return data, closed
+
+
+def test_a_real_server_refuses_a_20_mb_body_from_its_headers() -> None:
+    from flowopt.gateway.background import BackgroundServer
+
+    fb = FakeBackend()
+    app = create_app(pipeline("unit", backend=fb, steps=[{"name": "a", "prompt": "{input}"}]))
+    with BackgroundServer(app) as server:
+        head = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 20000000\r\n\r\n"
+        )
+        # only 1 KiB of the announced 20 MB is ever sent: the answer comes from the header
+        answer, closed = _raw_exchange(server.port, head, [b'{"messages": [' + b" " * 1000])
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        assert b'"code":"request_too_large"' in answer and closed
+        # chunked, no Content-Length: refused once the counted bytes pass the limit
+        head = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        piece = b" " * 65536
+        chunk = b"%x\r\n" % len(piece) + piece + b"\r\n"
+        answer, closed = _raw_exchange(server.port, head, [chunk] * 65)  # 4 MiB + 64 KiB
+        assert answer.startswith(b"HTTP/1.1 413 ") and closed
+    assert fb.calls == []
