@@ -363,7 +363,7 @@ class Pipeline:
             state: dict[str, Any] = {"input": input}
         elif isinstance(input, Mapping):
             state = dict(input)
-            if "messages" in state:
+            if state.get("messages") is not None:  # None: a text run's state, no chat
                 state["messages"] = chat = _chat_input(state["messages"])
                 state.setdefault("input", _last_user(chat))
             elif "input" not in state:

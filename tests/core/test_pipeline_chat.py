@@ -77,6 +77,8 @@ def test_chat_input_forms_and_text_is_unchanged() -> None:
     p.invoke({"messages": CHAT, "input": "override"})
     assert _sent(fb)[-1] == ("user", "Q: override") and len(fb.calls[-1].messages) == 4
     # text: no chat in the state, one user message as before
+    p.invoke({"input": "hi", "messages": None})
+    assert _sent(fb) == [("user", "Q: hi")]
     r = p.invoke("hi")
     assert _sent(fb) == [("user", "Q: hi")] and "messages" not in r.outputs
 
