@@ -1,9 +1,10 @@
 """The one module that maps a pipeline spec onto LangGraph.
 
 Each step becomes a node of a real ``StateGraph``; edges and routes become LangGraph edges
-and conditional edges. The state is a ``TypedDict`` with the pipeline's input keys, one key
-per step output, and ``_trail`` (the steps that ran, in order). The compiled graph is
-returned as is, so users keep checkpointers, ``stream_mode``s and ``get_graph()`` drawing.
+and conditional edges. The state is a ``TypedDict`` with the pipeline's input keys
+(``input``, ``messages`` for a chat input, ``user``, ``tenant``), one key per step output,
+and ``_trail`` (the steps that ran, in order). The compiled graph is returned as is, so
+users keep checkpointers, ``stream_mode``s and ``get_graph()`` drawing.
 
 The nodes themselves do not know about HTTP or middleware: they call back into the
 pipeline (``call_llm`` / ``call_function``), which owns the middleware stacks.
@@ -28,8 +29,9 @@ NodeFn = Callable[[StepSpec, dict[str, Any], RunnableConfig], Awaitable[dict[str
 
 
 def state_schema(spec: PipelineSpec) -> type:
-    """A TypedDict for the run state: inputs, step outputs, and the hop log."""
-    fields: dict[str, Any] = {"input": Any, "user": Any, "tenant": Any}
+    """A TypedDict for the run state: inputs (``messages`` for a chat), step outputs, and
+    the hop log."""
+    fields: dict[str, Any] = {"input": Any, "messages": Any, "user": Any, "tenant": Any}
     for s in spec.steps:
         fields[s.output_key] = Any
     fields["_trail"] = Annotated[list, operator.add]

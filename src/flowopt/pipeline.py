@@ -8,6 +8,30 @@ are composed once, and the spec cannot change afterwards. The async methods are 
 Default middleware order is the list order, outermost first. The recommended order is
 ``memory -> cache -> compression -> triage -> resilience`` (then the backend), which is what
 :data:`RECOMMENDED_ORDER` documents.
+
+**Inputs.** A run starts from text (``"question"``), a mapping with ``input``
+(``{"input": "question", ...}``), or a **chat**: a list of messages (OpenAI dicts,
+:class:`~flowopt.types.Message` or ``(role, content)`` pairs), or a mapping with
+``messages``. A chat must end with a user turn (system messages may be anywhere). The state
+then holds ``messages``, the conversation as plain ``{"role", "content"[, "name"]}`` dicts
+(plain data, so LangGraph checkpointers can store it), and ``input``, the last user
+message's text, so ``{input}`` templates work unchanged. Function steps see both.
+
+An LLM step renders its ``system`` and ``prompt`` templates as for text. With a chat input
+its request is:
+
+1. one system message: the step's rendered ``system`` (if any), then the caller's system
+   message(s), joined by blank lines (omitted when there are none);
+2. the caller's history: every non-system message before the last user turn, as sent;
+3. the step's rendered ``prompt`` as the final user turn. It *replaces* the caller's last
+   turn, which the template reaches as ``{input}``; a prompt of exactly ``{input}`` thus
+   sends the caller's own last turn (its ``name`` kept), never a duplicate.
+
+Every LLM step sees the conversation this way. ``params=`` (the caller's sampling
+parameters) applies to the **answer steps** only (:func:`answer_steps`: the LLM steps after
+which the run can end), field by field over their spec params; steps in the middle
+(classifiers, rewriters) keep their own. ``timeout=`` sets the deadline every LLM request of
+the run carries (``Request.deadline``; the backend and resilience layers honour it).
 """
 
 from __future__ import annotations
@@ -19,6 +43,7 @@ import string
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +67,13 @@ from flowopt.spec import PipelineSpec, StepSpec, load_spec
 from flowopt.tracing import configure_from_spec, get_tracer, record_error
 from flowopt.types import Message, Params, Request, Response
 
-__all__ = ["RECOMMENDED_ORDER", "Pipeline", "load"]
+__all__ = ["RECOMMENDED_ORDER", "Input", "Pipeline", "answer_steps", "load"]
 
 RECOMMENDED_ORDER = ("memory", "cache", "compression", "triage", "resilience")
+
+#: What a run starts from: text, ``{"input": ...}``, a chat (a list of messages) or
+#: ``{"messages": [...]}``. See the module docstring.
+Input = str | Mapping[str, Any] | Sequence[Message | Mapping[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +85,8 @@ class _RunOptions:
     priority: int
     metadata: Mapping[str, Any]
     parent: Any = None  # the OTel context holding the pipeline span
+    # step name -> the caller's params merged over the step's (answer steps only)
+    params: Mapping[str, Params] = dataclasses.field(default_factory=dict)
     # LLM calls of this run, in order. Kept out of the graph state on purpose: the state
     # must stay serialisable for checkpointers, and responses are not plain data.
     hops: list[Hop] = dataclasses.field(default_factory=list)
@@ -156,6 +187,11 @@ class Pipeline:
     @property
     def middleware(self) -> list[tuple[str, Middleware]]:
         return list(self._middleware)
+
+    @cached_property
+    def answer_steps(self) -> frozenset[str]:
+        """The LLM steps whose output can be the run's answer (see :func:`answer_steps`)."""
+        return answer_steps(self.spec)
 
     def handler(self) -> CallNext:
         """The composed middleware stack (for direct single calls): a request goes to the
@@ -269,13 +305,17 @@ class Pipeline:
         self, step: StepSpec, state: dict[str, Any], opts: _RunOptions
     ) -> dict[str, Any]:
         assert step.prompt is not None
-        messages: list[Message] = []
-        if step.system:
-            messages.append(Message("system", self._render(step, step.system, state)))
-        messages.append(Message("user", self._render(step, step.prompt, state)))
+        chat = state.get("messages")
+        if chat:
+            messages = self._chat_messages(step, state, chat)
+        else:
+            messages = []
+            if step.system:
+                messages.append(Message("system", self._render(step, step.system, state)))
+            messages.append(Message("user", self._render(step, step.prompt, state)))
         request = Request(
             messages=tuple(messages),
-            params=self._params[step.name],
+            params=opts.params.get(step.name) or self._params[step.name],
             stream=opts.stream,
             tenant=opts.tenant,
             user=opts.user,
@@ -305,10 +345,25 @@ class Pipeline:
         opts.hops.append(Hop(step.name, final))
         return {step.output_key: final.text, "_trail": [step.name]}
 
+    def _chat_messages(
+        self, step: StepSpec, state: dict[str, Any], chat: Sequence[Mapping[str, Any]]
+    ) -> list[Message]:
+        """An LLM step's messages for a chat input (the rules are in the module docstring)."""
+        assert step.prompt is not None
+        systems = [self._render(step, step.system, state)] if step.system else []
+        systems.extend(m["content"] for m in chat if m["role"] == "system")
+        turns = [m for m in chat if m["role"] != "system"]
+        last = turns[-1]  # a user turn: checked by _chat_input
+        out = [Message("system", "\n\n".join(systems))] if systems else []
+        out.extend(Message(m["role"], m["content"], m.get("name")) for m in turns[:-1])
+        text = self._render(step, step.prompt, state)
+        out.append(Message("user", text, last.get("name") if text == last["content"] else None))
+        return out
+
     # -- runs --------------------------------------------------------------------------------
     def _prepare(
         self,
-        input: str | Mapping[str, Any],
+        input: Input,
         user: str | None,
         tenant: str | None,
         timeout: float | None,
@@ -316,20 +371,32 @@ class Pipeline:
         priority: int,
         metadata: Mapping[str, Any] | None,
         thread_id: str | None,
+        params: Params | Mapping[str, Any] | None = None,
     ) -> tuple[dict[str, Any], RunnableConfig]:
-        if isinstance(input, Mapping):
-            state: dict[str, Any] = dict(input)
-            if "input" not in state:
+        if isinstance(input, str):
+            state: dict[str, Any] = {"input": input}
+        elif isinstance(input, Mapping):
+            state = dict(input)
+            if state.get("messages") is not None:  # None: a text run's state, no chat
+                state["messages"] = chat = _chat_input(state["messages"])
+                state.setdefault("input", _last_user(chat))
+            elif "input" not in state:
                 raise InvalidRequestError(
-                    "a mapping input needs an 'input' key", hint="pass {'input': 'text', ...}"
+                    "a mapping input needs an 'input' key (or 'messages' for a chat)",
+                    hint="pass {'input': 'text', ...} or {'messages': [...], ...}",
                 )
-        elif isinstance(input, str):
-            state = {"input": input}
+        elif isinstance(input, Sequence | Message) and not isinstance(input, bytes | bytearray):
+            chat = _chat_input(input)
+            state = {"messages": chat, "input": _last_user(chat)}
         else:
             raise InvalidRequestError(
-                f"input must be text or a mapping, got {type(input).__name__}",
-                hint="pass the user's question as a string",
+                f"input must be text or a mapping, or a chat (a list of messages), "
+                f"got {type(input).__name__}",
+                hint="pass the user's question as a string, or the chat as a list of messages",
             )
+        if thread_id is not None:
+            # a checkpointed thread keeps the last run's state: a text run clears its chat
+            state.setdefault("messages", None)
         state.setdefault("user", user)
         state.setdefault("tenant", tenant)
         if timeout is not None and timeout <= 0:
@@ -341,11 +408,35 @@ class Pipeline:
             stream=stream,
             priority=priority,
             metadata=dict(metadata or {}),
+            params=self._run_params(params),
         )
         configurable: dict[str, Any] = {"flowopt": opts}
         if thread_id is not None:
             configurable["thread_id"] = thread_id
         return state, {"configurable": configurable}
+
+    def _run_params(self, params: Params | Mapping[str, Any] | None) -> dict[str, Params]:
+        """The caller's params over each answer step's own (empty when the caller sets none)."""
+        if params is None:
+            return {}
+        if not isinstance(params, Params):
+            try:
+                params = Params(**params)
+            except TypeError as exc:
+                raise InvalidRequestError(
+                    f"unknown sampling parameter: {exc}",
+                    hint="params take temperature, top_p, max_tokens, stop, seed, logprobs, "
+                    "top_logprobs, response_format, extra",
+                ) from None
+        changes = params.to_dict()
+        if not changes:
+            return {}
+        out: dict[str, Params] = {}
+        for name in self.answer_steps:
+            base = self._params[name]
+            extra = {**base.extra, **params.extra} if params.extra else base.extra
+            out[name] = dataclasses.replace(base, **{**changes, "extra": extra})
+        return out
 
     def _result(
         self, state: Mapping[str, Any], hops: list[Hop], started: float, trace_id: str | None
@@ -373,7 +464,7 @@ class Pipeline:
 
     async def ainvoke(
         self,
-        input: str | Mapping[str, Any],
+        input: Input,
         *,
         user: str | None = None,
         tenant: str | None = None,
@@ -381,11 +472,14 @@ class Pipeline:
         priority: int = 0,
         metadata: Mapping[str, Any] | None = None,
         thread_id: str | None = None,
+        params: Params | Mapping[str, Any] | None = None,
     ) -> Result:
-        """Run the pipeline on one input and return its :class:`Result`."""
+        """Run the pipeline on one input (text, a chat, or a mapping; see the module
+        docstring) and return its :class:`Result`. ``params`` override the answer steps'
+        sampling parameters; ``timeout`` (seconds) is the deadline of every LLM call."""
         await self.start()
         state, config = self._prepare(
-            input, user, tenant, timeout, False, priority, metadata, thread_id
+            input, user, tenant, timeout, False, priority, metadata, thread_id, params
         )
         started = time.perf_counter()
         span = self._span()
@@ -403,7 +497,7 @@ class Pipeline:
 
     async def astream(
         self,
-        input: str | Mapping[str, Any],
+        input: Input,
         *,
         user: str | None = None,
         tenant: str | None = None,
@@ -411,12 +505,13 @@ class Pipeline:
         priority: int = 0,
         metadata: Mapping[str, Any] | None = None,
         thread_id: str | None = None,
+        params: Params | Mapping[str, Any] | None = None,
     ) -> AsyncIterator[TokenEvent | StepEvent | Result]:
         """Yield :class:`TokenEvent` as LLM steps stream, :class:`StepEvent` as steps end,
-        and the :class:`Result` last."""
+        and the :class:`Result` last. Arguments as for :meth:`ainvoke`."""
         await self.start()
         state, config = self._prepare(
-            input, user, tenant, timeout, True, priority, metadata, thread_id
+            input, user, tenant, timeout, True, priority, metadata, thread_id, params
         )
         started = time.perf_counter()
         span = self._span()
@@ -445,7 +540,7 @@ class Pipeline:
 
     async def abatch(
         self,
-        inputs: Sequence[str | Mapping[str, Any]],
+        inputs: Sequence[Input],
         *,
         concurrency: int = 32,
         return_exceptions: bool = False,
@@ -459,7 +554,7 @@ class Pipeline:
         await self.start()
         sem = asyncio.Semaphore(concurrency)
 
-        async def one(item: str | Mapping[str, Any]) -> Result | BaseException:
+        async def one(item: Input) -> Result | BaseException:
             async with sem:
                 try:
                     return await self.ainvoke(item, **kwargs)
@@ -471,21 +566,57 @@ class Pipeline:
         return list(await asyncio.gather(*(one(i) for i in inputs)))
 
     # -- sync facades ----------------------------------------------------------------------
-    def invoke(self, input: str | Mapping[str, Any], **kwargs: Any) -> Result:
+    def invoke(self, input: Input, **kwargs: Any) -> Result:
         """Sync :meth:`ainvoke`."""
         return _runner.run(self.ainvoke(input, **kwargs))
 
-    def stream(
-        self, input: str | Mapping[str, Any], **kwargs: Any
-    ) -> Iterator[TokenEvent | StepEvent | Result]:
+    def stream(self, input: Input, **kwargs: Any) -> Iterator[TokenEvent | StepEvent | Result]:
         """Sync :meth:`astream`."""
         return _runner.iterate(self.astream(input, **kwargs))
 
-    def batch(
-        self, inputs: Sequence[str | Mapping[str, Any]], **kwargs: Any
-    ) -> list[Result | BaseException]:
+    def batch(self, inputs: Sequence[Input], **kwargs: Any) -> list[Result | BaseException]:
         """Sync :meth:`abatch`."""
         return _runner.run(self.abatch(inputs, **kwargs))
+
+
+def answer_steps(spec: PipelineSpec) -> frozenset[str]:
+    """The LLM steps whose output can be the run's answer: those after which the run can
+    end (the last step without edges; with edges or routes, a step with an edge to END,
+    a route that can end, or no way out). A function step is never one."""
+    llm = [s.name for s in spec.steps if s.kind == "llm"]
+    if spec.edges is None and not spec.routes:
+        last = spec.steps[-1].name
+        return frozenset({last}) if last in llm else frozenset()
+    ends = {a for a, b in spec.edges or () if b == "END"}
+    has_out = {a for a, _ in spec.edges or ()} | {r.source for r in spec.routes}
+    for r in spec.routes:
+        if "END" in r.cases.values() or r.default in (None, "END"):
+            ends.add(r.source)
+    ends |= {name for name in llm if name not in has_out}
+    return frozenset(ends & set(llm))
+
+
+def _chat_input(value: Any) -> list[dict[str, Any]]:
+    """A chat input as plain OpenAI dicts, checked: messages parse, the last turn is a user's."""
+    if isinstance(value, Message):
+        value = [value]
+    if isinstance(value, str | bytes | bytearray) or not isinstance(value, Sequence):
+        raise InvalidRequestError(
+            f"'messages' must be a list of messages, got {type(value).__name__}",
+            hint="pass [{'role': 'user', 'content': '...'}, ...]",
+        )
+    chat = [Message.parse(m).to_openai() for m in value]
+    turns = [m for m in chat if m["role"] != "system"]
+    if not turns or turns[-1]["role"] != "user":
+        raise InvalidRequestError(
+            "a chat input must end with a user message",
+            hint="the last non-system message is the turn the pipeline answers",
+        )
+    return chat
+
+
+def _last_user(chat: Sequence[Mapping[str, Any]]) -> str:
+    return next(m["content"] for m in reversed(chat) if m["role"] == "user")  # type: ignore[no-any-return]
 
 
 def _opts(config: RunnableConfig) -> _RunOptions:

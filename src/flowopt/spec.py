@@ -33,6 +33,7 @@ from flowopt.errors import ConfigError, SpecError
 from flowopt.middleware.base import Use
 
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "GatewaySpec",
     "PipelineSpec",
     "RouteSpec",
@@ -43,8 +44,15 @@ __all__ = [
     "parse_spec",
 ]
 
+# 4 MiB: a 128k-token conversation is ~0.5 MB of text (~4 bytes a token), so this holds
+# one several times over, even JSON-escaped, yet bounds what a single request can make the
+# gateway hold in memory. See docs/gateway.md.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _RESERVED = {"input", "user", "tenant"}
+# state keys a step may not write: the inputs, and the chat of a chat input
+_RESERVED_OUTPUTS = _RESERVED | {"messages"}
 
 
 def _fn_ref(fn: Any) -> str:
@@ -124,7 +132,7 @@ class StepSpec(_Frozen):
             _fn_ref(self.function)
             if self.system is not None:
                 raise ValueError(f"step {self.name!r}: 'system' only applies to prompt steps")
-        if self.output_key in _RESERVED:
+        if self.output_key in _RESERVED_OUTPUTS:
             raise ValueError(f"step {self.name!r} cannot write to reserved key {self.output_key!r}")
         for tpl in (self.prompt, self.system):
             if tpl is not None:
@@ -251,6 +259,12 @@ class GatewaySpec(_Frozen):
     graph_model: str | None = Field(
         default=None,
         description="Model name that runs the whole graph (default: the pipeline name).",
+    )
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES,
+        ge=1,
+        description="Largest request body accepted, in bytes; a larger one is refused with "
+        "413 request_too_large before it is read (`flowopt serve --max-body-bytes`).",
     )
 
     @field_validator("api_keys")

@@ -22,15 +22,19 @@ OTHER_KEY = "sk-globex-0123456789"
 
 
 class TenantProbe(MiddlewareBase):
-    """Records ``(tenant, user)`` of every request, by request id."""
+    """Records ``(tenant, user)`` of every request, by request id, and the requests of
+    graph steps (``by_step``: step name -> the last request that step sent)."""
 
     name: ClassVar[str] = "probe"
 
     def __init__(self) -> None:
         self.seen: dict[str, tuple[str | None, str | None]] = {}
+        self.by_step: dict[str, Request] = {}
 
     async def __call__(self, request: Request, call_next: CallNext) -> Response:
         self.seen[request.request_id] = (request.tenant, request.user)
+        if request.step is not None:
+            self.by_step[request.step] = request
         return await call_next(request)
 
 

@@ -119,6 +119,31 @@ def test_graph_model_runs_the_pipeline(live_gateway: LiveGateway) -> None:
     assert streamed == out.choices[0].message.content  # temperature 0 in the spec
 
 
+def test_graph_model_sees_the_system_prompt_history_and_params(
+    live_gateway: LiveGateway,
+) -> None:
+    chat = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Hello Ada."},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    live_gateway.probe.by_step.clear()
+    out = client(live_gateway).chat.completions.create(
+        model="faq", messages=chat, max_tokens=3, temperature=0.1, user="u-chat"
+    )
+    sent = live_gateway.probe.by_step["answer"]  # what the graph's LLM step sent to vLLM
+    assert [(m.role, m.content) for m in sent.messages] == [
+        ("system", "You are terse."),
+        ("user", "My name is Ada."),
+        ("assistant", "Hello Ada."),
+        ("user", "Answer in a few words: What is my name?"),  # the step's prompt
+    ]
+    assert sent.params.max_tokens == 3 and sent.params.temperature == 0.1  # spec: 8 and 0
+    assert (sent.tenant, sent.user) == ("acme", "u-chat")
+    assert out.usage is not None and 1 <= out.usage.completion_tokens <= 3  # vLLM honoured it
+
+
 def test_unknown_model_is_404(live_gateway: LiveGateway) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         client(live_gateway).chat.completions.create(model="gpt-9", messages=PROMPT)

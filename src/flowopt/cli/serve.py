@@ -26,6 +26,13 @@ __all__ = ["serve"]
     help="Worker processes; each runs its own copy of the pipeline.",
 )
 @click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Largest request body accepted; larger ones get 413 before they are read "
+    "(default: spec gateway.max_body_bytes, else 4 MiB).",
+)
+@click.option(
     "--log-level",
     default="warning",
     show_default=True,
@@ -38,12 +45,24 @@ __all__ = ["serve"]
     help="One line per request (method, path, status); never bodies or keys.",
 )
 def serve(
-    spec: str, host: str | None, port: int | None, workers: int, log_level: str, access_log: bool
+    spec: str,
+    host: str | None,
+    port: int | None,
+    workers: int,
+    max_body_bytes: int | None,
+    log_level: str,
+    access_log: bool,
 ) -> None:
     """Serve SPEC over the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models,
     /health, /metrics. Any OpenAI client works unchanged; point its base URL at /v1."""
     from flowopt.gateway.server import serve as run_server
 
     run_server(
-        spec, host=host, port=port, workers=workers, log_level=log_level, access_log=access_log
+        spec,
+        host=host,
+        port=port,
+        workers=workers,
+        max_body_bytes=max_body_bytes,
+        log_level=log_level,
+        access_log=access_log,
     )

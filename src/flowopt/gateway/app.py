@@ -5,11 +5,15 @@ events with ``stream: true``; usage in the last event with
 ``stream_options: {include_usage: true}``), ``GET /v1/models``, ``GET /health``,
 ``GET /metrics``.
 
-Each generation request: authenticate (API key -> tenant), parse the body into a frozen
-:class:`~flowopt.types.Request`, join the caller's trace, and send the request through
-the pipeline's middleware stack once (``Pipeline.acall``), or run the whole graph when the
-client names the graph model. The work is raced against the client's disconnect, so a
-client that leaves cancels the backend request (see :mod:`flowopt.gateway.disconnect`).
+Each generation request: authenticate (API key -> tenant), read the body (refusing one
+over ``gateway.max_body_bytes`` with 413 before it is read whole: :func:`read_body`), parse
+it into a frozen :class:`~flowopt.types.Request`, join the caller's trace, and send the
+request through the pipeline's middleware stack once (``Pipeline.acall``), or run the whole
+graph when the client names the graph model. The graph runs on the whole chat (system
+prompt, history, last user turn), with the call's sampling parameters over its answer
+steps' and the call's deadline as the run's timeout (:meth:`Gateway._graph_run`). The work
+is raced against the client's disconnect, so a client that leaves cancels the backend
+request (see :mod:`flowopt.gateway.disconnect`).
 
 Why Starlette and not FastAPI: the routes are few and fixed, and the gateway's budget is
 about a millisecond per request; FastAPI's validation layer would spend it twice, since
@@ -24,7 +28,7 @@ import contextvars
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -59,28 +63,66 @@ from flowopt.gateway.wire import (
 )
 from flowopt.pipeline import Pipeline
 from flowopt.result import Result, TokenEvent
-from flowopt.spec import GatewaySpec, PipelineSpec
+from flowopt.spec import GatewaySpec
 from flowopt.types import Response, Usage
 
-__all__ = ["Gateway", "create_app"]
+__all__ = ["Gateway", "create_app", "read_body"]
 
 _log = logging.getLogger("flowopt.gateway")
 _JSON = "application/json"
 
 
-def _sink_steps(spec: PipelineSpec) -> frozenset[str]:
-    """LLM steps whose tokens are the graph's answer: those after which the run can end."""
-    llm = [s.name for s in spec.steps if s.kind == "llm"]
-    if spec.edges is None and not spec.routes:
-        last = spec.steps[-1].name
-        return frozenset({last}) if last in llm else frozenset()
-    ends = {a for a, b in spec.edges or () if b == "END"}
-    has_out = {a for a, _ in spec.edges or ()} | {r.source for r in spec.routes}
-    for r in spec.routes:
-        if "END" in r.cases.values() or r.default in (None, "END"):
-            ends.add(r.source)
-    ends |= {name for name in llm if name not in has_out}
-    return frozenset(ends & set(llm))
+async def read_body(
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+    content_length: str | None,
+    limit: int,
+) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes.
+
+    A ``Content-Length`` over the limit is refused before anything is read; without one
+    (chunked) or with one under it, bytes are counted as ASGI delivers them and reading
+    stops at the first message past the limit, so at most one message (the server's read
+    size, 64 KiB for uvicorn) beyond it is ever held. A body under the limit that arrives
+    in one message (the usual case) is returned as is, without a copy. A client that
+    disconnects mid-body raises :class:`ClientLeft`.
+    """
+    if content_length is not None:
+        try:
+            declared = int(content_length)
+        except ValueError:
+            declared = -1  # the server validates framing; count what arrives instead
+        if declared > limit:
+            raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            body: bytes = message.get("body", b"")
+            if body:
+                size += len(body)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        elif kind == "http.disconnect":
+            raise ClientLeft()
+    if len(chunks) == 1:
+        return chunks[0]
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> HTTPProblem:
+    # `Connection: close`: the rest of the body is never read, so the connection cannot
+    # carry another request (uvicorn closes it after this answer).
+    return HTTPProblem(
+        413,
+        f"the request body is larger than this server's limit of {limit} bytes",
+        code="request_too_large",
+        headers={"Connection": "close"},
+    )
 
 
 class _Exchange:
@@ -152,7 +194,8 @@ class Gateway:
         graph = (settings.graph_model or pipe.spec.name) if settings.expose_graph else None
         self.models = ModelTable(pipe.backends, graph)
         self.metrics = GatewayMetrics()
-        self._sinks = _sink_steps(pipe.spec)
+        self._sinks = pipe.answer_steps  # the LLM steps whose tokens are the graph's answer
+        self._max_body = settings.max_body_bytes
 
     # -- lifecycle ------------------------------------------------------------------------
     @asynccontextmanager
@@ -194,8 +237,11 @@ class Gateway:
         try:
             with trace.use_span(span, end_on_exit=False):
                 tenant = self.keys.tenant_for(request.headers.get("authorization"))
+                raw = await read_body(
+                    request.receive, request.headers.get("content-length"), self._max_body
+                )
                 try:
-                    body = loads(await request.body())
+                    body = loads(raw)
                 except ValueError:
                     raise HTTPProblem(400, "the request body is not valid JSON") from None
                 call = parse_call(body, kind=kind, tenant=tenant, request_id=rid)
@@ -221,11 +267,32 @@ class Gateway:
         except Exception as exc:
             return _problem_response(ex.failed(exc), ex.headers)
 
+    @staticmethod
+    def _graph_run(call: Call) -> dict[str, Any]:
+        """What the graph route runs with: the whole chat (system messages, history, the
+        last user turn) as the input, the call's sampling parameters (they override the
+        answer steps' own, field by field: ``Pipeline.answer_steps``), and the time left
+        before the call's deadline as the run's timeout."""
+        request = call.request
+        kwargs: dict[str, Any] = {
+            "input": request.messages,
+            "user": request.user,
+            "tenant": request.tenant,
+            "priority": request.priority,
+            "params": request.params,
+        }
+        left = request.remaining()
+        if left is not None:
+            if left <= 0:
+                raise RejectedError(
+                    "the request's deadline passed before the graph started", reason="deadline"
+                )
+            kwargs["timeout"] = left
+        return kwargs
+
     async def _answer(self, call: Call, target: Target) -> Response:
         if target.kind == "graph":
-            result = await self.pipe.ainvoke(
-                call.request.last_user_text, user=call.request.user, tenant=call.request.tenant
-            )
+            result = await self.pipe.ainvoke(**self._graph_run(call))
             return _graph_response(result, target.model)
         response = await self.pipe.acall(call.request, backend=target.pin)
         return await response.complete()
@@ -234,7 +301,8 @@ class Gateway:
         self, request: HTTPRequest, call: Call, target: Target, ex: _Exchange
     ) -> EventStreamResponse:
         if target.kind == "graph":
-            events = self._graph_events(call, target, ex)
+            # the run's arguments are checked here, so a spent deadline is an HTTP error
+            events = self._graph_events(call, target, ex, self._graph_run(call))
         else:
             # Opening the stream may wait (queueing middleware, a slow prefill before the
             # server's headers): a client that leaves meanwhile cancels it too.
@@ -300,12 +368,10 @@ class Gateway:
                 await stream.aclose()
 
     async def _graph_events(
-        self, call: Call, target: Target, ex: _Exchange
+        self, call: Call, target: Target, ex: _Exchange, run: dict[str, Any]
     ) -> AsyncGenerator[bytes, None]:
         model = target.model
-        runs = self.pipe.astream(
-            call.request.last_user_text, user=call.request.user, tenant=call.request.tenant
-        )
+        runs = self.pipe.astream(**run)
         streamed = False
         try:
             result: Result | None = None

@@ -15,13 +15,17 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowopt.errors import MissingDependencyError
 
-__all__ = ["SPEC_ENV", "app_from_env", "serve"]
+if TYPE_CHECKING:
+    from flowopt.spec import GatewaySpec, PipelineSpec
+
+__all__ = ["MAX_BODY_ENV", "SPEC_ENV", "app_from_env", "serve"]
 
 SPEC_ENV = "FLOWOPT_GATEWAY_SPEC"
+MAX_BODY_ENV = "FLOWOPT_GATEWAY_MAX_BODY_BYTES"  # --max-body-bytes, for the workers
 
 
 def _uvicorn() -> Any:
@@ -30,6 +34,22 @@ def _uvicorn() -> Any:
     except ImportError:
         raise MissingDependencyError("uvicorn", "gateway", "flowopt serve") from None
     return uvicorn
+
+
+def _settings(spec: PipelineSpec, max_body_bytes: int | None) -> GatewaySpec:
+    """The spec's gateway settings, with the command line's overrides."""
+    from flowopt.spec import GatewaySpec
+
+    settings = spec.gateway or GatewaySpec()
+    if max_body_bytes is None:
+        return settings
+    if max_body_bytes < 1:
+        from flowopt.errors import ConfigError
+
+        raise ConfigError(
+            f"max_body_bytes must be >= 1, got {max_body_bytes}", hint="a size in bytes"
+        )
+    return settings.model_copy(update={"max_body_bytes": max_body_bytes})
 
 
 def app_from_env() -> Any:
@@ -44,7 +64,9 @@ def app_from_env() -> Any:
         raise ConfigError(
             f"{SPEC_ENV} is not set", hint="start the gateway with `flowopt serve SPEC`"
         )
-    return create_app(load(path))
+    pipe = load(path)
+    limit = os.environ.get(MAX_BODY_ENV)
+    return create_app(pipe, _settings(pipe.spec, int(limit) if limit else None))
 
 
 def serve(
@@ -53,20 +75,24 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     workers: int = 1,
+    max_body_bytes: int | None = None,
     log_level: str = "warning",
     access_log: bool = False,
 ) -> None:
-    """Serve ``spec`` until interrupted. Host and port default to the spec's ``gateway:``
-    section (then 127.0.0.1:8000)."""
+    """Serve ``spec`` until interrupted. Host, port and the body limit default to the
+    spec's ``gateway:`` section (then 127.0.0.1:8000, 4 MiB)."""
     from flowopt.spec import load_spec
 
     uvicorn = _uvicorn()
     parsed = load_spec(spec)  # fail here, in the parent, on a bad spec
+    settings = _settings(parsed, max_body_bytes)
     gw = parsed.gateway
     host = host or (gw.host if gw else "127.0.0.1")
     port = port if port is not None else (gw.port if gw else 8000)
     if workers > 1:
         os.environ[SPEC_ENV] = str(Path(spec).resolve())
+        if max_body_bytes is not None:
+            os.environ[MAX_BODY_ENV] = str(max_body_bytes)
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flowopt-prom-")
         uvicorn.run(
@@ -83,7 +109,7 @@ def serve(
     from flowopt.pipeline import Pipeline
 
     uvicorn.run(
-        create_app(Pipeline(parsed)),
+        create_app(Pipeline(parsed), settings),
         host=host,
         port=port,
         log_level=log_level,
