@@ -31,7 +31,7 @@ from typing import Any
 
 import flowopt
 from flowopt.bench import faq_workload
-from flowopt.gateway.background import free_port
+from flowopt.gateway._background import free_port
 from flowopt.types import Params, Request
 
 

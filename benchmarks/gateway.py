@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 
 from flowopt.bench import HTTPTarget, Prompt, percentile
-from flowopt.gateway.background import free_port
+from flowopt.gateway._background import free_port
 
 PROMPT = Prompt(({"role": "user", "content": "Say hello."},))
 

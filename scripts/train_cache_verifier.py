@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from flowopt.cache._features import HAND_FEATURES, pair_matrix  # noqa: E402
 from flowopt.cache.embedder import MiniLMEmbedder  # noqa: E402
-from flowopt.cache.features import HAND_FEATURES, pair_matrix  # noqa: E402
 
 DEFAULT_PAIRS = ROOT.parent / "shared" / "data" / "qqp-pairs-dev.jsonl"
 

@@ -6,8 +6,9 @@ and conditional edges. The state is a ``TypedDict`` with the pipeline's input ke
 and ``_trail`` (the steps that ran, in order). The compiled graph is returned as is, so
 users keep checkpointers, ``stream_mode``s and ``get_graph()`` drawing.
 
-The nodes themselves do not know about HTTP or middleware: they call back into the
-pipeline (``call_llm`` / ``call_function``), which owns the middleware stacks.
+The nodes themselves do not know about HTTP or middleware: each calls back into the
+pipeline's step runner (the ``NodeFn`` given to :func:`build_graph`), which owns the
+middleware stack.
 """
 
 from __future__ import annotations

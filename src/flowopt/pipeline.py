@@ -1,13 +1,13 @@
-"""The Pipeline: a spec made runnable — backends, middleware stacks and a LangGraph graph.
+"""The Pipeline: a spec made runnable — backends, one middleware stack and a LangGraph graph.
 
 Built once and immutable: middleware and backends are resolved and instantiated when the
-pipeline is built (so a bad name fails at build time, not at the first request), the stacks
-are composed once, and the spec cannot change afterwards. The async methods are the core;
+pipeline is built (so a bad name fails at build time, not at the first request), the stack
+is composed once, and the spec cannot change afterwards. The async methods are the core;
 ``invoke``/``stream``/``batch`` are thin facades that run them on a background loop.
 
-Default middleware order is the list order, outermost first. The recommended order is
-``memory -> cache -> compression -> triage -> resilience`` (then the backend), which is what
-:data:`RECOMMENDED_ORDER` documents.
+Default middleware order is the list order, outermost first. The recommended order of the
+built-in layers is ``cache -> triage -> cascade -> resilience`` (then the backend), which
+is what :data:`RECOMMENDED_ORDER` lists (tests check every name in it is registered).
 
 **Inputs.** A run starts from text (``"question"``), a mapping with ``input``
 (``{"input": "question", ...}``), or a **chat**: a list of messages (OpenAI dicts,
@@ -69,7 +69,10 @@ from flowopt.types import Message, Params, Request, Response
 
 __all__ = ["RECOMMENDED_ORDER", "Input", "Pipeline", "answer_steps", "load"]
 
-RECOMMENDED_ORDER = ("memory", "cache", "compression", "triage", "resilience")
+RECOMMENDED_ORDER = ("cache", "triage", "cascade", "resilience")
+"""Built-in layers in the order they compose best, outermost first: the cache answers
+before any routing is paid for; triage picks a starting tier for the cascade; resilience
+sits right above the backend so retries do not re-run the layers above it."""
 
 #: What a run starts from: text, ``{"input": ...}``, a chat (a list of messages) or
 #: ``{"messages": [...]}``. See the module docstring.

@@ -42,6 +42,7 @@ __all__ = [
     "expand_env",
     "load_spec",
     "parse_spec",
+    "resolve_function",
 ]
 
 # 4 MiB: a 128k-token conversation is ~0.5 MB of text (~4 bytes a token), so this holds

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowopt.cache import onnx_export
+from flowopt.cache import _onnx_export as onnx_export
 from flowopt.cache.config import CacheConfig
 from flowopt.cache.embedder import MiniLMEmbedder, minilm_path
 from flowopt.cache.middleware import CacheMiddleware

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from click.testing import CliRunner
 
-from flowopt.cache.features import HAND_FEATURES, pair_vector, text_info
+from flowopt.cache._features import HAND_FEATURES, pair_vector, text_info
 from flowopt.cli.cache import command
 
 PAIRS = [

@@ -8,8 +8,8 @@ import pytest
 from tests.gateway.gateway_live import API_KEY, OTHER_KEY, LiveGateway, ShedUser, TenantProbe
 
 from flowopt import pipeline
+from flowopt.gateway._background import BackgroundServer
 from flowopt.gateway.app import create_app
-from flowopt.gateway.background import BackgroundServer
 from flowopt.spec import GatewaySpec
 
 

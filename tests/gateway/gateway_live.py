@@ -13,7 +13,7 @@ import threading
 from typing import ClassVar
 
 from flowopt.errors import Overloaded, RateLimited
-from flowopt.gateway.background import BackgroundServer
+from flowopt.gateway._background import BackgroundServer
 from flowopt.middleware.base import CallNext, MiddlewareBase
 from flowopt.types import Request, Response
 

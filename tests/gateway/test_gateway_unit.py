@@ -25,10 +25,10 @@ from flowopt.errors import (
     RateLimited,
     RejectedError,
 )
+from flowopt.gateway._wire import parse_call
 from flowopt.gateway.app import create_app
 from flowopt.gateway.auth import KeyRing
 from flowopt.gateway.errors import HTTPProblem, problem_from
-from flowopt.gateway.wire import parse_call
 from flowopt.spec import GatewaySpec, load_spec
 from flowopt.stream import Stream
 from flowopt.testing import FakeBackend, SpanCapture
@@ -298,7 +298,7 @@ async def test_disconnect_closes_the_backend_stream(stream: bool) -> None:
 @pytest.mark.parametrize("chat", [True, False])
 def test_text_chunks_match_the_full_encoders(chat: bool) -> None:
     """The per-token fast path's pre-built bytes are the full encoder's, byte for byte."""
-    from flowopt.gateway.wire import TextChunks, chat_chunk, completion_chunk, parse_call
+    from flowopt.gateway._wire import TextChunks, chat_chunk, completion_chunk, parse_call
 
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "prompt": "x"}
     call = parse_call(body, kind="chat" if chat else "completion", tenant=None, request_id="r1")

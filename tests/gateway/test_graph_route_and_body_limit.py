@@ -20,10 +20,10 @@ from click.testing import CliRunner
 
 from flowopt import pipeline
 from flowopt.errors import RejectedError
+from flowopt.gateway._wire import parse_call
 from flowopt.gateway.app import Gateway, create_app, read_body
 from flowopt.gateway.errors import HTTPProblem
 from flowopt.gateway.models import Target
-from flowopt.gateway.wire import parse_call
 from flowopt.pipeline import Pipeline
 from flowopt.spec import DEFAULT_MAX_BODY_BYTES, GatewaySpec, load_spec
 from flowopt.testing import FakeBackend
@@ -370,7 +370,7 @@ def _raw_exchange(port: int, head: bytes, body_parts: list[bytes]) -> tuple[byte
 
 
 def test_a_real_server_refuses_a_20_mb_body_from_its_headers() -> None:
-    from flowopt.gateway.background import BackgroundServer
+    from flowopt.gateway._background import BackgroundServer
 
     fb = FakeBackend()
     app = create_app(pipeline("unit", backend=fb, steps=[{"name": "a", "prompt": "{input}"}]))

@@ -12,8 +12,8 @@ from langchain_openai import ChatOpenAI
 from tests.gateway.gateway_live import LiveGateway, TcpRelay
 
 from flowopt import pipeline
+from flowopt.gateway._background import BackgroundServer
 from flowopt.gateway.app import create_app
-from flowopt.gateway.background import BackgroundServer
 
 pytestmark = pytest.mark.integration
 

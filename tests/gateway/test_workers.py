@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flowopt.gateway.background import free_port
+from flowopt.gateway._background import free_port
 
 pytestmark = pytest.mark.integration
 

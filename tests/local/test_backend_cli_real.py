@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flowopt.local import procs
+from flowopt.local import _procs as procs
 from flowopt.local.models import resolve_model
 from flowopt.local.server import find_free_port
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flowopt.local import procs
+from flowopt.local import _procs as procs
 from flowopt.local import server as srv
 from flowopt.local.errors import LocalServerError, PortInUseError, ServerStartError
 from flowopt.local.server import LocalServer, ServerConfig, ServerState, find_free_port

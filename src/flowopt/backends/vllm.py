@@ -23,6 +23,13 @@ from typing import Any
 
 import httpx
 
+from flowopt.backends._openai_wire import (
+    build_payload,
+    dumps_payload,
+    loads_event,
+    parse_chunk,
+    parse_completion,
+)
 from flowopt.backends.base import ModelInfo
 from flowopt.backends.http import (
     HTTPClient,
@@ -32,13 +39,6 @@ from flowopt.backends.http import (
     TransportTimeout,
     check_choice,
     make_client,
-)
-from flowopt.backends.openai_wire import (
-    build_payload,
-    dumps_payload,
-    loads_event,
-    parse_chunk,
-    parse_completion,
 )
 from flowopt.errors import (
     BackendError,

@@ -9,7 +9,7 @@ vectors (checked in the tests) at a fraction of the latency. The batch path
 Two runtimes compute the same vectors (cosine >= 0.9999, checked in the tests):
 
 * ``onnx``: onnxruntime over a one-time ONNX export of the weights (see
-  :mod:`flowopt.cache.onnx_export`), tokenised with the ``tokenizers`` library directly.
+  :mod:`flowopt.cache._onnx_export`), tokenised with the ``tokenizers`` library directly.
   A single question is never padded. Faster for one short question on small CPUs, and it
   does not import torch once the export exists.
 * ``torch``: transformers' model and tokenizer, eager forward under ``inference_mode``.
@@ -36,7 +36,7 @@ import numpy.typing as npt
 
 from flowopt.errors import ConfigError, MissingDependencyError
 
-__all__ = ["RUNTIMES", "Embedder", "EmbedderRuntime", "MiniLMEmbedder"]
+__all__ = ["RUNTIMES", "Embedder", "EmbedderRuntime", "MiniLMEmbedder", "minilm_path"]
 
 Vector = npt.NDArray[np.float32]
 EmbedderRuntime = Literal["auto", "onnx", "torch"]
@@ -127,7 +127,7 @@ class _OnnxRuntime:
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise MissingDependencyError("tokenizers", "cache", _PURPOSE + " on onnx") from exc
-        from flowopt.cache.onnx_export import INPUT_NAMES, OUTPUT_NAME, ensure_onnx
+        from flowopt.cache._onnx_export import INPUT_NAMES, OUTPUT_NAME, ensure_onnx
 
         tokenizer_file = Path(path) / "tokenizer.json"
         if not tokenizer_file.is_file():

@@ -33,7 +33,14 @@ from flowopt.cache.stores.base import Candidate, Entry, Store
 from flowopt.cache.verifier import Verifier
 from flowopt.types import Response, TokenLogprob, Usage
 
-__all__ = ["CacheEngine", "Checked", "Lookup", "choose"]
+__all__ = [
+    "CacheEngine",
+    "Checked",
+    "Lookup",
+    "choose",
+    "response_from_entry",
+    "response_record",
+]
 
 
 @dataclass(frozen=True, slots=True)

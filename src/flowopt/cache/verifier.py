@@ -3,7 +3,7 @@
 Why: cosine similarity alone cannot tell a paraphrase from a near-miss on the same topic
 (MiniLM with a bare threshold reaches only ~78% precision at 50% recall on QQP's hard
 negatives). The verifier scores a (query, cached question) pair with a small network over
-:func:`flowopt.cache.features.pair_vector` (hand features for question word, negation,
+:func:`flowopt.cache._features.pair_vector` (hand features for question word, negation,
 number, entity and content-word mismatches, plus the embeddings' ``|u-v|`` and ``u*v``)
 and returns the probability that the two ask the same thing. A hit is served only when
 that probability clears the threshold.
@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from flowopt.cache.features import pair_vector
+from flowopt.cache._features import pair_vector
 from flowopt.errors import ConfigError
 
 __all__ = ["LearnedVerifier", "Verdict", "Verifier", "default_weights_path"]

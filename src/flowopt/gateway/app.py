@@ -13,7 +13,7 @@ graph when the client names the graph model. The graph runs on the whole chat (s
 prompt, history, last user turn), with the call's sampling parameters over its answer
 steps' and the call's deadline as the run's timeout (:meth:`Gateway._graph_run`). The work
 is raced against the client's disconnect, so a client that leaves cancels the backend
-request (see :mod:`flowopt.gateway.disconnect`).
+request (see :mod:`flowopt.gateway._disconnect`).
 
 Why Starlette and not FastAPI: the routes are few and fixed, and the gateway's budget is
 about a millisecond per request; FastAPI's validation layer would spend it twice, since
@@ -41,13 +41,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from flowopt.errors import RejectedError
-from flowopt.gateway.auth import KeyRing
-from flowopt.gateway.disconnect import ClientLeft, EventStreamResponse, until_disconnect
-from flowopt.gateway.errors import HTTPProblem, error_kind, problem_from
-from flowopt.gateway.metrics import CONTENT_TYPE, GatewayMetrics
-from flowopt.gateway.models import ModelTable, Target
-from flowopt.gateway.tracing import TRACE_HEADER, end_span, server_span
-from flowopt.gateway.wire import (
+from flowopt.gateway._disconnect import ClientLeft, EventStreamResponse, until_disconnect
+from flowopt.gateway._wire import (
     DONE,
     Call,
     TextChunks,
@@ -61,12 +56,17 @@ from flowopt.gateway.wire import (
     parse_call,
     usage_chunk,
 )
+from flowopt.gateway.auth import KeyRing
+from flowopt.gateway.errors import HTTPProblem, error_kind, problem_from
+from flowopt.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from flowopt.gateway.models import ModelTable, Target
+from flowopt.gateway.tracing import TRACE_HEADER, end_span, server_span
 from flowopt.pipeline import Pipeline
 from flowopt.result import Result, TokenEvent
 from flowopt.spec import GatewaySpec
 from flowopt.types import Response, Usage
 
-__all__ = ["Gateway", "create_app", "read_body"]
+__all__ = ["Gateway", "GatewayApp", "create_app", "read_body"]
 
 _log = logging.getLogger("flowopt.gateway")
 _JSON = "application/json"

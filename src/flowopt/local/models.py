@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flowopt.filelock import exclusive_lock
+from flowopt._filelock import exclusive_lock
 from flowopt.local.errors import ModelConversionError, ModelNotFoundError, missing_dependency
 
 __all__ = [

@@ -37,15 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowopt.local.errors import (
-    LocalServerError,
-    PortInUseError,
-    ServerNotRunning,
-    ServerStartError,
-    missing_dependency,
-)
-from flowopt.local.models import MODELS, flowopt_home, resolve_model
-from flowopt.local.procs import (
+from flowopt.local._procs import (
     cmdline,
     find_free_port,
     group_alive,
@@ -54,6 +46,14 @@ from flowopt.local.procs import (
     probe,
     proc_start_ticks,
 )
+from flowopt.local.errors import (
+    LocalServerError,
+    PortInUseError,
+    ServerNotRunning,
+    ServerStartError,
+    missing_dependency,
+)
+from flowopt.local.models import MODELS, flowopt_home, resolve_model
 
 __all__ = [
     "DEFAULT_PORT",

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from flowopt.errors import ConfigError
 
-__all__ = ["Example", "curve", "load_examples", "split", "summarize"]
+__all__ = ["Example", "curve", "in_holdout", "load_examples", "split", "summarize"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowopt.errors import ConfigError
-from flowopt.types import Response, Usage
+from flowopt.types import Usage
 
 __all__ = ["Price", "Tier", "parse_tiers"]
 
@@ -115,12 +115,3 @@ def parse_tiers(value: Any) -> list[Tier]:
             )
         )
     return tiers
-
-
-def costed(response: Response, cost: float) -> Response:
-    return response.replace(cost=round(cost, 10))
-
-
-def strongest_estimate(strongest: Tier, final: Response) -> float:
-    """What the strongest tier would have cost for this answer's token counts."""
-    return strongest.price.cost(final.usage, final.latency_ms)

@@ -23,7 +23,7 @@ from flowopt.routing.pricing import Tier, parse_tiers
 from flowopt.stream import when_final
 from flowopt.types import Request, Response
 
-__all__ = ["Triage", "make_classifier"]
+__all__ = ["Triage", "make_classifier", "tier_for"]
 
 
 def make_classifier(value: Any) -> Classifier:

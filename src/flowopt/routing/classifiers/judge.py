@@ -21,7 +21,7 @@ from flowopt.middleware.base import CallNext
 from flowopt.routing.classifiers.base import Verdict
 from flowopt.types import Message, Params, Request
 
-__all__ = ["JudgeClassifier"]
+__all__ = ["JudgeClassifier", "choice_request"]
 
 _SYSTEM = (
     "You grade how hard a request is for a small language model. Answer 'easy' if a small "

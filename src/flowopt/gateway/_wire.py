@@ -1,6 +1,6 @@
 """OpenAI request bodies in, OpenAI response bodies and SSE events out.
 
-The inverse of :mod:`flowopt.backends.openai_wire`: that module speaks OpenAI *to* a model
+The inverse of :mod:`flowopt.backends._openai_wire`: that module speaks OpenAI *to* a model
 server, this one speaks it *to* clients. Unknown top-level fields are passed through to the
 model server in ``Params.extra`` (vLLM's ``top_k``, ``ignore_eos``, ``structured_outputs``,
 ``min_tokens``...) so the gateway is transparent for everything flowopt does not interpret,

@@ -34,8 +34,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from flowopt._filelock import exclusive_lock
 from flowopt.errors import MissingDependencyError
-from flowopt.filelock import exclusive_lock
 
 __all__ = [
     "EXPORT_RECIPE",
