@@ -46,8 +46,8 @@ from flowopt.cache.stores import open_store
 from flowopt.cache.stores.base import Store
 from flowopt.cache.verifier import LearnedVerifier, Verifier
 from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
-from flowopt.stream import replay
-from flowopt.types import Chunk, Decision, Request, Response
+from flowopt.stream import replay, when_final
+from flowopt.types import Decision, Request, Response
 
 __all__ = ["CacheMiddleware", "split_for_replay"]
 
@@ -271,15 +271,13 @@ class CacheMiddleware(MiddlewareBase):
                 span.set_attribute(_ATTR + "skip_reason", SkipReason.ERROR)
             raise
 
-        stream = response.stream
-        if stream is None or stream.done:
-            final = await self._store_answer(request, key, response, found, None, detail)
-            return response.with_decision(final)
-
-        chunks: list[str] = []
-
-        def _chunk(chunk: Chunk) -> None:
-            chunks.append(chunk.text)
+        chunks: list[str] | None = None  # a stream's chunk shape, replayed on a later hit
+        if response.is_streaming:
+            assert response.stream is not None
+            chunks = []
+            response.stream.on_chunk(lambda chunk: chunks.append(chunk.text))  # type: ignore[union-attr]
+            # what the caller sees until the stream ends; replaced by the stored/skipped one
+            response = response.with_decision(self.decision("miss", **detail))
 
         async def _complete(done: Response) -> Response:
             decision = await self._store_answer(request, key, done, found, chunks, detail)
@@ -290,10 +288,7 @@ class CacheMiddleware(MiddlewareBase):
                 span.set_attribute(_ATTR + "skip_reason", SkipReason.STREAM_ABORTED)
                 span.set_attribute(_ATTR + "stored", False)
 
-        stream.on_chunk(_chunk)
-        stream.on_complete(_complete)
-        stream.on_error(_error)
-        return response.with_decision(self.decision("miss", **detail))
+        return await when_final(response, _complete, _error)
 
     async def _store_answer(
         self,
