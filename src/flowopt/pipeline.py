@@ -39,7 +39,7 @@ from flowopt.middleware.base import (
 from flowopt.result import Hop, Result, StepEvent, TokenEvent
 from flowopt.routing.steer import steered_backend
 from flowopt.spec import PipelineSpec, StepSpec, load_spec
-from flowopt.tracing import configure_from_spec, get_tracer, record_error
+from flowopt.tracing import PipelineTracing, record_error
 from flowopt.types import Message, Params, Request, Response
 
 __all__ = ["RECOMMENDED_ORDER", "Pipeline", "load"]
@@ -92,12 +92,15 @@ class Pipeline:
                 )
             name = str(getattr(obj, "name", None) or use.name)
             self._middleware.append((name, obj))
-        traced = spec.tracing.middleware_spans
+        # This pipeline's tracer and capture setting; building changes no global state.
+        self._tracing = PipelineTracing.from_spec(spec.tracing)
         # Each stack ends in a steering terminal, so a layer (triage, fallback) can send a
         # request to another named backend through the layers below it (routing/steer.py).
         self._handlers: dict[str, Handler] = {
             bname: build_stack(
-                self._middleware, steered_backend(self._backends, default=bname), traced=traced
+                self._middleware,
+                steered_backend(self._backends, default=bname, tracing=self._tracing),
+                tracing=self._tracing,
             )
             for bname in self._backends
         }
@@ -117,11 +120,10 @@ class Pipeline:
                 self._templates[step.name] = step.template_id(spec.name)
             else:
                 step.callable()  # import now: a bad reference fails at build time
-        configure_from_spec(spec.tracing)
         self.graph = build_graph(spec, self._run_step, checkpointer=checkpointer)
         self._started = False
         self._start_lock: asyncio.Lock | None = None
-        self._tracer = get_tracer()
+        self._tracer = self._tracing.tracer
 
     # -- construction helpers ------------------------------------------------------------
     @staticmethod
@@ -159,6 +161,11 @@ class Pipeline:
     def middleware(self) -> list[tuple[str, Middleware]]:
         return list(self._middleware)
 
+    @property
+    def tracing(self) -> PipelineTracing:
+        """This pipeline's tracing settings (tracer, content capture, middleware spans)."""
+        return self._tracing
+
     def handler(self, backend: str = "default") -> Handler:
         """The composed middleware stack over one backend (for direct single calls)."""
         return self._handlers[backend]
@@ -180,6 +187,7 @@ class Pipeline:
                 # the stacks end in a steering terminal (routing/steer.py): layers may route
                 # by metadata and rely on endpoint avoidance being enforced below them.
                 extras={"flowopt.steered": True},
+                tracing=self._tracing,
             )
             for _, mw in self._middleware:
                 setup = getattr(mw, "setup", None)
@@ -194,6 +202,9 @@ class Pipeline:
                 await close()
         for b in self._backends.values():
             await b.aclose()
+        if self._tracing.provider is not None:
+            # the spec's own exporter: send what it holds now (it is shut down at exit)
+            await asyncio.to_thread(self._tracing.force_flush)
         self._started = False
 
     def close(self) -> None:

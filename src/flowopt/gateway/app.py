@@ -153,6 +153,8 @@ class Gateway:
         self.models = ModelTable(pipe.backends, graph)
         self.metrics = GatewayMetrics()
         self._sinks = _sink_steps(pipe.spec)
+        # the pipeline's tracer: the SERVER span and the pipeline's spans share a provider
+        self._tracer = pipe.tracing.tracer
 
     # -- lifecycle ------------------------------------------------------------------------
     @asynccontextmanager
@@ -188,7 +190,7 @@ class Gateway:
 
     async def _generate(self, request: HTTPRequest, kind: str) -> Any:
         route = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
-        span, trace_id = server_span(f"POST {route}", request.headers, route)
+        span, trace_id = server_span(f"POST {route}", request.headers, route, self._tracer)
         rid = uuid.uuid4().hex[:16]
         ex = _Exchange(self, route, span, trace_id, rid)
         try:

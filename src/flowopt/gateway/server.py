@@ -36,6 +36,7 @@ def app_from_env() -> Any:
     """uvicorn factory: build the app from the spec named by ``$FLOWOPT_GATEWAY_SPEC``."""
     from flowopt.gateway.app import create_app
     from flowopt.pipeline import load
+    from flowopt.tracing import configure_from_env
 
     path = os.environ.get(SPEC_ENV)
     if not path:
@@ -44,6 +45,7 @@ def app_from_env() -> Any:
         raise ConfigError(
             f"{SPEC_ENV} is not set", hint="start the gateway with `flowopt serve SPEC`"
         )
+    configure_from_env()  # each worker process installs its own exporter
     return create_app(load(path))
 
 
@@ -81,7 +83,9 @@ def serve(
         return
     from flowopt.gateway.app import create_app
     from flowopt.pipeline import Pipeline
+    from flowopt.tracing import configure_from_env
 
+    configure_from_env()
     uvicorn.run(
         create_app(Pipeline(parsed)),
         host=host,

@@ -88,7 +88,9 @@ class Cascade(MiddlewareBase):
                 hint=f"it has {sorted(ctx.backends)}",
             )
         if self.verifier_name:
-            self._verify = traced_backend(ctx.backends[self.verifier_name], name=self.verifier_name)
+            self._verify = traced_backend(
+                ctx.backends[self.verifier_name], name=self.verifier_name, tracing=ctx.tracing
+            )
 
     def _tier(self, name: str) -> Tier:
         for t in self.tiers:

@@ -22,6 +22,7 @@ from typing import Any
 from flowopt.backends.base import Backend
 from flowopt.errors import BackendUnavailable, ConfigError
 from flowopt.middleware.base import Handler, traced_backend
+from flowopt.tracing import PipelineTracing
 from flowopt.types import Request
 
 __all__ = [
@@ -81,11 +82,13 @@ def with_avoid(request: Request, extra: Mapping[str, float]) -> Request:
     return request.replace(metadata={**request.metadata, AVOID_KEY: merged})
 
 
-def steered_backend(backends: Mapping[str, Backend], *, default: str) -> Handler:
+def steered_backend(
+    backends: Mapping[str, Backend], *, default: str, tracing: PipelineTracing | None = None
+) -> Handler:
     """A terminal over several named backends: calls ``backends[route]`` (or ``default``)
-    inside its traced ``chat {model}`` span, and refuses at once when all of that backend's
-    endpoints are avoided."""
-    handlers = {name: traced_backend(b, name=name) for name, b in backends.items()}
+    inside its traced ``chat {model}`` span (``tracing``: the pipeline's), and refuses at
+    once when all of that backend's endpoints are avoided."""
+    handlers = {name: traced_backend(b, name=name, tracing=tracing) for name, b in backends.items()}
     endpoints = {name: backend_endpoints(b) for name, b in backends.items()}
 
     async def steer(request: Request) -> Any:

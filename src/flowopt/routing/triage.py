@@ -11,6 +11,7 @@ onto the span; ``Response.cost`` is filled.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -107,7 +108,10 @@ class Triage(MiddlewareBase):
             )
         bind = getattr(self.classifier, "bind", None)
         if bind is not None:
-            bind(ctx.backends)
+            if "tracing" in inspect.signature(bind).parameters:
+                bind(ctx.backends, tracing=ctx.tracing)  # its calls join the pipeline's trace
+            else:
+                bind(ctx.backends)
 
     async def __call__(self, request: Request, call_next: CallNext) -> Response:
         if self.respect_route and route_of(request) is not None:

@@ -39,7 +39,7 @@ class JudgeClassifier:
         self.on_error_score = on_error_score
         self._call: Any = None
 
-    def bind(self, backends: Any) -> None:
+    def bind(self, backends: Any, *, tracing: Any = None) -> None:
         from flowopt.errors import ConfigError
 
         if self.backend_name not in backends:
@@ -47,7 +47,9 @@ class JudgeClassifier:
                 f"judge backend {self.backend_name!r} is not a pipeline backend",
                 hint=f"use one of {sorted(backends)}",
             )
-        self._call = traced_backend(backends[self.backend_name], name=self.backend_name)
+        self._call = traced_backend(
+            backends[self.backend_name], name=self.backend_name, tracing=tracing
+        )
 
     def build(self, request: Request) -> Request:
         text = request.last_user_text[: self.max_chars]
