@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from tests.otlp_receiver import otlp_receiver
 
 from flowopt import pipeline
@@ -173,4 +173,34 @@ def test_default_tracing_reads_the_process_default(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv(CAPTURE_ENV)
     d = PipelineTracing.default()
     assert not d.capture_content and d.middleware_spans and d.provider is None
-    assert isinstance(trace.get_tracer_provider(), TracerProvider | trace.ProxyTracerProvider)
+
+
+def test_flowopt_run_exports_the_specs_spans_before_it_exits(tmp_path: Path) -> None:
+    """`flowopt run` with `tracing: {exporter: otlp}` and the standard OTEL_* variables, as
+    the Phoenix integration test does, here against an in-process receiver."""
+    spec = tmp_path / "run.yaml"
+    spec.write_text(
+        "name: cli\nbackend: fake\nmiddleware: [noop]\n"
+        "steps: [{name: a, prompt: '{input}'}, {name: b, prompt: 'again {a}'}]\n"
+        "tracing: {exporter: otlp}\n"
+    )
+    with otlp_receiver() as rx:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env.update(OTEL_EXPORTER_OTLP_ENDPOINT=rx.url, OTEL_SERVICE_NAME="cli-test")
+        cmd = ["run", str(spec), "--json", "--stream", "--input", "hello"]
+        out = subprocess.run(
+            [sys.executable, "-m", "flowopt.cli", *cmd],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        trace_id = json.loads(out.stdout)["trace_id"]
+        got = rx.of_trace(trace_id)
+    assert sorted(s["name"] for s in got) == sorted(
+        ["pipeline cli", "step a", "step b"] + ["middleware noop", "chat fake-model"] * 2
+    ), rx.dump()
+    assert {s["service"] for s in got} == {"cli-test"}
+    assert not any("gen_ai.input.messages" in s["attributes"] for s in got)
