@@ -110,6 +110,19 @@ def test_a_fresh_process_gets_no_global_provider_from_a_pipeline() -> None:
         assert r_plain.trace_id is None  # the global provider is still the no-op one
         own.close()
         print("TRACE", r_own.trace_id)
+
+        # the application installs its provider later: pipelines built before use it
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+        from flowopt import configure_tracing
+
+        memory = InMemorySpanExporter()
+        configure_tracing(exporter=None, span_processor=SimpleSpanProcessor(memory))
+        assert plain.invoke("again").trace_id is not None
+        names = sorted(s.name for s in memory.get_finished_spans())
+        assert names == ["chat fake-model", "pipeline plain", "step a"], names
         """
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
