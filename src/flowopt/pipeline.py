@@ -64,7 +64,7 @@ from flowopt.middleware.base import (
 from flowopt.middleware.steer import steered_backend
 from flowopt.result import Hop, Result, StepEvent, TokenEvent
 from flowopt.spec import PipelineSpec, StepSpec, load_spec
-from flowopt.tracing import configure_from_spec, get_tracer, record_error
+from flowopt.tracing import PipelineTracing, record_error
 from flowopt.types import Message, Params, Request, Response
 
 __all__ = ["RECOMMENDED_ORDER", "Input", "Pipeline", "answer_steps", "load"]
@@ -126,12 +126,15 @@ class Pipeline:
                 )
             name = str(getattr(obj, "name", None) or use.name)
             self._middleware.append((name, obj))
-        traced = spec.tracing.middleware_spans
+        # This pipeline's tracer and capture setting; building changes no global state.
+        self._tracing = PipelineTracing.from_spec(spec.tracing)
         # One stack, ending in the steering terminal: where a request goes is decided by its
         # typed route (a pinned step, or a layer such as triage choosing), never by which
         # stack it entered (middleware/steer.py).
         self._handler: CallNext = build_stack(
-            self._middleware, steered_backend(self._backends, default="default"), traced=traced
+            self._middleware,
+            steered_backend(self._backends, default="default", tracing=self._tracing),
+            tracing=self._tracing,
         )
         self._params: dict[str, Params] = {}
         self._templates: dict[str, str] = {}
@@ -149,11 +152,10 @@ class Pipeline:
                 self._templates[step.name] = step.template_id(spec.name)
             else:
                 step.callable()  # import now: a bad reference fails at build time
-        configure_from_spec(spec.tracing)
         self.graph = build_graph(spec, self._run_step, checkpointer=checkpointer)
         self._started = False
         self._start_lock: asyncio.Lock | None = None
-        self._tracer = get_tracer()
+        self._tracer = self._tracing.tracer
 
     # -- construction helpers ------------------------------------------------------------
     @staticmethod
@@ -201,6 +203,11 @@ class Pipeline:
         backend its ``route`` names, the default one when it names none."""
         return self._handler
 
+    @property
+    def tracing(self) -> PipelineTracing:
+        """This pipeline's tracing settings (tracer, content capture, middleware spans)."""
+        return self._tracing
+
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """Run every middleware's ``setup(ctx)`` once (done lazily by the first call)."""
@@ -216,6 +223,7 @@ class Pipeline:
                 backend=self._backends["default"],
                 backends=self.backends,
                 steered=True,  # the stack ends in the steering terminal (middleware/steer.py)
+                tracing=self._tracing,
             )
             for _, mw in self._middleware:
                 setup = getattr(mw, "setup", None)
@@ -230,6 +238,9 @@ class Pipeline:
                 await close()
         for b in self._backends.values():
             await b.aclose()
+        if self._tracing.provider is not None:
+            # the spec's own exporter: send what it holds now (it is shut down at exit)
+            await asyncio.to_thread(self._tracing.force_flush)
         self._started = False
 
     def close(self) -> None:

@@ -225,13 +225,23 @@ class RouteSpec(_Frozen):
 
 
 class TracingSpec(_Frozen):
-    """Where spans go. ``exporter: none`` leaves tracing to the application."""
+    """This pipeline's tracing (it changes no other pipeline). ``exporter: none`` (the
+    default) sends spans to the application's global provider; ``otlp``/``console`` give
+    the pipeline a provider of its own with that exporter."""
 
-    exporter: Literal["otlp", "console", "none"] = "none"
+    exporter: Literal["otlp", "console", "none"] = Field(
+        "none",
+        description="none: the application's (global) provider; otlp/console: a provider "
+        "of this pipeline's own exporting there.",
+    )
     endpoint: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     service_name: str | None = None
-    capture_content: bool = False
+    capture_content: bool | None = Field(
+        None,
+        description="Record prompts/completions on this pipeline's spans. Unset: the "
+        "process default (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT), else off.",
+    )
     middleware_spans: bool = Field(True, description="One span per middleware hop.")
 
 

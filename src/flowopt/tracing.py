@@ -12,16 +12,33 @@ Why our own constants: the GenAI attribute names live only in an *incubating* mo
 ``opentelemetry-semantic-conventions``, which may rename them in any release. Pinning the
 strings here keeps traces stable for the backends that read them (Jaeger, Langfuse, Phoenix).
 
-Content (prompts and completions) is recorded only when capture is switched on, via
-:func:`configure_tracing` or ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
+Tracing settings belong to the pipeline, not the process. Each pipeline holds a
+:class:`PipelineTracing` (its tracer, whether it records content, whether middleware get
+spans), made from its spec's ``tracing:`` block when it is built. Building a pipeline never
+changes process-wide state:
+
+- Exporters are the application's business: :func:`configure_tracing` (or the CLI and the
+  gateway, through :func:`configure_from_env`) installs the global provider, which every
+  pipeline whose spec names no exporter uses (a no-op until one is installed). A spec that
+  names one (``tracing: {exporter: otlp}``) gets its *own* provider instead, shared by the
+  pipelines of this process that ask for the same exporter, endpoint, headers and service
+  name, flushed when such a pipeline closes and shut down at exit.
+- Content (prompts and completions) is recorded on a pipeline's spans only when *that*
+  pipeline's spec says ``capture_content: true``; when the spec does not say, the process
+  default decides: ``configure_tracing(capture_content=...)`` if the application called
+  it, else ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``, else off. The
+  default is read when the pipeline is built.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
@@ -29,9 +46,15 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from flowopt.types import Decision, Request, Response
 
+if TYPE_CHECKING:
+    from flowopt.spec import TracingSpec
+
 __all__ = [
+    "CAPTURE_ENV",
     "GenAI",
-    "configure_from_spec",
+    "PipelineTracing",
+    "client_kind",
+    "configure_from_env",
     "configure_tracing",
     "content_capture_enabled",
     "get_tracer",
@@ -69,7 +92,11 @@ class GenAI:
 
 
 _TRACER_NAME = "flowopt"
-_capture_override: bool | None = None
+CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+# Set only by the application, through configure_tracing(capture_content=...); a pipeline
+# never writes it. It is a default, read when a pipeline is built: a spec's own
+# capture_content wins.
+_app_capture_default: bool | None = None
 
 
 def get_tracer() -> Tracer:
@@ -78,10 +105,110 @@ def get_tracer() -> Tracer:
 
 
 def content_capture_enabled() -> bool:
-    if _capture_override is not None:
-        return _capture_override
-    env = os.environ.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "")
+    """The process default for content capture, used by pipelines whose spec does not say:
+    ``configure_tracing(capture_content=...)`` if the application called it, else
+    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``, else off."""
+    if _app_capture_default is not None:
+        return _app_capture_default
+    env = os.environ.get(CAPTURE_ENV, "")
     return env.strip().lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineTracing:
+    """One pipeline's tracing settings, fixed when it is built.
+
+    ``tracer`` makes every span of the pipeline (pipeline, step, middleware, backend; the
+    gateway's SERVER span too, so they form one tree). ``capture_content`` says whether
+    backend spans carry ``gen_ai.input.messages`` / ``gen_ai.output.messages``.
+    ``middleware_spans``: one span per middleware hop. ``provider`` is the pipeline's own
+    SDK provider when its spec named an exporter, else None (the global provider).
+    """
+
+    tracer: Tracer
+    capture_content: bool = False
+    middleware_spans: bool = True
+    provider: Any = None
+
+    @classmethod
+    def default(cls) -> PipelineTracing:
+        """The global provider's tracer and the process default for capture: what a stack
+        built without a pipeline (tests, benchmarks, a middleware's own calls) uses."""
+        return cls(get_tracer(), content_capture_enabled())
+
+    @classmethod
+    def from_spec(cls, spec: TracingSpec) -> PipelineTracing:
+        """The settings of a spec's ``tracing:`` block. ``exporter: none`` (the default)
+        uses the global provider; ``otlp``/``console`` a provider of the pipeline's own."""
+        capture = (
+            content_capture_enabled() if spec.capture_content is None else spec.capture_content
+        )
+        if spec.exporter == "none":
+            return cls(get_tracer(), capture, spec.middleware_spans)
+        provider = _spec_provider(
+            spec.exporter, spec.endpoint, spec.headers or {}, spec.service_name
+        )
+        return cls(provider.get_tracer(_TRACER_NAME), capture, spec.middleware_spans, provider)
+
+    def force_flush(self, timeout_millis: int = 10_000) -> bool:
+        """Export what the pipeline's own provider still holds (no-op on the global one,
+        which belongs to the application)."""
+        if self.provider is None:
+            return True
+        return bool(self.provider.force_flush(timeout_millis))
+
+
+def _processor(exporter: str, endpoint: str | None, headers: Mapping[str, str] | None) -> Any:
+    """A span processor for one exporter: OTLP/HTTP behind a batch processor, console
+    behind a simple one."""
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SimpleSpanProcessor,
+    )
+
+    if exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        kwargs: dict[str, Any] = {}
+        if endpoint:
+            kwargs["endpoint"] = endpoint
+        if headers:
+            kwargs["headers"] = dict(headers)
+        return BatchSpanProcessor(OTLPSpanExporter(**kwargs))
+    if exporter == "console":
+        return SimpleSpanProcessor(ConsoleSpanExporter())
+    raise ValueError(f"unknown tracing exporter {exporter!r} (use 'otlp' or 'console')")
+
+
+def _new_provider(service_name: str | None) -> Any:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    name = service_name or os.environ.get("OTEL_SERVICE_NAME", "flowopt")
+    # shutdown_on_exit (the default) registers an atexit hook that flushes and stops it.
+    return TracerProvider(resource=Resource.create({"service.name": name}))
+
+
+_SpecKey = tuple[str, str | None, tuple[tuple[str, str], ...], str | None]
+_spec_providers: dict[_SpecKey, Any] = {}
+_spec_providers_lock = threading.Lock()
+
+
+def _spec_provider(
+    exporter: str, endpoint: str | None, headers: Mapping[str, str], service_name: str | None
+) -> Any:
+    """The provider for one spec exporter, made once per process and shared by every
+    pipeline asking for the same (exporter, endpoint, headers, service name), so building
+    many pipelines from one spec does not stack exporters. Never the global provider."""
+    key: _SpecKey = (exporter, endpoint, tuple(sorted(headers.items())), service_name)
+    with _spec_providers_lock:
+        provider = _spec_providers.get(key)
+        if provider is None:
+            provider = _new_provider(service_name)
+            provider.add_span_processor(_processor(exporter, endpoint, headers))
+            _spec_providers[key] = provider
+        return provider
 
 
 def configure_tracing(
@@ -93,69 +220,55 @@ def configure_tracing(
     capture_content: bool | None = None,
     span_processor: Any = None,
 ) -> Any:
-    """Install a global TracerProvider that exports flowopt's spans.
+    """Install a global TracerProvider that exports flowopt's spans (an application-level
+    call: pipelines never make it).
 
     ``exporter`` is ``"otlp"`` (OTLP/HTTP; the endpoint and headers default to the standard
     ``OTEL_EXPORTER_OTLP_*`` variables), ``"console"``, or ``None`` (no exporter; pass your
     own ``span_processor``). Returns the provider so callers can ``force_flush()`` it.
     If the application already installed an SDK provider, it is reused and only the
-    processor is added.
+    processor is added. ``capture_content`` sets the process default for content capture
+    (over the environment variable) for pipelines built afterwards whose spec does not say.
     """
-    global _capture_override
-    from opentelemetry.sdk.resources import Resource
+    global _app_capture_default
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import (
-        BatchSpanProcessor,
-        ConsoleSpanExporter,
-        SimpleSpanProcessor,
-    )
 
     if capture_content is not None:
-        _capture_override = capture_content
+        _app_capture_default = capture_content
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         provider = current
     else:
-        name = service_name or os.environ.get("OTEL_SERVICE_NAME", "flowopt")
-        provider = TracerProvider(resource=Resource.create({"service.name": name}))
+        provider = _new_provider(service_name)
         trace.set_tracer_provider(provider)
     if span_processor is not None:
         provider.add_span_processor(span_processor)
-    if exporter == "otlp":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        kwargs: dict[str, Any] = {}
-        if endpoint:
-            kwargs["endpoint"] = endpoint
-        if headers:
-            kwargs["headers"] = dict(headers)
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(**kwargs)))
-    elif exporter == "console":
-        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+    if exporter is not None:
+        provider.add_span_processor(_processor(exporter, endpoint, headers))
     return provider
 
 
-_configured_exporters: set[tuple[str, str | None]] = set()
+def configure_from_env() -> Any:
+    """What ``flowopt run|serve|demo`` do at start: install the global exporter named by
+    the standard ``OTEL_TRACES_EXPORTER`` (``otlp`` or ``console``; unset or ``none``:
+    nothing), unless the application (or ``opentelemetry-instrument``) already installed an
+    SDK provider. Returns the provider installed, or None."""
+    from opentelemetry.sdk.trace import TracerProvider
 
-
-def configure_from_spec(spec: Any) -> None:
-    """Apply a spec's ``tracing:`` block once per (exporter, endpoint) per process, so
-    building many pipelines from one spec does not stack exporters."""
-    if spec.exporter == "none":
-        if spec.capture_content:
-            configure_tracing(exporter=None, capture_content=True)
-        return
-    key = (spec.exporter, spec.endpoint)
-    if key in _configured_exporters:
-        return
-    _configured_exporters.add(key)
-    configure_tracing(
-        exporter=spec.exporter,
-        endpoint=spec.endpoint,
-        headers=spec.headers or None,
-        service_name=spec.service_name,
-        capture_content=spec.capture_content,
-    )
+    names = [n.strip().lower() for n in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",")]
+    known = [n for n in names if n in ("otlp", "console")]
+    unknown = [n for n in names if n and n not in ("otlp", "console", "none")]
+    if unknown:
+        logging.getLogger("flowopt.tracing").warning(
+            "OTEL_TRACES_EXPORTER: flowopt installs only 'otlp' and 'console', not %s",
+            unknown,
+        )
+    if not known or isinstance(trace.get_tracer_provider(), TracerProvider):
+        return None
+    provider = configure_tracing(exporter=known[0])
+    for name in known[1:]:
+        provider.add_span_processor(_processor(name, None, None))
+    return provider
 
 
 def record_request(
@@ -165,8 +278,10 @@ def record_request(
     provider: str,
     endpoint: str | None,
     model: str | None = None,
+    capture_content: bool = False,
 ) -> None:
-    """Set the GenAI request attributes on a backend span."""
+    """Set the GenAI request attributes on a backend span; the messages too when
+    ``capture_content`` (the pipeline's setting: see :class:`PipelineTracing`)."""
     if not span.is_recording():
         return
     p = request.params
@@ -192,7 +307,7 @@ def record_request(
         attrs["flowopt.tenant"] = request.tenant
     if endpoint:
         attrs.update(_server_attrs(endpoint))
-    if content_capture_enabled():
+    if capture_content:
         if request.prompt is not None:
             msgs = [{"role": "user", "parts": [{"type": "text", "content": request.prompt}]}]
         else:
@@ -204,8 +319,9 @@ def record_request(
     span.set_attributes(attrs)
 
 
-def record_response(span: Span, response: Response) -> None:
-    """Set the GenAI response attributes (model, finish reason, usage, ttft)."""
+def record_response(span: Span, response: Response, *, capture_content: bool = False) -> None:
+    """Set the GenAI response attributes (model, finish reason, usage, ttft); the answer
+    too when ``capture_content``."""
     if not span.is_recording():
         return
     attrs: dict[str, Any] = {
@@ -228,7 +344,7 @@ def record_response(span: Span, response: Response) -> None:
     rid = response.metadata.get("response_id")
     if rid:
         attrs[GenAI.RESPONSE_ID] = str(rid)
-    if content_capture_enabled():
+    if capture_content:
         attrs[GenAI.OUTPUT_MESSAGES] = json.dumps(
             [
                 {

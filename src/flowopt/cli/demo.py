@@ -19,6 +19,7 @@ from flowopt.local.server import DEFAULT_PORT, LocalServer, ServerConfig, probe
 from flowopt.pipeline import load
 from flowopt.result import Result, TokenEvent
 from flowopt.testing.spans import SpanCapture
+from flowopt.tracing import configure_from_env
 
 __all__ = ["DEMO_QUESTIONS", "demo"]
 
@@ -105,7 +106,8 @@ def demo(base_url: str | None, port: int) -> None:
     """Run the bundled support pipeline against a local vLLM server and show what happened."""
     url = _ensure_server(base_url, port)
     os.environ["FLOWOPT_BASE_URL"] = url
-    capture = SpanCapture()
+    configure_from_env()  # also export when OTEL_TRACES_EXPORTER says so
+    capture = SpanCapture()  # the global provider; the demo spec names no exporter
     spec = resources.files("flowopt").joinpath("specs/demo.yaml")
     with resources.as_file(spec) as path:
         asyncio.run(_run_all(str(path), capture))

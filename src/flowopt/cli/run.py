@@ -12,6 +12,7 @@ from flowopt.cli.render import echo_summary
 from flowopt.pipeline import Pipeline, load
 from flowopt.result import Result, TokenEvent
 from flowopt.spec import PipelineSpec, load_spec
+from flowopt.tracing import configure_from_env
 
 __all__ = ["run", "schema", "validate"]
 
@@ -75,7 +76,11 @@ def run(
     timeout: float | None,
     as_json: bool,
 ) -> None:
-    """Run SPEC once on --input and print the answer (or --json)."""
+    """Run SPEC once on --input and print the answer (or --json).
+
+    Spans go to the spec's exporter (``tracing: {exporter: ...}``), else to the one named
+    by ``OTEL_TRACES_EXPORTER`` (``otlp``/``console``), else nowhere."""
+    configure_from_env()
     pipe = load(spec)
     result = asyncio.run(_run(pipe, text, user, tenant, stream, not as_json, timeout))
     if as_json:

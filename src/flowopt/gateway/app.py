@@ -196,6 +196,8 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self._sinks = pipe.answer_steps  # the LLM steps whose tokens are the graph's answer
         self._max_body = settings.max_body_bytes
+        # the pipeline's tracer: the SERVER span and the pipeline's spans share a provider
+        self._tracer = pipe.tracing.tracer
 
     # -- lifecycle ------------------------------------------------------------------------
     @asynccontextmanager
@@ -231,7 +233,7 @@ class Gateway:
 
     async def _generate(self, request: HTTPRequest, kind: str) -> Any:
         route = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
-        span, trace_id = server_span(f"POST {route}", request.headers, route)
+        span, trace_id = server_span(f"POST {route}", request.headers, route, self._tracer)
         rid = uuid.uuid4().hex[:16]
         ex = _Exchange(self, route, span, trace_id, rid)
         try:

@@ -56,6 +56,7 @@ def app_from_env() -> Any:
     """uvicorn factory: build the app from the spec named by ``$FLOWOPT_GATEWAY_SPEC``."""
     from flowopt.gateway.app import create_app
     from flowopt.pipeline import load
+    from flowopt.tracing import configure_from_env
 
     path = os.environ.get(SPEC_ENV)
     if not path:
@@ -64,6 +65,7 @@ def app_from_env() -> Any:
         raise ConfigError(
             f"{SPEC_ENV} is not set", hint="start the gateway with `flowopt serve SPEC`"
         )
+    configure_from_env()  # each worker process installs its own exporter
     pipe = load(path)
     limit = os.environ.get(MAX_BODY_ENV)
     return create_app(pipe, _settings(pipe.spec, int(limit) if limit else None))
@@ -107,7 +109,9 @@ def serve(
         return
     from flowopt.gateway.app import create_app
     from flowopt.pipeline import Pipeline
+    from flowopt.tracing import configure_from_env
 
+    configure_from_env()
     uvicorn.run(
         create_app(Pipeline(parsed), settings),
         host=host,

@@ -5,6 +5,10 @@ The incoming headers are read with OpenTelemetry's configured propagator
 span becomes a child of the caller's span, so one request reads as one tree from the
 caller through every middleware hop to the vLLM call.
 
+The SERVER span is made by the pipeline's tracer (``Pipeline.tracing.tracer``): the global
+provider, or the pipeline's own when its spec names an exporter, so it lands with the
+pipeline's spans in one trace either way.
+
 Without an OpenTelemetry SDK installed nothing is recorded, but callers still get a trace
 id header: their own (from ``traceparent``), or a fresh random one, so a log line and a
 client-side error can be matched either way.
@@ -16,19 +20,29 @@ import secrets
 from collections.abc import Mapping
 
 from opentelemetry import propagate, trace
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    Tracer,
+)
 
 from flowopt.tracing import get_tracer
 
-__all__ = ["TRACE_HEADER", "server_span"]
+__all__ = ["TRACE_HEADER", "end_span", "server_span"]
 
 TRACE_HEADER = "x-flowopt-trace-id"
 
 
-def server_span(name: str, headers: Mapping[str, str], route: str) -> tuple[Span, str]:
-    """Start the SERVER span of one HTTP request; returns it and its hex trace id."""
+def server_span(
+    name: str, headers: Mapping[str, str], route: str, tracer: Tracer | None = None
+) -> tuple[Span, str]:
+    """Start the SERVER span of one HTTP request with ``tracer`` (the pipeline's; default:
+    the global provider's); returns it and its hex trace id."""
     parent = propagate.extract(headers)
-    span = get_tracer().start_span(name, context=parent, kind=SpanKind.SERVER)
+    span = (tracer or get_tracer()).start_span(name, context=parent, kind=SpanKind.SERVER)
     ctx = span.get_span_context()
     if not ctx.is_valid:
         # No SDK and no incoming trace: mint ids so the header still identifies the call.

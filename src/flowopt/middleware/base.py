@@ -28,9 +28,11 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from opentelemetry import trace
+from opentelemetry.trace import Tracer
 
 from flowopt.errors import ConfigError
 from flowopt.tracing import (
+    PipelineTracing,
     client_kind,
     get_tracer,
     record_decisions,
@@ -72,12 +74,15 @@ class PipelineContext:
     ends in the steering terminal (:mod:`flowopt.middleware.steer`), which dispatches on
     ``Request.route`` and enforces ``Request.avoid``: a pipeline's stack always does; a
     stack built by hand over one backend may not, and layers then enforce avoidance
-    themselves."""
+    themselves. ``tracing`` is the pipeline's tracing: pass it to
+    :func:`traced_backend`/:func:`build_stack` when a middleware composes layers itself,
+    so its spans join the pipeline's tree."""
 
     name: str
     backend: Backend
     backends: Mapping[str, Backend] = field(default_factory=dict)
     steered: bool = False
+    tracing: PipelineTracing | None = None
 
 
 class MiddlewareBase:
@@ -207,14 +212,16 @@ class Use:
         )
 
 
-def _end_span_when_done(span: trace.Span, response: Response, middleware: str | None) -> Response:
+def _end_span_when_done(
+    span: trace.Span, response: Response, middleware: str | None, capture: bool = False
+) -> Response:
     """End ``span`` now, or when the response's stream finishes."""
     stream = response.stream
     if stream is None or stream.done:
         if middleware is not None:
             record_decisions(span, response.decisions, middleware)
         else:
-            record_response(span, response)
+            record_response(span, response, capture_content=capture)
         span.end()
         return response
 
@@ -222,7 +229,7 @@ def _end_span_when_done(span: trace.Span, response: Response, middleware: str | 
         if middleware is not None:
             record_decisions(span, final.decisions, middleware)
         else:
-            record_response(span, final)
+            record_response(span, final, capture_content=capture)
         span.end()
 
     def _err(exc: BaseException) -> None:
@@ -234,9 +241,16 @@ def _end_span_when_done(span: trace.Span, response: Response, middleware: str | 
     return response
 
 
-def traced_backend(backend: Backend, *, name: str) -> CallNext:
-    """The terminal handler: call the backend inside a ``chat {model}`` CLIENT span."""
-    tracer = get_tracer()
+def traced_backend(
+    backend: Backend, *, name: str, tracing: PipelineTracing | None = None
+) -> CallNext:
+    """The terminal handler: call the backend inside a ``chat {model}`` CLIENT span, made
+    by the pipeline's tracer and with content only if the pipeline captures it. Without
+    ``tracing``: the global provider and the process default (:meth:`PipelineTracing.default`).
+    """
+    settings = tracing or PipelineTracing.default()
+    tracer = settings.tracer
+    capture = settings.capture_content
     kind = client_kind()
     provider = backend.provider
     endpoint_for_display = backend.endpoint_for_display
@@ -246,7 +260,12 @@ def traced_backend(backend: Backend, *, name: str) -> CallNext:
         model = request.model or getattr(backend, "model", None) or name
         span = tracer.start_span(f"{op} {model}", kind=kind)
         record_request(
-            span, request, provider=provider, endpoint=endpoint_for_display(), model=model
+            span,
+            request,
+            provider=provider,
+            endpoint=endpoint_for_display(),
+            model=model,
+            capture_content=capture,
         )
         try:
             with trace.use_span(span, end_on_exit=False):
@@ -255,20 +274,20 @@ def traced_backend(backend: Backend, *, name: str) -> CallNext:
             record_error(span, exc)
             span.end()
             raise
-        return _end_span_when_done(span, response, None)
+        return _end_span_when_done(span, response, None, capture)
 
     return call_backend
 
 
-def _wrap(mw: Middleware, name: str, inner: CallNext, traced: bool) -> CallNext:
-    if not traced:
+def _wrap(mw: Middleware, name: str, inner: CallNext, tracer: Tracer | None) -> CallNext:
+    """``mw`` over ``inner``, inside a ``middleware {name}`` span unless ``tracer`` is None."""
+    if tracer is None:
 
         async def plain(request: Request) -> Response:
             return await mw(request, inner)
 
         return plain
 
-    tracer = get_tracer()
     span_name = f"middleware {name}"
 
     async def with_span(request: Request) -> Response:
@@ -289,12 +308,20 @@ def build_stack(
     middlewares: list[tuple[str, Middleware]],
     terminal: CallNext,
     *,
-    traced: bool = True,
+    traced: bool | None = None,
+    tracing: PipelineTracing | None = None,
 ) -> CallNext:
-    """Compose ``middlewares`` (outermost first) around ``terminal`` once."""
+    """Compose ``middlewares`` (outermost first) around ``terminal`` once. Each gets a
+    span from ``tracing``'s tracer (default: the global provider's) when ``traced``
+    (default: ``tracing.middleware_spans``, else on)."""
+    if traced is None:
+        traced = tracing.middleware_spans if tracing is not None else True
+    tracer: Tracer | None = None
+    if traced:
+        tracer = tracing.tracer if tracing is not None else get_tracer()
     handler = terminal
     for name, mw in reversed(middlewares):
-        handler = _wrap(mw, name, handler, traced)
+        handler = _wrap(mw, name, handler, tracer)
     return handler
 
 

@@ -32,6 +32,7 @@ from flowopt.resilience.fallback import Fallback
 from flowopt.resilience.limits import TenantLimits
 from flowopt.resilience.retry import Retry
 from flowopt.resilience.shed import LoadShed
+from flowopt.tracing import PipelineTracing
 from flowopt.types import Request, Response
 
 __all__ = ["Resilience"]
@@ -89,12 +90,14 @@ class Resilience(MiddlewareBase):
             layer = _layer(cls, value, what)
             if layer is not None:
                 self.layers.append((what, layer))
+        self._tracing: PipelineTracing | None = None
 
     def layer(self, name: str) -> Any:
         """The configured layer called ``name`` (e.g. ``"breaker"``), or None."""
         return next((mw for n, mw in self.layers if n == name), None)
 
     async def setup(self, ctx: PipelineContext) -> None:
+        self._tracing = ctx.tracing  # the layers' spans use the pipeline's tracer
         for _, layer in self.layers:
             setup = getattr(layer, "setup", None)
             if setup is not None:
@@ -107,4 +110,4 @@ class Resilience(MiddlewareBase):
                 await close()
 
     async def __call__(self, request: Request, call_next: CallNext) -> Response:
-        return await build_stack(self.layers, call_next)(request)
+        return await build_stack(self.layers, call_next, tracing=self._tracing)(request)

@@ -108,7 +108,7 @@ class Triage(MiddlewareBase):
             )
         bind = getattr(self.classifier, "bind", None)
         if bind is not None:
-            bind(ctx.backends)
+            bind(ctx.backends)  # checks the backends it names exist
 
     async def __call__(self, request: Request, call_next: CallNext) -> Response:
         if request.pinned:
