@@ -20,6 +20,7 @@ Streaming — the user chooses, with a cost in time to first token (TTFT):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -123,6 +124,7 @@ class Cascade(MiddlewareBase):
             tier = self._tier(route_of(request) or self.stream_tier)
             response = await call_next(with_route(request, tier.backend))
             return self._stream_accounting(response, tier, [{"tier": tier.name, "mode": "final"}])
+        started = time.perf_counter()
         start = 0
         routed = route_of(request)
         if routed is not None:  # triage above chose a starting tier
@@ -170,7 +172,9 @@ class Cascade(MiddlewareBase):
                 if not request.params.logprobs:
                     resp = resp.replace(logprobs=None)
                 out = self._account(resp, tier, trail, spent)
-                return replay(out) if request.stream else out
+                # A buffered answer replayed as a stream: its latency and TTFT count from
+                # the request's start (the buffered calls), not from the replay.
+                return replay(out, started_at=started) if request.stream else out
         raise AssertionError("unreachable: the last tier is final")  # pragma: no cover
 
     async def _final(
