@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from flowopt._progress import no_load_progress
 from flowopt.errors import MissingDependencyError
 from flowopt.filelock import exclusive_lock
 
@@ -237,9 +238,10 @@ def export_onnx(model_dir: str | Path, out: str | Path) -> Path:
 
     # Eager attention: the plain MatMul/Softmax pattern that onnxruntime's optimizer fuses
     # into its Attention kernel (it does not recognise the SDPA export's pattern).
-    model = auto_model.from_pretrained(
-        str(model_dir), local_files_only=True, attn_implementation="eager"
-    )
+    with no_load_progress():
+        model = auto_model.from_pretrained(
+            str(model_dir), local_files_only=True, attn_implementation="eager"
+        )
     module = _wrapper(torch, model.eval())
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     sample = tokenizer(
