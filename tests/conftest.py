@@ -40,7 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 PHOENIX_BIN = REPO / ".venv-phoenix" / "bin" / "phoenix"
-INSTALL_HINT = "run `make install` (scripts/install.sh) to install it"
+INSTALL_HINT = "run `make install-test` (scripts/install.sh --test) to install it"
 
 
 def _free_port() -> int:

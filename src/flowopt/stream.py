@@ -229,14 +229,26 @@ async def when_final(
     return response
 
 
-def replay(response: Response, *, chunk_texts: list[str] | None = None) -> Response:
+def replay(
+    response: Response,
+    *,
+    chunk_texts: list[str] | None = None,
+    started_at: float | None = None,
+) -> Response:
     """Turn a complete response into a streaming one that yields ``chunk_texts`` (or the
-    whole text as one chunk). Used by caches to answer a streamed request from storage;
-    the replayed text is byte-identical to the stored one."""
+    whole text as one chunk). Used by caches to answer a streamed request from storage,
+    and by the cascade to stream an answer it had to buffer; the replayed text is
+    byte-identical to the stored one.
+
+    ``started_at`` (a ``time.perf_counter()`` value) is when the request began: the final
+    response's ``latency_ms`` and ``ttft_ms`` are measured from it, so they include the
+    work done before the replay (the buffered model call, the cache lookup). Without it
+    they measure the replay alone.
+    """
     texts = chunk_texts if chunk_texts is not None else [response.text]
     if "".join(texts) != response.text:
         raise ValueError("replay chunks do not add up to the response text")
-    started = time.perf_counter()
+    started = time.perf_counter() if started_at is None else started_at
 
     async def _gen() -> AsyncIterator[Chunk]:
         last = len(texts) - 1

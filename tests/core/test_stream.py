@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
-from flowopt import Chunk, Decision, IncompleteStream, Response, replay
+from flowopt import Chunk, Decision, IncompleteStream, Response, Result, pipeline, replay
 from flowopt.stream import Stream
+from flowopt.testing import FakeBackend
+from flowopt.types import Request, TokenLogprob
 
 
 def _stream(texts: list[str], *, fail_after: int | None = None) -> Stream:
@@ -75,3 +79,63 @@ async def test_replay_is_byte_identical() -> None:
     assert r.stream.response.text.encode() == original.text.encode()
     with pytest.raises(ValueError):
         replay(original, chunk_texts=["nope"])
+
+
+async def test_replay_measures_latency_and_ttft_from_the_request_start() -> None:
+    started = time.perf_counter()
+    await asyncio.sleep(0.02)  # the work before the replay: a buffered call, a lookup
+    r = replay(Response(text="a b", model="m"), chunk_texts=["a", " b"], started_at=started)
+    final = await r.complete()
+    assert final.latency_ms is not None and final.ttft_ms is not None
+    assert final.latency_ms >= 20 and 20 <= final.ttft_ms <= final.latency_ms
+
+
+class _ConfidentFake(FakeBackend):
+    """A fake that reports a confident logprob on buffered answers (so a cascade accepts
+    them) and takes ``delay`` seconds for every answer."""
+
+    async def generate(self, request: Request) -> Response:
+        response = await super().generate(request)
+        if request.stream:
+            return response
+        return response.replace(logprobs=(TokenLogprob("ok", -0.01),))
+
+
+@pytest.mark.parametrize("middleware", [[], ["cache"], ["cache", "cascade"]])
+async def test_streamed_hop_carries_real_latency_and_ttft(middleware: list[str]) -> None:
+    """The final response of a streamed step has latency and TTFT > 0, TTFT <= latency,
+    whether it was streamed live, replayed by the cascade (accepted cheap tier) or
+    replayed by the cache (the second, repeated run)."""
+    cheap = _ConfidentFake(delay=0.02, name="cheap")
+    strong = _ConfidentFake(delay=0.02, name="strong")
+    mws: list[object] = []
+    for name in middleware:
+        if name == "cache":
+            mws.append({"cache": {"store": "memory", "semantic": False}})
+        else:
+            tiers = [{"name": "small", "backend": "default"}, {"name": "large", "backend": "big"}]
+            mws.append({"cascade": {"tiers": tiers, "threshold": 0.5}})
+    pipe = pipeline(
+        "s",
+        backend=cheap,
+        backends={"big": strong},
+        middleware=mws,  # type: ignore[arg-type]
+        defaults={"temperature": 0},
+        steps=[{"name": "answer", "prompt": "{input}"}],
+    )
+    try:
+        for _ in range(2):
+            result = None
+            async for ev in pipe.astream("hello there"):
+                if isinstance(ev, Result):
+                    result = ev
+            assert result is not None and len(result.hops) == 1
+            final = result.hops[0].response
+            assert final.latency_ms is not None and final.ttft_ms is not None, final
+            assert final.latency_ms > 0 and 0 < final.ttft_ms <= final.latency_ms
+            if not final.cached:
+                assert final.latency_ms >= 20  # the fake's delay is inside it
+    finally:
+        await pipe.aclose()
+    if "cascade" in middleware:
+        assert len(cheap.calls) == 1 and not strong.calls  # accepted, replayed

@@ -153,3 +153,9 @@ def test_demo_shows_answers_decisions_and_trace(vllm_url: str, served_model: str
     assert "cascade:" in text and "strongest_cost" in text
     assert "LLM hops" in text and "answered by the cache" in text
     assert "Traceback" not in out.stderr
+    # a clean first impression: no library progress bars or warnings, and every hop's
+    # latency (and a streamed hop's TTFT) is measured, never a 0 ms placeholder
+    assert "Loading weights" not in out.stdout + out.stderr
+    assert "it/s]" not in out.stdout + out.stderr
+    assert "latency=0ms" not in text and "ttft=0ms" not in text
+    assert "ttft=" in text

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from flowopt._filelock import exclusive_lock
+from flowopt._progress import no_load_progress
 from flowopt.errors import MissingDependencyError
 
 __all__ = [
@@ -237,9 +238,10 @@ def export_onnx(model_dir: str | Path, out: str | Path) -> Path:
 
     # Eager attention: the plain MatMul/Softmax pattern that onnxruntime's optimizer fuses
     # into its Attention kernel (it does not recognise the SDPA export's pattern).
-    model = auto_model.from_pretrained(
-        str(model_dir), local_files_only=True, attn_implementation="eager"
-    )
+    with no_load_progress():
+        model = auto_model.from_pretrained(
+            str(model_dir), local_files_only=True, attn_implementation="eager"
+        )
     module = _wrapper(torch, model.eval())
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     sample = tokenizer(

@@ -34,6 +34,7 @@ from typing import Any, Literal, Protocol, get_args, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from flowopt._progress import no_load_progress
 from flowopt.errors import ConfigError, MissingDependencyError
 
 __all__ = ["RUNTIMES", "Embedder", "EmbedderRuntime", "MiniLMEmbedder", "minilm_path"]
@@ -89,8 +90,9 @@ class _TorchRuntime:
         if threads:
             torch.set_num_threads(threads)
         self._torch: Any = torch
-        self._tokenizer: Any = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True)
+        with no_load_progress():
+            self._tokenizer: Any = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model = AutoModel.from_pretrained(path, local_files_only=True)
         model.eval()
         self._model: Any = model
 

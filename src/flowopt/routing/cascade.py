@@ -25,6 +25,7 @@ traced, limited and retried like any hop.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -131,6 +132,7 @@ class Cascade(MiddlewareBase):
             response = await call_next(request.routed(tier.backend))
             mode: list[dict[str, Any]] = [{"tier": tier.name, "mode": "final"}]
             return await self._when_final_account(response, tier, mode)
+        started = time.perf_counter()
         start = 0
         routed = request.route
         if routed is not None:  # triage above chose a starting tier
@@ -182,7 +184,9 @@ class Cascade(MiddlewareBase):
                 if not request.params.logprobs:
                     resp = resp.replace(logprobs=None)
                 out = self._account(resp, tier, trail, spent)
-                return replay(out) if request.stream else out
+                # A buffered answer replayed as a stream: its latency and TTFT count from
+                # the request's start (the buffered calls), not from the replay.
+                return replay(out, started_at=started) if request.stream else out
         raise AssertionError("unreachable: the last tier is final")  # pragma: no cover
 
     async def _final(
