@@ -45,7 +45,6 @@ from flowopt.middleware.base import PipelineContext, build_stack  # noqa: E402
 from flowopt.testing.fakes import FakeBackend  # noqa: E402
 from flowopt.types import Request, Response  # noqa: E402
 
-PAIRS = ROOT.parent / "shared" / "data" / "qqp-pairs-dev.jsonl"
 G = {"temperature": 0.0}
 
 
@@ -222,7 +221,12 @@ async def faq_replay(
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    ap.add_argument("--pairs", type=Path, default=PAIRS)
+    ap.add_argument(
+        "--pairs",
+        type=Path,
+        default=os.environ.get("FLOWOPT_QQP_PAIRS"),
+        help="the QQP dev pairs file (default: $FLOWOPT_QQP_PAIRS; required)",
+    )
     ap.add_argument(
         "--vllm-url", default=os.environ.get("FLOWOPT_VLLM_URL", "http://127.0.0.1:8011")
     )
@@ -239,6 +243,12 @@ async def main() -> None:
         help="MiniLM runtime (auto: onnx when onnxruntime is installed)",
     )
     args = ap.parse_args()
+    if args.pairs is None:
+        ap.error(
+            "pass --pairs PATH (the QQP dev pairs file, qqp-pairs-dev.jsonl: 20,000 labelled "
+            "pairs, not in this repository) or set FLOWOPT_QQP_PAIRS; "
+            "tests/data/qqp-sample.jsonl holds only 100 of them, enough for tests, not here"
+        )
 
     pairs = load_pairs(args.pairs)
     embedder = MiniLMEmbedder(runtime=args.embedder_runtime)

@@ -12,8 +12,9 @@ numbers on a shared CPU mean little; ratios do):
 2. shedding: closed-loop clients at 1x and 2x the concurrency the server is given
    (``--saturation``). Without shedding vs. ``shed`` (max_concurrency = saturation,
    queue 0): p99 of admitted requests vs. the 1x p99, and how fast a shed request is told.
-3. cascade: prompts from routing-dev.jsonl through ``cascade`` (two price tiers) at
-   several thresholds: share answered by the cheap tier, cost / always-strong cost.
+3. cascade: prompts from ``--data`` (default: the 240-row routing sample committed in
+   ``tests/data``; pass the full routing-dev.jsonl for more) through ``cascade`` (two price
+   tiers) at several thresholds: share answered by the cheap tier, cost / always-strong cost.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from flowopt.errors import FlowoptError, RejectedError
 from flowopt.testing.faultproxy import Fault, FaultProxy
 from flowopt.types import Params, Request
 
+ROOT = Path(__file__).resolve().parent.parent
 PRICES = [
     {
         "name": "cheap",
@@ -201,6 +203,8 @@ async def cascade_part(
     base: str, model: str, data: Path, n: int, max_tokens: int
 ) -> dict[str, Any]:
     rows = [json.loads(line) for line in data.open()][:n]
+    if len(rows) < n:
+        raise SystemExit(f"{data} has {len(rows)} rows; --cascade-n asks for {n}")
     out: dict[str, Any] = {}
     for th in (0.0, 0.3, 0.5, 0.7, 1.0):
         pipe = make(base, model, [{"cascade": {"tiers": PRICES, "threshold": th}}], strong=base)
@@ -237,7 +241,11 @@ async def main() -> None:
     ap.add_argument("--saturation", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--cascade-n", type=int, default=24)
-    ap.add_argument("--data", default="/work/shared/data/routing-dev.jsonl")
+    ap.add_argument(
+        "--data",
+        default=str(ROOT / "tests" / "data" / "routing-sample.jsonl"),
+        help="routing JSONL with a 'prompt' per line (default: the repo's 240-row sample)",
+    )
     ap.add_argument("--parts", default="faults,shed,cascade")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()

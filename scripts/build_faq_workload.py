@@ -1,6 +1,6 @@
 """Build flowopt's packaged FAQ workload from QQP duplicate pairs.
 
-    python scripts/build_faq_workload.py [--source ../shared/data/qqp-pairs-dev.jsonl]
+    python scripts/build_faq_workload.py --source PATH/TO/qqp-pairs-dev.jsonl
 
 Why this shape: an FAQ-style service sees a few popular questions very often and a long
 tail rarely (Zipf), and the same question arrives in different words (paraphrases). QQP's
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 from pathlib import Path
 
@@ -24,12 +25,22 @@ REPO = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--source", default=str(REPO.parent / "shared/data/qqp-pairs-dev.jsonl"))
+    ap.add_argument(
+        "--source",
+        default=os.environ.get("FLOWOPT_QQP_PAIRS"),
+        help="the QQP dev pairs file (default: $FLOWOPT_QQP_PAIRS; required)",
+    )
     ap.add_argument("--out", default=str(REPO / "src/flowopt/data/faq_workload.jsonl"))
     ap.add_argument("--intents", type=int, default=1000)
     ap.add_argument("--max-phrasings", type=int, default=8)
     ap.add_argument("--seed", type=int, default=13)
     args = ap.parse_args()
+    if args.source is None:
+        ap.error(
+            "pass --source PATH (the QQP dev pairs file, qqp-pairs-dev.jsonl: 20,000 labelled "
+            "pairs, not in this repository) or set FLOWOPT_QQP_PAIRS; "
+            "tests/data/qqp-sample.jsonl holds only 100 of them, enough for tests, not here"
+        )
 
     parent: dict[str, str] = {}
 

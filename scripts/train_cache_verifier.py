@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the semantic cache's verifier on the dev pairs file, reproducibly.
 
-    python scripts/train_cache_verifier.py [--pairs ../shared/data/qqp-pairs-dev.jsonl]
+    python scripts/train_cache_verifier.py --pairs PATH/TO/qqp-pairs-dev.jsonl
 
 What it does (seeded end to end; the same inputs give the same weights):
 
@@ -44,8 +44,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from flowopt.cache._features import HAND_FEATURES, pair_matrix  # noqa: E402
 from flowopt.cache.embedder import MiniLMEmbedder  # noqa: E402
-
-DEFAULT_PAIRS = ROOT.parent / "shared" / "data" / "qqp-pairs-dev.jsonl"
 
 
 def load_pairs(path: Path) -> list[dict[str, Any]]:
@@ -192,7 +190,12 @@ def fit_mlp(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    ap.add_argument("--pairs", type=Path, default=DEFAULT_PAIRS)
+    ap.add_argument(
+        "--pairs",
+        type=Path,
+        default=os.environ.get("FLOWOPT_QQP_PAIRS"),
+        help="the QQP dev pairs file (default: $FLOWOPT_QQP_PAIRS; required)",
+    )
     ap.add_argument(
         "--out", type=Path, default=ROOT / "src" / "flowopt" / "data" / "cache_verifier.npz"
     )
@@ -212,6 +215,12 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=3.0)
     ap.add_argument("--min-cosine", type=float, default=0.72)
     args = ap.parse_args()
+    if args.pairs is None:
+        ap.error(
+            "pass --pairs PATH (the QQP dev pairs file, qqp-pairs-dev.jsonl: 20,000 labelled "
+            "pairs, not in this repository) or set FLOWOPT_QQP_PAIRS; "
+            "tests/data/qqp-sample.jsonl holds only 100 of them, enough for tests, not here"
+        )
     try:
         import sklearn  # noqa: F401
     except ImportError:

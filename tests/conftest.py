@@ -25,13 +25,18 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+import pytest_asyncio
+
+if TYPE_CHECKING:  # imported where used, after the offline switches below are set
+    from flowopt.pipeline import Pipeline
+    from flowopt.testing.faultproxy import FaultProxy
 
 # Set before any test module imports transformers / huggingface_hub (they read it once).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -165,6 +170,71 @@ def served_model(vllm_url: str) -> str:
             )
         return name
     return "smollm2" if "smollm2" in models else models[0]
+
+
+# -- fault proxies and one-step pipelines over vLLM (resilience, routing) -------------
+@pytest_asyncio.fixture
+async def proxy(vllm_url: str) -> AsyncIterator[FaultProxy]:
+    """A :class:`~flowopt.testing.faultproxy.FaultProxy` in front of ``vllm_url``: it
+    counts the requests it forwards and injects the faults a test schedules."""
+    from flowopt.testing.faultproxy import FaultProxy
+
+    async with FaultProxy(vllm_url) as p:
+        yield p
+
+
+@pytest_asyncio.fixture
+async def proxy2(vllm_url: str) -> AsyncIterator[FaultProxy]:
+    """A second, independent fault proxy in front of the same server (another replica,
+    another tier: its traffic and faults are counted apart from ``proxy``'s)."""
+    from flowopt.testing.faultproxy import FaultProxy
+
+    async with FaultProxy(vllm_url) as p:
+        yield p
+
+
+@pytest.fixture
+def make_pipe(served_model: str) -> Callable[..., Pipeline]:
+    """``make_pipe(urls, middleware, backends={name: urls})`` -> a one-step pipeline
+    (prompt ``{input}``, greedy, ``max_tokens`` tokens) whose default backend serves
+    ``served_model`` through ``urls`` (a URL or a list of replicas); each of ``backends``
+    likewise. ``timeout=None`` leaves the backend's own default."""
+    import flowopt
+
+    def build(
+        urls: str | list[str],
+        middleware: list[Any],
+        backends: dict[str, Any] | None = None,
+        timeout: float | None = 60.0,
+        *,
+        max_tokens: int = 4,
+        name: str = "proxied-test",
+    ) -> Pipeline:
+        def vllm(u: str | list[str]) -> dict[str, Any]:
+            opts: dict[str, Any] = {"model": served_model}
+            if timeout is not None:
+                opts["timeout"] = timeout
+            if isinstance(u, list):
+                opts["base_urls"] = u
+            else:
+                opts["base_url"] = u
+            return {"vllm": opts}
+
+        return flowopt.pipeline(
+            name,
+            backend=vllm(urls),
+            backends={k: vllm(v) for k, v in (backends or {}).items()},
+            middleware=middleware,
+            steps=[
+                {
+                    "name": "answer",
+                    "prompt": "{input}",
+                    "params": {"max_tokens": max_tokens, "temperature": 0},
+                }
+            ],
+        )
+
+    return build
 
 
 # -- Redis -----------------------------------------------------------------------------

@@ -1,22 +1,23 @@
 """Fixtures for routing tests: a cheap and a strong tier as two backends (on this CPU both
-are the same small model, reached through two fault proxies so each tier's traffic is
-counted separately), and a small slice of the labelled routing data."""
+are the same small model, reached through the two fault proxies of the top-level
+``tests/conftest.py`` so each tier's traffic is counted separately), and a slice of the
+labelled routing data committed in ``tests/data``."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
-import flowopt
 from flowopt.pipeline import Pipeline
 from flowopt.testing.faultproxy import FaultProxy
 
-ROUTING_DATA = Path("/work/shared/data/routing-dev.jsonl")
+# 240 real labelled rows (tests/data/README.md says where from and what was dropped).
+ROUTING_DATA = Path(__file__).resolve().parents[1] / "data" / "routing-sample.jsonl"
+ROUTING_ROWS = 240
 PRICES = {
     "cheap": {"input_per_1k": 0.0001, "output_per_1k": 0.0002},
     "strong": {"input_per_1k": 0.003, "output_per_1k": 0.006},
@@ -27,35 +28,30 @@ TIERS = [
 ]
 
 
-@pytest_asyncio.fixture
-async def cheap_proxy(vllm_url: str) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy(vllm_url) as p:
-        yield p
+@pytest.fixture
+def cheap_proxy(proxy: FaultProxy) -> FaultProxy:
+    """The cheap tier's fault proxy (the default backend)."""
+    return proxy
 
 
-@pytest_asyncio.fixture
-async def strong_proxy(vllm_url: str) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy(vllm_url) as p:
-        yield p
+@pytest.fixture
+def strong_proxy(proxy2: FaultProxy) -> FaultProxy:
+    """The strong tier's fault proxy (the ``strong`` backend)."""
+    return proxy2
 
 
 @pytest.fixture
 def tiered(
-    served_model: str, cheap_proxy: FaultProxy, strong_proxy: FaultProxy
+    make_pipe: Callable[..., Pipeline], cheap_proxy: FaultProxy, strong_proxy: FaultProxy
 ) -> Callable[..., Pipeline]:
     def build(middleware: list[Any], max_tokens: int = 4) -> Pipeline:
-        return flowopt.pipeline(
-            "routing-test",
-            backend={"vllm": {"base_url": cheap_proxy.url, "model": served_model}},
-            backends={"strong": {"vllm": {"base_url": strong_proxy.url, "model": served_model}}},
-            middleware=middleware,
-            steps=[
-                {
-                    "name": "answer",
-                    "prompt": "{input}",
-                    "params": {"max_tokens": max_tokens, "temperature": 0},
-                }
-            ],
+        return make_pipe(
+            cheap_proxy.url,
+            middleware,
+            backends={"strong": strong_proxy.url},
+            timeout=None,
+            max_tokens=max_tokens,
+            name="routing-test",
         )
 
     return build
@@ -63,11 +59,9 @@ def tiered(
 
 @pytest.fixture(scope="session")
 def routing_rows() -> list[dict[str, Any]]:
-    """The first 240 rows of routing-dev.jsonl (the real labelled data, a slice for speed)."""
-    rows = []
+    """The 240 rows of routing-sample.jsonl (real labelled data: the first 240 rows of the
+    routing dev file, a slice for speed)."""
     with ROUTING_DATA.open() as f:
-        for line in f:
-            rows.append(json.loads(line))
-            if len(rows) == 240:
-                break
+        rows = [json.loads(line) for line in f if line.strip()]
+    assert len(rows) == ROUTING_ROWS, f"{ROUTING_DATA} has {len(rows)} rows, not {ROUTING_ROWS}"
     return rows

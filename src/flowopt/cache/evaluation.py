@@ -8,7 +8,7 @@ question is turned into a :class:`~flowopt.types.Request`, keyed with
 up front (the embedder's memo then answers the per-lookup calls), because embedding 40,000
 questions one by one would take minutes for no information.
 
-Protocols (see ``../shared/data/README.md``):
+Protocols (over a pairs file: one ``{"a", "b", "duplicate"}`` object a line):
 
 - **pairwise**: for each pair a cache holding only ``a`` (under its own tenant) is asked
   ``b``; a served hit on a ``duplicate: 0`` pair is a false hit.
