@@ -257,6 +257,6 @@ def test_middleware_builds_the_embedder_with_the_configured_runtime() -> None:
         store=MemoryStore(), model_identity="m@test", embedder_runtime="torch", verify=False
     )
     assert mw.config.embedder_runtime == "torch"
-    mw._open(None)
+    mw._open()
     assert mw.engine is not None and mw.engine.embedder is not None
     assert mw.engine.embedder.runtime == "torch"  # type: ignore[attr-defined]
