@@ -178,7 +178,11 @@ class Stream:
     async def _finish(self) -> None:
         self._done = True
         try:
-            response = self._finalize()
+            # The stream owns the timing: latency from ``started_at`` to the end, TTFT to
+            # the first chunk, so a producer's ``finalize`` need not reach back for them.
+            response = self._finalize().replace(
+                latency_ms=(time.perf_counter() - self.started_at) * 1000.0, ttft_ms=self.ttft_ms
+            )
             if self._added:
                 response = response.replace(decisions=(*response.decisions, *self._added))
             for hook in self._on_complete:
@@ -255,14 +259,10 @@ def replay(
         for i, t in enumerate(texts):
             yield Chunk(t, i, finish_reason=response.finish_reason if i == last else None)
 
-    holder: list[Stream] = []
-
-    def _final() -> Response:
-        s = holder[0]
-        return response.replace(
-            latency_ms=(time.perf_counter() - started) * 1000.0, ttft_ms=s.ttft_ms, stream=None
-        )
-
-    stream = Stream(_gen(), _final, endpoint=response.endpoint, started_at=started)
-    holder.append(stream)
+    stream = Stream(
+        _gen(),
+        lambda: response.replace(stream=None),
+        endpoint=response.endpoint,
+        started_at=started,
+    )
     return response.replace(stream=stream)

@@ -466,23 +466,18 @@ class VLLMBackend:
                     partial_text="".join(texts),
                 )
 
-        holder: list[Stream] = []
-
-        def finalize() -> Response:
+        def finalize() -> Response:  # the stream stamps latency_ms and ttft_ms
             return Response(
                 text="".join(texts),
                 model=state["model"],
                 usage=state["usage"],
                 finish_reason=state["finish"],
-                latency_ms=(time.perf_counter() - started) * 1000.0,
-                ttft_ms=holder[0].ttft_ms,
                 logprobs=tuple(lps) if request.params.logprobs else None,
                 backend=self.name,
                 endpoint=url,
             )
 
         stream = Stream(chunks(), finalize, endpoint=url, started_at=started, on_abandon=release)
-        holder.append(stream)
         return Response(
             text="",
             model=served,

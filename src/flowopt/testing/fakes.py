@@ -81,19 +81,14 @@ class FakeBackend:
                 await asyncio.sleep(0)
                 yield Chunk(piece, i, finish_reason="stop" if i == last else None)
 
-        holder: list[Stream] = []
-
-        def final() -> Response:
+        def final() -> Response:  # the stream stamps latency_ms and ttft_ms
             return Response(
                 text=text,
                 model=self.model,
                 usage=usage,
-                latency_ms=(time.perf_counter() - started) * 1000.0,
-                ttft_ms=holder[0].ttft_ms,
                 backend=self.name,
                 endpoint=self.endpoint_for_display(),
             )
 
         stream = Stream(gen(), final, endpoint=self.endpoint_for_display(), started_at=started)
-        holder.append(stream)
         return Response(text="", model=self.model, finish_reason=None, stream=stream)
