@@ -9,29 +9,8 @@ Default middleware order is the list order, outermost first. The recommended ord
 built-in layers is ``cache -> triage -> cascade -> resilience`` (then the backend), which
 is what :data:`RECOMMENDED_ORDER` lists (tests check every name in it is registered).
 
-**Inputs.** A run starts from text (``"question"``), a mapping with ``input``
-(``{"input": "question", ...}``), or a **chat**: a list of messages (OpenAI dicts,
-:class:`~flowopt.types.Message` or ``(role, content)`` pairs), or a mapping with
-``messages``. A chat must end with a user turn (system messages may be anywhere). The state
-then holds ``messages``, the conversation as plain ``{"role", "content"[, "name"]}`` dicts
-(plain data, so LangGraph checkpointers can store it), and ``input``, the last user
-message's text, so ``{input}`` templates work unchanged. Function steps see both.
-
-An LLM step renders its ``system`` and ``prompt`` templates as for text. With a chat input
-its request is:
-
-1. one system message: the step's rendered ``system`` (if any), then the caller's system
-   message(s), joined by blank lines (omitted when there are none);
-2. the caller's history: every non-system message before the last user turn, as sent;
-3. the step's rendered ``prompt`` as the final user turn. It *replaces* the caller's last
-   turn, which the template reaches as ``{input}``; a prompt of exactly ``{input}`` thus
-   sends the caller's own last turn (its ``name`` kept), never a duplicate.
-
-Every LLM step sees the conversation this way. ``params=`` (the caller's sampling
-parameters) applies to the **answer steps** only (:func:`answer_steps`: the LLM steps after
-which the run can end), field by field over their spec params; steps in the middle
-(classifiers, rewriters) keep their own. ``timeout=`` sets the deadline every LLM request of
-the run carries (``Request.deadline``; the backend and resilience layers honour it).
+**Inputs** (text, ``{"input": ...}``, or a chat) and how an LLM step sees a chat are
+described in :mod:`flowopt._inputs`; ``params=`` applies to the answer steps only.
 """
 
 from __future__ import annotations
@@ -51,6 +30,13 @@ from langchain_core.runnables import RunnableConfig
 from opentelemetry import trace
 
 from flowopt import _runner, registry
+from flowopt._inputs import (
+    Input,
+    answer_steps,
+    initial_state,
+    run_params,
+    step_messages,
+)
 from flowopt.backends.base import Backend
 from flowopt.errors import ConfigError, FlowoptError, InvalidRequestError, StepError
 from flowopt.graph import build_graph
@@ -65,7 +51,7 @@ from flowopt.middleware.steer import steered_backend
 from flowopt.result import Hop, Result, StepEvent, TokenEvent
 from flowopt.spec import PipelineSpec, StepSpec, load_spec
 from flowopt.tracing import PipelineTracing, record_error
-from flowopt.types import Message, Params, Request, Response
+from flowopt.types import Params, Request, Response
 
 __all__ = ["RECOMMENDED_ORDER", "Input", "Pipeline", "answer_steps", "load"]
 
@@ -73,10 +59,6 @@ RECOMMENDED_ORDER = ("cache", "triage", "cascade", "resilience")
 """Built-in layers in the order they compose best, outermost first: the cache answers
 before any routing is paid for; triage picks a starting tier for the cascade; resilience
 sits right above the backend so retries do not re-run the layers above it."""
-
-#: What a run starts from: text, ``{"input": ...}``, a chat (a list of messages) or
-#: ``{"messages": [...]}``. See the module docstring.
-Input = str | Mapping[str, Any] | Sequence[Message | Mapping[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,14 +301,8 @@ class Pipeline:
         self, step: StepSpec, state: dict[str, Any], opts: _RunOptions
     ) -> dict[str, Any]:
         assert step.prompt is not None
-        chat = state.get("messages")
-        if chat:
-            messages = self._chat_messages(step, state, chat)
-        else:
-            messages = []
-            if step.system:
-                messages.append(Message("system", self._render(step, step.system, state)))
-            messages.append(Message("user", self._render(step, step.prompt, state)))
+        system = self._render(step, step.system, state) if step.system else None
+        messages = step_messages(system, self._render(step, step.prompt, state), state)
         request = Request(
             messages=tuple(messages),
             params=opts.params.get(step.name) or self._params[step.name],
@@ -359,21 +335,6 @@ class Pipeline:
         opts.hops.append(Hop(step.name, final))
         return {step.output_key: final.text, "_trail": [step.name]}
 
-    def _chat_messages(
-        self, step: StepSpec, state: dict[str, Any], chat: Sequence[Mapping[str, Any]]
-    ) -> list[Message]:
-        """An LLM step's messages for a chat input (the rules are in the module docstring)."""
-        assert step.prompt is not None
-        systems = [self._render(step, step.system, state)] if step.system else []
-        systems.extend(m["content"] for m in chat if m["role"] == "system")
-        turns = [m for m in chat if m["role"] != "system"]
-        last = turns[-1]  # a user turn: checked by _chat_input
-        out = [Message("system", "\n\n".join(systems))] if systems else []
-        out.extend(Message(m["role"], m["content"], m.get("name")) for m in turns[:-1])
-        text = self._render(step, step.prompt, state)
-        out.append(Message("user", text, last.get("name") if text == last["content"] else None))
-        return out
-
     # -- runs --------------------------------------------------------------------------------
     def _prepare(
         self,
@@ -387,30 +348,7 @@ class Pipeline:
         thread_id: str | None,
         params: Params | Mapping[str, Any] | None = None,
     ) -> tuple[dict[str, Any], RunnableConfig]:
-        if isinstance(input, str):
-            state: dict[str, Any] = {"input": input}
-        elif isinstance(input, Mapping):
-            state = dict(input)
-            if state.get("messages") is not None:  # None: a text run's state, no chat
-                state["messages"] = chat = _chat_input(state["messages"])
-                state.setdefault("input", _last_user(chat))
-            elif "input" not in state:
-                raise InvalidRequestError(
-                    "a mapping input needs an 'input' key (or 'messages' for a chat)",
-                    hint="pass {'input': 'text', ...} or {'messages': [...], ...}",
-                )
-        elif isinstance(input, Sequence | Message) and not isinstance(input, bytes | bytearray):
-            chat = _chat_input(input)
-            state = {"messages": chat, "input": _last_user(chat)}
-        else:
-            raise InvalidRequestError(
-                f"input must be text or a mapping, or a chat (a list of messages), "
-                f"got {type(input).__name__}",
-                hint="pass the user's question as a string, or the chat as a list of messages",
-            )
-        if thread_id is not None:
-            # a checkpointed thread keeps the last run's state: a text run clears its chat
-            state.setdefault("messages", None)
+        state = initial_state(input, thread_id=thread_id)
         state.setdefault("user", user)
         state.setdefault("tenant", tenant)
         if timeout is not None and timeout <= 0:
@@ -431,26 +369,7 @@ class Pipeline:
 
     def _run_params(self, params: Params | Mapping[str, Any] | None) -> dict[str, Params]:
         """The caller's params over each answer step's own (empty when the caller sets none)."""
-        if params is None:
-            return {}
-        if not isinstance(params, Params):
-            try:
-                params = Params(**params)
-            except TypeError as exc:
-                raise InvalidRequestError(
-                    f"unknown sampling parameter: {exc}",
-                    hint="params take temperature, top_p, max_tokens, stop, seed, logprobs, "
-                    "top_logprobs, response_format, extra",
-                ) from None
-        changes = params.to_dict()
-        if not changes:
-            return {}
-        out: dict[str, Params] = {}
-        for name in self.answer_steps:
-            base = self._params[name]
-            extra = {**base.extra, **params.extra} if params.extra else base.extra
-            out[name] = dataclasses.replace(base, **{**changes, "extra": extra})
-        return out
+        return run_params(params, {n: self._params[n] for n in self.answer_steps})
 
     def _result(
         self, state: Mapping[str, Any], hops: list[Hop], started: float, trace_id: str | None
@@ -591,46 +510,6 @@ class Pipeline:
     def batch(self, inputs: Sequence[Input], **kwargs: Any) -> list[Result | BaseException]:
         """Sync :meth:`abatch`."""
         return _runner.run(self.abatch(inputs, **kwargs))
-
-
-def answer_steps(spec: PipelineSpec) -> frozenset[str]:
-    """The LLM steps whose output can be the run's answer: those after which the run can
-    end (the last step without edges; with edges or routes, a step with an edge to END,
-    a route that can end, or no way out). A function step is never one."""
-    llm = [s.name for s in spec.steps if s.kind == "llm"]
-    if spec.edges is None and not spec.routes:
-        last = spec.steps[-1].name
-        return frozenset({last}) if last in llm else frozenset()
-    ends = {a for a, b in spec.edges or () if b == "END"}
-    has_out = {a for a, _ in spec.edges or ()} | {r.source for r in spec.routes}
-    for r in spec.routes:
-        if "END" in r.cases.values() or r.default in (None, "END"):
-            ends.add(r.source)
-    ends |= {name for name in llm if name not in has_out}
-    return frozenset(ends & set(llm))
-
-
-def _chat_input(value: Any) -> list[dict[str, Any]]:
-    """A chat input as plain OpenAI dicts, checked: messages parse, the last turn is a user's."""
-    if isinstance(value, Message):
-        value = [value]
-    if isinstance(value, str | bytes | bytearray) or not isinstance(value, Sequence):
-        raise InvalidRequestError(
-            f"'messages' must be a list of messages, got {type(value).__name__}",
-            hint="pass [{'role': 'user', 'content': '...'}, ...]",
-        )
-    chat = [Message.parse(m).to_openai() for m in value]
-    turns = [m for m in chat if m["role"] != "system"]
-    if not turns or turns[-1]["role"] != "user":
-        raise InvalidRequestError(
-            "a chat input must end with a user message",
-            hint="the last non-system message is the turn the pipeline answers",
-        )
-    return chat
-
-
-def _last_user(chat: Sequence[Mapping[str, Any]]) -> str:
-    return next(m["content"] for m in reversed(chat) if m["role"] == "user")  # type: ignore[no-any-return]
 
 
 def _opts(config: RunnableConfig) -> _RunOptions:
