@@ -98,15 +98,7 @@ def run_params(
     (``answer``: step name -> its params); empty when the caller sets none."""
     if params is None:
         return {}
-    if not isinstance(params, Params):
-        try:
-            params = Params(**params)
-        except TypeError as exc:
-            raise InvalidRequestError(
-                f"unknown sampling parameter: {exc}",
-                hint="params take temperature, top_p, max_tokens, stop, seed, logprobs, "
-                "top_logprobs, response_format, extra",
-            ) from None
+    params = Params.parse(params)
     changes = params.to_dict()
     if not changes:
         return {}

@@ -132,6 +132,21 @@ class Params:
         if self.response_format is not None:
             object.__setattr__(self, "response_format", _freeze(self.response_format))
 
+    @classmethod
+    def parse(cls, value: Params | Mapping[str, Any]) -> Params:
+        """A Params, or one built from a mapping (an unknown key is an InvalidRequestError
+        that lists the known ones)."""
+        if isinstance(value, Params):
+            return value
+        try:
+            return cls(**value)
+        except TypeError as exc:
+            raise InvalidRequestError(
+                f"unknown sampling parameter: {exc}",
+                hint="params take temperature, top_p, max_tokens, stop, seed, logprobs, "
+                "top_logprobs, response_format, extra",
+            ) from None
+
     @property
     def is_sampled(self) -> bool:
         """True when the answer is random: temperature unset (server default 1.0) or > 0."""
@@ -202,14 +217,7 @@ class Request:
 
     def __post_init__(self) -> None:
         if isinstance(self.params, Mapping):
-            try:
-                object.__setattr__(self, "params", Params(**self.params))
-            except TypeError as exc:
-                raise InvalidRequestError(
-                    f"unknown sampling parameter: {exc}",
-                    hint="params take temperature, top_p, max_tokens, stop, seed, logprobs, "
-                    "top_logprobs, response_format, extra",
-                ) from None
+            object.__setattr__(self, "params", Params.parse(self.params))
         if not isinstance(self.messages, tuple):
             object.__setattr__(self, "messages", tuple(Message.parse(m) for m in self.messages))
         if self.prompt is None and not self.messages:
