@@ -82,6 +82,7 @@ class GenAI:
     RESPONSE_FINISH = "gen_ai.response.finish_reasons"
     USAGE_INPUT = "gen_ai.usage.input_tokens"
     USAGE_OUTPUT = "gen_ai.usage.output_tokens"
+    USAGE_CACHED_INPUT = "gen_ai.usage.cache_read.input_tokens"  # server's prefix cache hits
     TTFT = "gen_ai.response.time_to_first_chunk"
     INPUT_MESSAGES = "gen_ai.input.messages"
     OUTPUT_MESSAGES = "gen_ai.output.messages"
@@ -329,6 +330,8 @@ def record_response(span: Span, response: Response, *, capture_content: bool = F
         GenAI.USAGE_INPUT: response.usage.input_tokens,
         GenAI.USAGE_OUTPUT: response.usage.output_tokens,
     }
+    if response.usage.cached_input_tokens:
+        attrs[GenAI.USAGE_CACHED_INPUT] = response.usage.cached_input_tokens
     if response.finish_reason:
         attrs[GenAI.RESPONSE_FINISH] = [response.finish_reason]
     if response.ttft_ms is not None:

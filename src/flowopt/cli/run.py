@@ -10,6 +10,7 @@ import click
 
 from flowopt.cli.render import echo_summary
 from flowopt.pipeline import Pipeline, load
+from flowopt.prompt_layout import layout_warnings
 from flowopt.result import Result, TokenEvent
 from flowopt.spec import PipelineSpec, load_spec
 from flowopt.tracing import configure_from_env
@@ -20,9 +21,12 @@ __all__ = ["run", "schema", "validate"]
 @click.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 def validate(spec: str) -> None:
-    """Check SPEC: fields, names of middleware/backends, step graph. Exit 0 when valid."""
+    """Check SPEC: fields, names of middleware/backends, step graph. Exit 0 when valid.
+    Warns (without failing) about templates that defeat the server's prefix cache."""
     parsed = load_spec(spec)
     Pipeline(parsed)  # resolves registry names and the graph; nothing is contacted
+    for warning in layout_warnings(parsed):
+        click.secho(f"{spec}: warning: {warning}", fg="yellow", err=True)
     click.echo(f"{spec}: ok ({len(parsed.steps)} steps, {len(parsed.middleware)} middleware)")
 
 
