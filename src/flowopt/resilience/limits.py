@@ -49,7 +49,7 @@ class TenantOverride(MiddlewareOptions):
 class TenantLimitsOptions(TenantOverride):
     """Options of ``ratelimit``: the shared limits (at least one rate), plus these."""
 
-    per_tenant: dict[str, TenantOverride] = {}
+    per_tenant: dict[str, TenantOverride] = Field(default_factory=dict)
     """``{tenant: {requests_per_minute: .., tokens_per_minute: ..}}`` overrides."""
     store: Literal["memory", "redis"] | PyObject[BucketStore] = "memory"
     """Where the buckets live: ``memory`` (this process) or ``redis`` (shared by every
