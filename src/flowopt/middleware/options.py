@@ -32,6 +32,7 @@ from flowopt.errors import ConfigError
 __all__ = [
     "MiddlewareOptions",
     "PyObject",
+    "config_error",
     "describe_error",
     "error_path",
     "make_options",
@@ -45,6 +46,7 @@ M = TypeVar("M", bound=BaseModel)
 _HINTS = {
     "missing": "add this field",
     "extra_forbidden": "remove it, or check its spelling against `flowopt schema`",
+    "unexpected_keyword_argument": "remove it, or check its spelling against `flowopt schema`",
     "too_short": "add at least one entry",
 }
 # loc parts pydantic adds for the member of a union that was tried: not field names
@@ -72,10 +74,7 @@ class MiddlewareOptions(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            field, msg, hint = describe_error(exc)
-            raise ConfigError(
-                f"{type(self).__name__}: field '{field}': {msg}" if field else msg, hint=hint
-            ) from None
+            raise config_error(exc, type(self).__name__) from None
 
     # Only a direct call ``Options(...)`` goes through ``__init__``; validation from data
     # (``model_validate``, a nested field) must keep pydantic's own errors and locations.
@@ -153,6 +152,14 @@ def describe_error(exc: ValidationError, prefix: str = "") -> tuple[str, str, st
     return field, msg, hint
 
 
+def config_error(exc: ValidationError, what: str) -> ConfigError:
+    """``exc`` as a :class:`ConfigError`: ``what``, the field path, the problem, a fix."""
+    field, msg, hint = describe_error(exc)
+    if "flowopt schema" not in hint:
+        hint += f"; `flowopt schema` lists the options of {what}"
+    return ConfigError(f"{what}: field '{field}': {msg}" if field else f"{what}: {msg}", hint=hint)
+
+
 def validate_options(
     model: type[M], options: Mapping[str, Any], *, name: str, where: str | None = None
 ) -> M:
@@ -161,13 +168,11 @@ def validate_options(
     try:
         return model.model_validate(dict(options))
     except ValidationError as exc:
-        field, msg, hint = describe_error(exc)
-        head = f"{where}: " if where else ""
-        if "flowopt schema" not in hint:
-            hint += f"; `flowopt schema` lists the options of {name!r}"
-        raise ConfigError(
-            f"{head}{name!r} rejected its options: field '{field}': {msg}", hint=hint
-        ) from None
+        err = config_error(exc, repr(name))
+        err.message = err.message.replace(f"{name!r}:", f"{name!r} rejected its options:", 1)
+        if where:
+            err.message = f"{where}: {err.message}"
+        raise err from None
 
 
 def make_options(
