@@ -458,6 +458,13 @@ def spec_json_schema() -> dict[str, Any]:
     options."""
     schema = PipelineSpec.model_json_schema()
     defs: dict[str, Any] = schema.setdefault("$defs", {})
+    defs["Use"] = {  # backends: a registered name, or {name: {options}}
+        "anyOf": [
+            {"type": "string"},
+            {"type": "object", "minProperties": 1, "maxProperties": 1},
+        ],
+        "description": "A registered name, or {name: {options}}.",
+    }
     names = registry.middleware.names()
     models = {n: options_model_of(_registered_class(n)) for n in names}
     typed = {n: m for n, m in models.items() if m is not None}
