@@ -4,13 +4,17 @@
 :class:`PipelineSpec`, so two pipelines declared either way compare equal, and
 :meth:`PipelineSpec.to_yaml` writes one back. Validation errors become
 :class:`~flowopt.errors.SpecError` naming the file, the field path and the fix — never a
-raw pydantic dump. ``PipelineSpec.model_json_schema()`` is the spec's JSON Schema
-(``flowopt schema``), for editors.
+raw pydantic dump. Middleware options are checked here too, against the options model of
+each registered middleware (:mod:`flowopt.middleware.options`), so a bad option fails with
+its path (``middleware[0].cache.threshold``) before anything is built.
+:func:`spec_json_schema` is the spec's JSON Schema with every registered middleware's
+options (``flowopt schema``), for editors.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import string
@@ -28,9 +32,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import models_json_schema
+from pydantic_core import InitErrorDetails
 
+from flowopt import registry
 from flowopt.errors import ConfigError, SpecError
 from flowopt.middleware.base import Use
+from flowopt.middleware.options import describe_error, options_model_of, spec_options_errors
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -43,6 +51,7 @@ __all__ = [
     "load_spec",
     "parse_spec",
     "resolve_function",
+    "spec_json_schema",
 ]
 
 # 4 MiB: a 128k-token conversation is ~0.5 MB of text (~4 bytes a token), so this holds
@@ -308,6 +317,27 @@ def _parse_use(value: Any, where: str) -> Use:
         raise ValueError(exc.message) from None
 
 
+def _registered_class(name: str) -> Any:
+    """The class registered as middleware ``name``, or None when that cannot be known
+    yet (unknown name, a plugin that fails to import): building reports those."""
+    try:
+        return registry.middleware.load(name)
+    except ConfigError:
+        return None
+
+
+def _check_middleware_options(uses: tuple[Use, ...]) -> None:
+    """Validate each named middleware's options against its class's options model;
+    all problems at once, located at ``middleware[i].name.field``."""
+    errors: list[InitErrorDetails] = []
+    for i, use in enumerate(uses):
+        if isinstance(use.target, str) and use.options:
+            cls = _registered_class(use.target)
+            errors += spec_options_errors(cls, use.options, (i, use.target))
+    if errors:
+        raise ValidationError.from_exception_data("middleware options", errors)
+
+
 class PipelineSpec(_Frozen):
     """A whole pipeline. Middleware order is outermost first."""
 
@@ -351,7 +381,9 @@ class PipelineSpec(_Frozen):
             return ()
         if isinstance(v, str | Mapping):
             v = [v]
-        return tuple(_parse_use(m, f"middleware[{i}]") for i, m in enumerate(v))
+        uses = tuple(_parse_use(m, f"middleware[{i}]") for i, m in enumerate(v))
+        _check_middleware_options(uses)
+        return uses
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -425,30 +457,56 @@ class PipelineSpec(_Frozen):
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
 def _spec_error(exc: ValidationError, source: str | None) -> SpecError:
-    err = exc.errors()[0]
-    field = _loc(tuple(err.get("loc", ())))
-    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-    kind = err.get("type", "")
-    hint = {
-        "missing": "add this field",
-        "extra_forbidden": "remove it, or check its spelling against `flowopt schema`",
-        "too_short": "add at least one entry",
-    }.get(kind, "see docs/spec.md for the field's format")
-    more = len(exc.errors()) - 1
-    if more:
-        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
+    field, msg, hint = describe_error(exc)
     return SpecError(msg, source=source, field=field or None, hint=hint)
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """:class:`PipelineSpec`'s JSON Schema, with the options of every middleware
+    registered now (built-ins and installed plugins): each ``middleware`` item is a bare
+    name or ``{name: options}``, where a middleware without an options model takes any
+    options."""
+    schema = PipelineSpec.model_json_schema()
+    defs: dict[str, Any] = schema.setdefault("$defs", {})
+    defs["Use"] = {  # backends: a registered name, or {name: {options}}
+        "anyOf": [
+            {"type": "string"},
+            {"type": "object", "minProperties": 1, "maxProperties": 1},
+        ],
+        "description": "A registered name, or {name: {options}}.",
+    }
+    names = registry.middleware.names()
+    models = {n: options_model_of(_registered_class(n)) for n in names}
+    typed = {n: m for n, m in models.items() if m is not None}
+    refs, extra = models_json_schema(
+        [(m, "validation") for m in dict.fromkeys(typed.values())],
+        ref_template="#/$defs/{model}",
+    )
+    defs.update(extra.get("$defs", {}))
+    shapes: list[dict[str, Any]] = [
+        {"type": "string", "enum": names, "description": "A middleware with no options."}
+    ]
+    for n in names:
+        model = typed.get(n)
+        opts: dict[str, Any] = {"description": "Options (not described by the middleware)."}
+        if model is not None:
+            forms = [refs[(model, "validation")], {"type": "null"}]
+            positional = getattr(_registered_class(n), "positional", None)
+            field_schema = defs[model.__name__].get("properties", {}).get(positional)
+            if field_schema is not None:  # the short form {name: value}
+                forms.insert(1, {k: v for k, v in field_schema.items() if k != "default"})
+            opts = {"anyOf": forms, "description": inspect.cleandoc(model.__doc__ or "")}
+        shapes.append(
+            {
+                "type": "object",
+                "properties": {n: opts},
+                "required": [n],
+                "additionalProperties": False,
+            }
+        )
+    schema["properties"]["middleware"]["items"] = {"anyOf": shapes}
+    return schema
 
 
 def parse_spec(data: Any, *, source: str | None = None) -> PipelineSpec:

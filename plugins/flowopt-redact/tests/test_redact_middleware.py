@@ -165,13 +165,17 @@ def test_bad_option_is_a_config_error_at_build_time() -> None:
             middleware=[{"redact": ["email", "phnoe"]}],
             steps=[{"name": "a", "prompt": "{input}"}],
         )
-    with pytest.raises(ConfigError, match="rejected its options"):
+    # an unknown option or a wrong type is caught by RedactOptions when the spec is
+    # validated, with its path; from Python, when the middleware is built
+    with pytest.raises(ConfigError, match=r"middleware\[0\]\.redact\.placeholders"):
         pipeline(
             "bad",
             backend="fake",
             middleware=[{"redact": {"placeholders": "x"}}],
             steps=[{"name": "a", "prompt": "{input}"}],
         )
+    with pytest.raises(ConfigError, match="rejected its options: field 'patterns'"):
+        Redact(patterns=["not", "a", "mapping"])
 
 
 def test_registered_by_entry_point() -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from opentelemetry import trace
@@ -46,6 +45,7 @@ from flowopt.cache.stores import open_store
 from flowopt.cache.stores.base import Store
 from flowopt.cache.verifier import LearnedVerifier, Verifier
 from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
+from flowopt.middleware.options import make_options
 from flowopt.stream import replay, when_final
 from flowopt.types import Decision, Request, Response
 
@@ -78,14 +78,15 @@ def split_for_replay(text: str, chunk_chars: int = 0) -> list[str]:
 class CacheMiddleware(MiddlewareBase):
     """Exact + semantic answer cache with a verification stage (see the module docstring).
 
-    Options are those of :class:`~flowopt.cache.config.CacheConfig`; objects can be
-    injected for tests and embedding apps: ``store``, ``exact_store``, ``embedder``,
-    ``verifier``, ``pii_detectors`` and ``model_identity`` (otherwise read from the
-    backend at setup).
+    Options are those of :class:`~flowopt.cache.config.CacheConfig` (``self.config``,
+    also ``self.options``); objects can be injected for tests and embedding apps:
+    ``store``, ``exact_store``, ``embedder``, ``verifier``, ``pii_detectors`` and
+    ``model_identity`` (otherwise read from the backend at setup).
     """
 
     name = "cache"
     positional = "store"
+    options_model = CacheConfig
 
     def __init__(
         self,
@@ -107,11 +108,9 @@ class CacheMiddleware(MiddlewareBase):
         if isinstance(exact_store, str):
             options["exact_store"] = exact_store
             exact_store = None
-        if config is None:
-            config = CacheConfig(**options)
-        elif options:
-            config = replace(config, **options)
-        self.config = config
+        self.options = self.config = config = make_options(
+            CacheConfig, config, options, name=self.name
+        )
         self._store = store
         self._exact_store = exact_store
         self._embedder = embedder

@@ -12,7 +12,7 @@ from flowopt.cli.render import echo_summary
 from flowopt.pipeline import Pipeline, load
 from flowopt.prompt_layout import layout_warnings
 from flowopt.result import Result, TokenEvent
-from flowopt.spec import PipelineSpec, load_spec
+from flowopt.spec import load_spec, spec_json_schema
 from flowopt.tracing import configure_from_env
 
 __all__ = ["run", "schema", "validate"]
@@ -32,8 +32,9 @@ def validate(spec: str) -> None:
 
 @click.command()
 def schema() -> None:
-    """Print the JSON Schema of pipeline specs (for editor completion)."""
-    click.echo(json.dumps(PipelineSpec.model_json_schema(), indent=2))
+    """Print the JSON Schema of pipeline specs, with the options of every registered
+    middleware (for editor completion)."""
+    click.echo(json.dumps(spec_json_schema(), indent=2))
 
 
 async def _run(

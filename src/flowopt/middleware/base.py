@@ -43,6 +43,8 @@ from flowopt.tracing import (
 from flowopt.types import Decision, Request, Response
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from flowopt.backends.base import Backend
 
 __all__ = [
@@ -90,10 +92,14 @@ class MiddlewareBase:
     lifecycle hooks. Subclasses implement ``__call__``.
 
     ``positional`` names the option that a YAML short form ``{name: value}`` sets.
+    ``options_model`` is the frozen, typed value of the options (a pydantic model, see
+    :mod:`flowopt.middleware.options`): specs are checked against it before anything is
+    built, and ``flowopt schema`` shows it. None: options are checked only by ``__init__``.
     """
 
     name: ClassVar[str] = "middleware"
     positional: ClassVar[str | None] = None
+    options_model: ClassVar[type[BaseModel] | None] = None
 
     async def setup(self, ctx: PipelineContext) -> None:
         """Called once before the first request (connect stores, read model identity)."""
@@ -165,7 +171,8 @@ class Use:
 
     def instantiate(self, cls: Any, *, where: str) -> Any:
         """Call ``cls(**options)``, mapping the YAML short form ``{name: value}`` onto the
-        class's ``positional`` option, and turning a bad option into a ConfigError."""
+        class's ``positional`` option, and turning a bad option into a ConfigError that
+        names ``where``."""
         options = dict(self.options)
         if "__positional__" in options:
             key = getattr(cls, "positional", None)
@@ -183,6 +190,10 @@ class Use:
                 f"{where}: {self.name!r} rejected its options {sorted(options)}: {exc}",
                 hint=f"see the docs of {self.name!r} for its options",
             ) from None
+        except ConfigError as exc:
+            if not exc.message.startswith(f"{where}:"):
+                exc.message = f"{where}: {exc.message}"
+            raise
 
     @classmethod
     def parse(cls, value: Any, *, where: str = "middleware") -> Use:

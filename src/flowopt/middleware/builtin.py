@@ -5,13 +5,36 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import ClassVar
+from typing import Any, ClassVar
+
+from pydantic import field_validator
 
 from flowopt.middleware.base import CallNext, MiddlewareBase
+from flowopt.middleware.options import MiddlewareOptions, make_options
 from flowopt.stream import when_final
 from flowopt.types import Request, Response
 
-__all__ = ["Logging", "NoOp"]
+__all__ = ["Logging", "LoggingOptions", "NoOp", "NoOpOptions"]
+
+
+class NoOpOptions(MiddlewareOptions):
+    """``noop`` takes no options."""
+
+
+class LoggingOptions(MiddlewareOptions):
+    """Options of ``logging``."""
+
+    level: str = "INFO"
+    """Log level name of the per-request line: DEBUG, INFO, WARNING or ERROR."""
+    logger: str = "flowopt.requests"
+    """Name of the Python logger written to."""
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if not isinstance(logging.getLevelName(v.upper()), int):
+            raise ValueError(f"logging level {v!r} is not a level name")
+        return v
 
 
 class NoOp(MiddlewareBase):
@@ -19,6 +42,10 @@ class NoOp(MiddlewareBase):
     one hop of the stack, and as a template for plugin authors."""
 
     name: ClassVar[str] = "noop"
+    options_model: ClassVar[type[NoOpOptions]] = NoOpOptions
+
+    def __init__(self, options: NoOpOptions | None = None, /, **kwargs: Any) -> None:
+        self.options = make_options(NoOpOptions, options, kwargs, name=self.name)
 
     async def __call__(self, request: Request, call_next: CallNext) -> Response:
         return await call_next(request)
@@ -30,17 +57,14 @@ class Logging(MiddlewareBase):
 
     name: ClassVar[str] = "logging"
     positional: ClassVar[str | None] = "level"
+    options_model: ClassVar[type[LoggingOptions]] = LoggingOptions
 
-    def __init__(self, level: str = "INFO", logger: str = "flowopt.requests") -> None:
-        self._level = logging.getLevelName(level.upper())
-        if not isinstance(self._level, int):
-            from flowopt.errors import ConfigError
-
-            raise ConfigError(
-                f"logging level {level!r} is not a level name",
-                hint="use DEBUG, INFO, WARNING or ERROR",
-            )
-        self._log = logging.getLogger(logger)
+    def __init__(self, options: LoggingOptions | str | None = None, /, **kwargs: Any) -> None:
+        self.options = opts = make_options(
+            LoggingOptions, options, kwargs, name=self.name, positional=self.positional
+        )
+        self._level: int = logging.getLevelName(opts.level.upper())
+        self._log = logging.getLogger(opts.logger)
 
     async def __call__(self, request: Request, call_next: CallNext) -> Response:
         start = time.perf_counter()

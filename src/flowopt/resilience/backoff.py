@@ -15,34 +15,44 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from pydantic import Field
+
 from flowopt.errors import ConfigError
+from flowopt.middleware.options import MiddlewareOptions
 
-__all__ = ["Backoff", "RetryBudget"]
+__all__ = ["Backoff", "RetryBudget", "RetryBudgetOptions"]
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Delay before retry ``n`` (1-based): ``uniform(0, min(cap, base * multiplier**(n-1)))``."""
+class Backoff(MiddlewareOptions):
+    """Delay before retry ``n`` (1-based): ``uniform(0, min(cap, base * multiplier**(n-1)))``.
+    A frozen value; a bad value raises ConfigError."""
 
-    base: float = 0.1
+    base: float = Field(0.1, ge=0)
     """Seconds: the ceiling of the first delay."""
-    cap: float = 5.0
+    cap: float = Field(5.0, ge=0)
     """Seconds: no delay is longer than this (before Retry-After overrides it)."""
-    multiplier: float = 2.0
+    multiplier: float = Field(2.0, ge=1)
     """Growth of the ceiling per retry."""
-
-    def __post_init__(self) -> None:
-        if self.base < 0 or self.cap < 0 or self.multiplier < 1:
-            raise ConfigError(
-                f"backoff needs base >= 0, cap >= 0, multiplier >= 1 (got {self})",
-                hint="e.g. backoff: {base: 0.1, cap: 5, multiplier: 2}",
-            )
 
     def ceiling(self, retry: int) -> float:
         return float(min(self.cap, self.base * self.multiplier ** max(0, retry - 1)))
 
     def delay(self, retry: int, rng: random.Random | None = None) -> float:
         return (rng or random).uniform(0.0, self.ceiling(retry))
+
+
+class RetryBudgetOptions(MiddlewareOptions):
+    """The knobs of a :class:`RetryBudget` (retry's ``budget`` option)."""
+
+    ratio: float = Field(0.1, ge=0, le=1)
+    """Retries allowed per first attempt in the window (0.1: at most 10% extra load)."""
+    window_s: float = Field(10.0, gt=0)
+    """Seconds of history the ratio is computed over."""
+    min_per_window: int = Field(3, ge=0)
+    """Retries always allowed per window, so a quiet service can still retry at all."""
+
+    def build(self) -> RetryBudget:
+        return RetryBudget(self.ratio, self.window_s, self.min_per_window)
 
 
 @dataclass

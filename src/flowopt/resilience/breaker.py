@@ -22,19 +22,21 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from pydantic import Field, model_validator
+
 from flowopt.errors import (
     BackendError,
     BackendHTTPError,
-    ConfigError,
     EndpointCoolingDown,
     IncompleteStream,
 )
 from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
+from flowopt.middleware.options import MiddlewareOptions, make_options
 from flowopt.middleware.steer import backend_endpoints
 from flowopt.stream import when_final
 from flowopt.types import Request, Response
 
-__all__ = ["Breaker", "EndpointState"]
+__all__ = ["Breaker", "BreakerOptions", "EndpointState"]
 
 State = Literal["closed", "open", "half_open"]
 
@@ -52,36 +54,43 @@ class EndpointState:
     opens: int = 0
 
 
-class Breaker(MiddlewareBase):
-    """Options:
+class BreakerOptions(MiddlewareOptions):
+    """Options of ``breaker``."""
 
-    - ``failure_threshold`` (5): consecutive failures that open the circuit.
-    - ``open_s`` (5): first open period; doubles per re-open up to ``max_open_s`` (60).
-    - ``default_cooldown_s`` (1): cool-down after a 429 without ``Retry-After``.
-    - ``count_incomplete_streams`` (true): a stream cut mid-way counts as a failure.
-    """
+    failure_threshold: int = Field(5, ge=1)
+    """Consecutive failures of one endpoint that open its circuit."""
+    open_s: float = Field(5.0, gt=0)
+    """Seconds of the first open period; it doubles on each re-open."""
+    max_open_s: float = 60.0
+    """Seconds: the longest open period (>= ``open_s``)."""
+    default_cooldown_s: float = 1.0
+    """Seconds of cool-down after a 429 that came without ``Retry-After``."""
+    count_incomplete_streams: bool = True
+    """A stream the server cut mid-way counts as a failure."""
+
+    @model_validator(mode="after")
+    def _periods(self) -> BreakerOptions:
+        if self.max_open_s < self.open_s:
+            raise ValueError(
+                f"breaker needs open_s <= max_open_s (got {self.open_s} > {self.max_open_s})"
+            )
+        return self
+
+
+class Breaker(MiddlewareBase):
+    """Options: :class:`BreakerOptions` (``failure_threshold``, ``open_s``,
+    ``max_open_s``, ``default_cooldown_s``, ``count_incomplete_streams``)."""
 
     name: ClassVar[str] = "breaker"
+    options_model: ClassVar[type[BreakerOptions]] = BreakerOptions
 
-    def __init__(
-        self,
-        *,
-        failure_threshold: int = 5,
-        open_s: float = 5.0,
-        max_open_s: float = 60.0,
-        default_cooldown_s: float = 1.0,
-        count_incomplete_streams: bool = True,
-    ) -> None:
-        if failure_threshold < 1 or open_s <= 0 or max_open_s < open_s:
-            raise ConfigError(
-                "breaker needs failure_threshold >= 1 and 0 < open_s <= max_open_s",
-                hint="e.g. breaker: {failure_threshold: 5, open_s: 5, max_open_s: 60}",
-            )
-        self.failure_threshold = failure_threshold
-        self.open_s = open_s
-        self.max_open_s = max_open_s
-        self.default_cooldown_s = default_cooldown_s
-        self.count_incomplete_streams = count_incomplete_streams
+    def __init__(self, options: BreakerOptions | None = None, /, **kwargs: Any) -> None:
+        self.options = opts = make_options(BreakerOptions, options, kwargs, name=self.name)
+        self.failure_threshold = opts.failure_threshold
+        self.open_s = opts.open_s
+        self.max_open_s = opts.max_open_s
+        self.default_cooldown_s = opts.default_cooldown_s
+        self.count_incomplete_streams = opts.count_incomplete_streams
         self.endpoints: dict[str, EndpointState] = {}
         self._steered = False
         self._default_endpoints: list[str] = []

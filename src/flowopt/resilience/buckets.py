@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from flowopt.errors import MissingDependencyError, StoreError
 
@@ -33,6 +33,7 @@ class BucketSpec:
     capacity: float
 
 
+@runtime_checkable
 class BucketStore(Protocol):
     async def take(self, buckets: Sequence[BucketSpec]) -> float:
         """Take every cost or none; 0.0 when granted, else seconds until it could be."""

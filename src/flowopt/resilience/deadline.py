@@ -14,35 +14,44 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from flowopt.errors import BackendTimeout, ConfigError, DeadlineExceeded, IncompleteStream
+from pydantic import Field
+
+from flowopt.errors import BackendTimeout, DeadlineExceeded, IncompleteStream
 from flowopt.middleware.base import CallNext, MiddlewareBase
+from flowopt.middleware.options import MiddlewareOptions, make_options
 from flowopt.resilience._streams import rewrap
 from flowopt.types import Chunk, Request, Response
 
-__all__ = ["Deadline"]
+__all__ = ["Deadline", "DeadlineOptions"]
+
+
+class DeadlineOptions(MiddlewareOptions):
+    """Options of ``deadline`` (short form: ``deadline: 30`` sets ``default_s``)."""
+
+    default_s: float | None = Field(None, gt=0)
+    """Seconds of budget for requests that came without a deadline (none: no default)."""
+    min_s: float = Field(0.01, ge=0)
+    """Seconds: a request with less than this left is refused (it cannot succeed)."""
+    stream: bool = True
+    """Also bound the time to the last chunk of a streamed answer."""
 
 
 class Deadline(MiddlewareBase):
-    """Options:
-
-    - ``default_s`` (none): budget for requests that came without a deadline.
-    - ``min_s`` (0.01): refuse a request with less than this left (it cannot succeed).
-    - ``stream`` (true): also bound the time to the last chunk of a streamed answer.
-    """
+    """Options: :class:`DeadlineOptions` (``default_s``, ``min_s``, ``stream``)."""
 
     name: ClassVar[str] = "deadline"
     positional: ClassVar[str | None] = "default_s"
+    options_model: ClassVar[type[DeadlineOptions]] = DeadlineOptions
 
-    def __init__(
-        self, default_s: float | None = None, *, min_s: float = 0.01, stream: bool = True
-    ) -> None:
-        if default_s is not None and default_s <= 0:
-            raise ConfigError(f"deadline default_s must be > 0, got {default_s}", hint="seconds")
-        self.default_s = default_s
-        self.min_s = min_s
-        self.stream = stream
+    def __init__(self, options: DeadlineOptions | float | None = None, /, **kwargs: Any) -> None:
+        self.options = opts = make_options(
+            DeadlineOptions, options, kwargs, name=self.name, positional=self.positional
+        )
+        self.default_s = opts.default_s
+        self.min_s = opts.min_s
+        self.stream = opts.stream
 
     async def __call__(self, request: Request, call_next: CallNext) -> Response:
         if request.deadline is None:

@@ -22,15 +22,23 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BeforeValidator, Field
 
 from flowopt.errors import BackendError, ConfigError, EndpointCoolingDown, Overloaded
 from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
+from flowopt.middleware.options import MiddlewareOptions, make_options
 from flowopt.stream import replay, when_final
 from flowopt.types import Request, Response
 
-__all__ = ["Fallback", "LastGoodAnswers", "StaleSource"]
+__all__ = [
+    "Fallback",
+    "FallbackOptions",
+    "LastGoodAnswers",
+    "StaleAnswersOptions",
+    "StaleSource",
+]
 
 
 @runtime_checkable
@@ -91,6 +99,34 @@ class LastGoodAnswers:
         )
 
 
+class StaleAnswersOptions(MiddlewareOptions):
+    """The built-in stale source (:class:`LastGoodAnswers`)."""
+
+    max_entries: int = Field(1024, ge=1)
+    """Answers kept (least recently stored are dropped first)."""
+    max_age_s: float = Field(3600.0, gt=0)
+    """Seconds: an older answer is not served, even as stale."""
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class FallbackOptions(MiddlewareOptions):
+    """Options of ``fallback`` (short form: ``fallback: [strong]`` sets ``tiers``)."""
+
+    tiers: Annotated[
+        tuple[str, ...], BeforeValidator(_one_or_many, json_schema_input_type=list[str] | str)
+    ] = ()
+    """Backend names to try, in order, after the request's own backend (e.g. ``[strong,
+    default]``). Empty: no tier fallback, only stale answers."""
+    stale: bool = True
+    """Serve a stale answer when every tier failed, if a source has one."""
+    stale_answers: StaleAnswersOptions | bool = True
+    """The built-in source of stale answers (``{max_entries: 1024, max_age_s: 3600}``;
+    ``true``: those defaults); ``false`` to rely only on a cache's source."""
+
+
 def _falls_back(exc: BaseException) -> bool:
     """Another tier may answer: the service shed this request, or the backend failed in a
     way a retry could fix (after the retries below gave up), or every endpoint is cooling
@@ -101,33 +137,24 @@ def _falls_back(exc: BaseException) -> bool:
 
 
 class Fallback(MiddlewareBase):
-    """Options:
-
-    - ``tiers``: backend names to try, in order, after the request's own backend (e.g.
-      ``[strong, default]``). Empty: no tier fallback, only stale answers.
-    - ``stale`` (true): serve a stale answer when every tier failed, if a source has one.
-    - ``stale_answers`` ({max_entries: 1024, max_age_s: 3600}): the built-in source;
-      ``false`` to rely only on a cache's source.
-    """
+    """Options: :class:`FallbackOptions` (``tiers``, ``stale``, ``stale_answers``)."""
 
     name: ClassVar[str] = "fallback"
     positional: ClassVar[str | None] = "tiers"
+    options_model: ClassVar[type[FallbackOptions]] = FallbackOptions
 
-    def __init__(
-        self,
-        tiers: Sequence[str] = (),
-        *,
-        stale: bool = True,
-        stale_answers: Mapping[str, Any] | bool = True,
-    ) -> None:
-        if isinstance(tiers, str):
-            tiers = [tiers]
-        self.tiers = list(tiers)
-        self.stale = stale
+    def __init__(self, options: FallbackOptions | Any = None, /, **kwargs: Any) -> None:
+        self.options = opts = make_options(
+            FallbackOptions, options, kwargs, name=self.name, positional=self.positional
+        )
+        self.tiers = list(opts.tiers)
+        self.stale = opts.stale
         self.last_good: LastGoodAnswers | None = None
-        if stale and stale_answers is not False:
-            opts = dict(stale_answers) if isinstance(stale_answers, Mapping) else {}
-            self.last_good = LastGoodAnswers(**opts)
+        if opts.stale and opts.stale_answers is not False:
+            source = opts.stale_answers
+            if not isinstance(source, StaleAnswersOptions):
+                source = StaleAnswersOptions()
+            self.last_good = LastGoodAnswers(source.max_entries, source.max_age_s)
         self._sources: list[StaleSource] = [self.last_good] if self.last_good else []
 
     async def setup(self, ctx: PipelineContext) -> None:

@@ -17,15 +17,59 @@ an outage of the limiter must not become an outage of the app.
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
 
 from flowopt.errors import ConfigError, RateLimited, StoreError
 from flowopt.middleware.base import CallNext, MiddlewareBase
+from flowopt.middleware.options import MiddlewareOptions, PyObject, make_options
 from flowopt.resilience.buckets import BucketSpec, BucketStore, MemoryBuckets, RedisBuckets
 from flowopt.stream import when_final
 from flowopt.types import Request, Response
 
-__all__ = ["TenantLimits", "estimate_tokens"]
+__all__ = ["TenantLimits", "TenantLimitsOptions", "TenantOverride", "estimate_tokens"]
+
+_Positive = Annotated[float, Field(gt=0)]
+
+
+class TenantOverride(MiddlewareOptions):
+    """One tenant's own limits (unset fields keep the shared ones)."""
+
+    requests_per_minute: _Positive | None = None
+    """Refill rate of the request bucket."""
+    tokens_per_minute: _Positive | None = None
+    """Refill rate of the LLM-token bucket."""
+    burst_requests: _Positive | None = None
+    """Size of the request bucket (default: one minute's worth)."""
+    burst_tokens: _Positive | None = None
+    """Size of the token bucket (default: one minute's worth)."""
+
+
+class TenantLimitsOptions(TenantOverride):
+    """Options of ``ratelimit``: the shared limits (at least one rate), plus these."""
+
+    per_tenant: dict[str, TenantOverride] = Field(default_factory=dict)
+    """``{tenant: {requests_per_minute: .., tokens_per_minute: ..}}`` overrides."""
+    store: Literal["memory", "redis"] | PyObject[BucketStore] = "memory"
+    """Where the buckets live: ``memory`` (this process) or ``redis`` (shared by every
+    process). From Python, a bucket store object."""
+    redis_url: str | None = None
+    """``redis://`` URL of the ``redis`` store (default: ``FLOWOPT_REDIS_URL``)."""
+    prefix: str = "flowopt:rl:"
+    """Prefix of the Redis keys."""
+    fail_open: bool = True
+    """Admit requests when the store is down (and record ``store_error``)."""
+    default_output_tokens: int = Field(256, ge=0)
+    """Output estimate when a request does not set ``max_tokens``."""
+    anonymous: str = "anonymous"
+    """Tenant name of requests that carry none."""
+
+    @model_validator(mode="after")
+    def _some_rate(self) -> TenantLimitsOptions:
+        if self.requests_per_minute is None and self.tokens_per_minute is None:
+            raise ValueError("ratelimit needs requests_per_minute and/or tokens_per_minute")
+        return self
 
 
 def estimate_tokens(request: Request, default_output_tokens: int) -> int:
@@ -35,70 +79,35 @@ def estimate_tokens(request: Request, default_output_tokens: int) -> int:
 
 
 class TenantLimits(MiddlewareBase):
-    """Options:
-
-    - ``requests_per_minute`` / ``tokens_per_minute``: the refill rates (either may be
-      omitted; at least one is required).
-    - ``burst_requests`` / ``burst_tokens``: bucket sizes (default: one minute's worth).
-    - ``per_tenant``: ``{tenant: {requests_per_minute: .., tokens_per_minute: ..}}`` overrides.
-    - ``store``: ``memory`` (default) or ``redis``; ``redis_url`` (or ``FLOWOPT_REDIS_URL``);
-      ``prefix`` for the Redis keys.
-    - ``fail_open`` (true): admit when the store is down.
-    - ``default_output_tokens`` (256): output estimate when ``max_tokens`` is unset.
-    - ``anonymous`` ("anonymous"): the tenant of requests that carry none.
-    """
+    """Options: :class:`TenantLimitsOptions` (``requests_per_minute`` /
+    ``tokens_per_minute``, ``burst_requests`` / ``burst_tokens``, ``per_tenant``,
+    ``store`` / ``redis_url`` / ``prefix``, ``fail_open``, ``default_output_tokens``,
+    ``anonymous``)."""
 
     name: ClassVar[str] = "ratelimit"
+    options_model: ClassVar[type[TenantLimitsOptions]] = TenantLimitsOptions
 
-    def __init__(
-        self,
-        *,
-        requests_per_minute: float | None = None,
-        tokens_per_minute: float | None = None,
-        burst_requests: float | None = None,
-        burst_tokens: float | None = None,
-        per_tenant: dict[str, dict[str, float]] | None = None,
-        store: str | BucketStore = "memory",
-        redis_url: str | None = None,
-        prefix: str = "flowopt:rl:",
-        fail_open: bool = True,
-        default_output_tokens: int = 256,
-        anonymous: str = "anonymous",
-    ) -> None:
-        if requests_per_minute is None and tokens_per_minute is None:
-            raise ConfigError(
-                "ratelimit needs requests_per_minute and/or tokens_per_minute",
-                hint="e.g. ratelimit: {requests_per_minute: 60, tokens_per_minute: 20000}",
-            )
-        for label, v in (
-            ("requests_per_minute", requests_per_minute),
-            ("tokens_per_minute", tokens_per_minute),
-        ):
-            if v is not None and v <= 0:
-                raise ConfigError(f"{label} must be > 0, got {v}", hint="per minute, e.g. 60")
+    def __init__(self, options: TenantLimitsOptions | None = None, /, **kwargs: Any) -> None:
+        self.options = opts = make_options(TenantLimitsOptions, options, kwargs, name=self.name)
         self.limits = {
-            "requests": (requests_per_minute, burst_requests),
-            "tokens": (tokens_per_minute, burst_tokens),
+            "requests": (opts.requests_per_minute, opts.burst_requests),
+            "tokens": (opts.tokens_per_minute, opts.burst_tokens),
         }
-        self.per_tenant = {t: dict(v) for t, v in (per_tenant or {}).items()}
-        self.fail_open = fail_open
-        self.default_output_tokens = default_output_tokens
-        self.anonymous = anonymous
-        if isinstance(store, str):
-            if store == "memory":
-                self.store: BucketStore = MemoryBuckets()
-            elif store == "redis":
-                url = redis_url or os.environ.get("FLOWOPT_REDIS_URL")
-                if not url:
-                    raise ConfigError(
-                        "ratelimit store 'redis' needs redis_url (or FLOWOPT_REDIS_URL)",
-                        hint="e.g. redis_url: redis://127.0.0.1:6379/0",
-                    )
-                self.store = RedisBuckets(url, prefix=prefix)
-            else:
+        self.per_tenant = {t: v.model_dump(exclude_none=True) for t, v in opts.per_tenant.items()}
+        self.fail_open = opts.fail_open
+        self.default_output_tokens = opts.default_output_tokens
+        self.anonymous = opts.anonymous
+        store = opts.store
+        if store == "memory":
+            self.store: BucketStore = MemoryBuckets()
+        elif store == "redis":
+            url = opts.redis_url or os.environ.get("FLOWOPT_REDIS_URL")
+            if not url:
                 raise ConfigError(
-                    f"unknown ratelimit store {store!r}", hint="use 'memory' or 'redis'"
+                    "ratelimit store 'redis' needs redis_url (or FLOWOPT_REDIS_URL)",
+                    hint="e.g. redis_url: redis://127.0.0.1:6379/0",
                 )
+            self.store = RedisBuckets(url, prefix=opts.prefix)
         else:
             self.store = store
 

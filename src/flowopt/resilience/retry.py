@@ -19,17 +19,40 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from flowopt.errors import BackendError, ConfigError, EndpointCoolingDown
+from pydantic import Field
+
+from flowopt.errors import BackendError, EndpointCoolingDown
 from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
+from flowopt.middleware.options import MiddlewareOptions, PyObject, make_options
 from flowopt.resilience._streams import rewrap
-from flowopt.resilience.backoff import Backoff, RetryBudget
+from flowopt.resilience.backoff import Backoff, RetryBudget, RetryBudgetOptions
 from flowopt.types import Chunk, Request, Response
 
-__all__ = ["Retry"]
+__all__ = ["Retry", "RetryOptions"]
+
+
+class RetryOptions(MiddlewareOptions):
+    """Options of ``retry`` (short form: ``retry: 3`` sets ``attempts``)."""
+
+    attempts: int = Field(3, ge=1)
+    """Sends per request, the first included."""
+    backoff: Backoff = Backoff()
+    """Full-jitter delays between sends: ``{base: 0.1, cap: 5, multiplier: 2}``."""
+    max_retry_after: float = Field(30.0, ge=0)
+    """Seconds: a ``Retry-After`` longer than this is not waited out; the error goes up
+    (to fallback) at once."""
+    budget: RetryBudgetOptions | bool | PyObject[RetryBudget] = True
+    """Retries as a share of first attempts (``{ratio: 0.1, window_s: 10,
+    min_per_window: 3}``); ``true``: those defaults; ``false`` disables the budget (not
+    recommended). From Python, a ``RetryBudget`` object shares one budget between layers."""
+    retry_streams: bool = True
+    """Retry a stream that fails before its first chunk."""
+    seed: int | None = None
+    """Seeds the jitter (tests and benchmarks)."""
 
 
 @dataclass
@@ -45,46 +68,29 @@ class _Attempts:
 
 
 class Retry(MiddlewareBase):
-    """Options:
-
-    - ``attempts`` (3): sends per request, the first included.
-    - ``backoff`` ({base: 0.1, cap: 5, multiplier: 2}): full-jitter delays.
-    - ``max_retry_after`` (30 s): a ``Retry-After`` longer than this is not waited out;
-      the error goes up (to fallback) at once.
-    - ``budget`` ({ratio: 0.1, window_s: 10, min_per_window: 3}): retries as a share of
-      first attempts; ``false`` disables the budget (not recommended).
-    - ``retry_streams`` (true): retry a stream that fails before its first chunk.
-    - ``seed``: seeds the jitter (tests and benchmarks).
-    """
+    """Options: :class:`RetryOptions` (``attempts``, ``backoff``, ``max_retry_after``,
+    ``budget``, ``retry_streams``, ``seed``)."""
 
     name: ClassVar[str] = "retry"
     positional: ClassVar[str | None] = "attempts"
+    options_model: ClassVar[type[RetryOptions]] = RetryOptions
 
-    def __init__(
-        self,
-        attempts: int = 3,
-        *,
-        backoff: Backoff | Mapping[str, float] | None = None,
-        max_retry_after: float = 30.0,
-        budget: RetryBudget | Mapping[str, Any] | bool = True,
-        retry_streams: bool = True,
-        seed: int | None = None,
-    ) -> None:
-        if attempts < 1:
-            raise ConfigError(f"retry attempts must be >= 1, got {attempts}", hint="e.g. 3")
-        self.attempts = attempts
-        self.backoff = backoff if isinstance(backoff, Backoff) else Backoff(**dict(backoff or {}))
-        self.max_retry_after = max_retry_after
+    def __init__(self, options: RetryOptions | int | None = None, /, **kwargs: Any) -> None:
+        self.options = opts = make_options(
+            RetryOptions, options, kwargs, name=self.name, positional=self.positional
+        )
+        self.attempts = opts.attempts
+        self.backoff = opts.backoff
+        self.max_retry_after = opts.max_retry_after
+        budget = opts.budget
         if isinstance(budget, RetryBudget):
             self.budget: RetryBudget | None = budget
-        elif budget is True:
-            self.budget = RetryBudget()
-        elif budget is False:
-            self.budget = None
+        elif isinstance(budget, RetryBudgetOptions):
+            self.budget = budget.build()
         else:
-            self.budget = RetryBudget(**dict(budget))
-        self.retry_streams = retry_streams
-        self._rng = random.Random(seed)
+            self.budget = RetryBudget() if budget else None
+        self.retry_streams = opts.retry_streams
+        self._rng = random.Random(opts.seed)
         self._steered = False
 
     async def setup(self, ctx: PipelineContext) -> None:

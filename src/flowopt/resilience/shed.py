@@ -25,14 +25,29 @@ import heapq
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from flowopt.errors import ConfigError, Overloaded
+from pydantic import Field
+
+from flowopt.errors import Overloaded
 from flowopt.middleware.base import CallNext, MiddlewareBase
+from flowopt.middleware.options import MiddlewareOptions, make_options
 from flowopt.stream import when_final
 from flowopt.types import Request, Response
 
-__all__ = ["LoadShed"]
+__all__ = ["LoadShed", "LoadShedOptions"]
+
+
+class LoadShedOptions(MiddlewareOptions):
+    """Options of ``shed`` (short form: ``shed: 8`` sets ``max_concurrency``)."""
+
+    max_concurrency: int = Field(8, ge=1)
+    """Requests in flight per backend: set it at the backend's saturation point
+    (``benchmarks/resilience.py`` measures it)."""
+    max_queue: int = Field(8, ge=0)
+    """Waiting requests per backend beyond that; 0 rejects at once."""
+    ewma: float = Field(0.2, gt=0, le=1)
+    """Weight of the newest service time in the retry-after estimate."""
 
 
 @dataclass(order=True)
@@ -52,26 +67,19 @@ class _Pool:
 
 
 class LoadShed(MiddlewareBase):
-    """Options:
-
-    - ``max_concurrency`` (8): requests in flight per backend — set it at the backend's
-      saturation point (``benchmarks/resilience.py`` measures it).
-    - ``max_queue`` (8): waiting requests per backend beyond that; 0 = reject at once.
-    - ``ewma`` (0.2): weight of the newest service time in the retry-after estimate.
-    """
+    """Options: :class:`LoadShedOptions` (``max_concurrency``, ``max_queue``, ``ewma``)."""
 
     name: ClassVar[str] = "shed"
     positional: ClassVar[str | None] = "max_concurrency"
+    options_model: ClassVar[type[LoadShedOptions]] = LoadShedOptions
 
-    def __init__(self, max_concurrency: int = 8, *, max_queue: int = 8, ewma: float = 0.2) -> None:
-        if max_concurrency < 1 or max_queue < 0 or not 0 < ewma <= 1:
-            raise ConfigError(
-                "shed needs max_concurrency >= 1, max_queue >= 0, 0 < ewma <= 1",
-                hint="e.g. shed: {max_concurrency: 8, max_queue: 8}",
-            )
-        self.max_concurrency = max_concurrency
-        self.max_queue = max_queue
-        self.ewma = ewma
+    def __init__(self, options: LoadShedOptions | int | None = None, /, **kwargs: Any) -> None:
+        self.options = opts = make_options(
+            LoadShedOptions, options, kwargs, name=self.name, positional=self.positional
+        )
+        self.max_concurrency = opts.max_concurrency
+        self.max_queue = opts.max_queue
+        self.ewma = opts.ewma
         self.pools: dict[str, _Pool] = {}
         self._seq = itertools.count()
 

@@ -15,10 +15,8 @@ inner layer gets its own ``middleware <name>`` span with its decisions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from flowopt.errors import ConfigError
 from flowopt.middleware.base import (
     CallNext,
     Middleware,
@@ -26,68 +24,68 @@ from flowopt.middleware.base import (
     PipelineContext,
     build_stack,
 )
-from flowopt.resilience.breaker import Breaker
-from flowopt.resilience.deadline import Deadline
-from flowopt.resilience.fallback import Fallback
-from flowopt.resilience.limits import TenantLimits
-from flowopt.resilience.retry import Retry
-from flowopt.resilience.shed import LoadShed
+from flowopt.middleware.options import MiddlewareOptions, PyObject, make_options
+from flowopt.resilience.breaker import Breaker, BreakerOptions
+from flowopt.resilience.deadline import Deadline, DeadlineOptions
+from flowopt.resilience.fallback import Fallback, FallbackOptions
+from flowopt.resilience.limits import TenantLimits, TenantLimitsOptions
+from flowopt.resilience.retry import Retry, RetryOptions
+from flowopt.resilience.shed import LoadShed, LoadShedOptions
 from flowopt.tracing import PipelineTracing
 from flowopt.types import Request, Response
 
-__all__ = ["Resilience"]
+__all__ = ["Resilience", "ResilienceOptions"]
 
 
-def _layer(cls: Any, value: Any, what: str) -> Any:
-    """``None``/``False`` -> off, ``True`` -> defaults, a mapping -> options, a scalar ->
-    the layer's positional option, an instance -> itself."""
+class ResilienceOptions(MiddlewareOptions):
+    """Options of ``resilience``. Each layer: ``true`` for its defaults, ``false`` or
+    omitted for off, its options as a mapping, or its short-form value. From Python, a
+    built layer object is used as is."""
+
+    deadline: bool | DeadlineOptions | float | PyObject[Deadline] | None = None
+    """The ``deadline`` layer (off; a number is the default budget in seconds)."""
+    ratelimit: bool | TenantLimitsOptions | PyObject[TenantLimits] | None = None
+    """The ``ratelimit`` layer (off)."""
+    fallback: bool | FallbackOptions | list[str] | str | PyObject[Fallback] | None = None
+    """The ``fallback`` layer (off; a list is the tiers)."""
+    retry: bool | RetryOptions | int | PyObject[Retry] | None = True
+    """The ``retry`` layer (on; a number is the attempts)."""
+    shed: bool | LoadShedOptions | int | PyObject[LoadShed] | None = None
+    """The ``shed`` layer (off; a number is max_concurrency)."""
+    breaker: bool | BreakerOptions | PyObject[Breaker] | None = True
+    """The ``breaker`` layer (on)."""
+
+
+def _layer(cls: Any, value: Any) -> Any:
+    """``None``/``False`` -> off, ``True`` -> defaults, options or a short-form value ->
+    a new layer, a layer object -> itself."""
     if value is None or value is False:
         return None
     if isinstance(value, cls):
         return value
-    if value is True:
-        return cls()
-    if isinstance(value, Mapping):
-        try:
-            return cls(**dict(value))
-        except TypeError as exc:
-            raise ConfigError(
-                f"resilience.{what}: {exc}", hint=f"see the docs of {what!r}"
-            ) from None
-    if isinstance(value, list | tuple | int | float | str):
-        return cls(value)
-    raise ConfigError(f"resilience.{what}: cannot read {value!r}", hint="use true, false or {...}")
+    return cls() if value is True else cls(value)
 
 
 class Resilience(MiddlewareBase):
-    """Options (each: ``true`` for defaults, ``false``/omitted for off, or a mapping):
-    ``deadline`` (off; a number is the default budget in s), ``ratelimit`` (off),
-    ``fallback`` (off; a list is the tiers), ``retry`` (on), ``shed`` (off; a number is
-    max_concurrency), ``breaker`` (on)."""
+    """Options: :class:`ResilienceOptions` (``deadline``, ``ratelimit``, ``fallback``,
+    ``retry``, ``shed``, ``breaker``)."""
 
     name: ClassVar[str] = "resilience"
+    options_model: ClassVar[type[ResilienceOptions]] = ResilienceOptions
 
-    def __init__(
-        self,
-        *,
-        deadline: Any = None,
-        ratelimit: Any = None,
-        fallback: Any = None,
-        retry: Any = True,
-        shed: Any = None,
-        breaker: Any = True,
-    ) -> None:
+    def __init__(self, options: ResilienceOptions | None = None, /, **kwargs: Any) -> None:
+        self.options = opts = make_options(ResilienceOptions, options, kwargs, name=self.name)
         spec = (
-            ("deadline", Deadline, deadline),
-            ("ratelimit", TenantLimits, ratelimit),
-            ("fallback", Fallback, fallback),
-            ("retry", Retry, retry),
-            ("shed", LoadShed, shed),
-            ("breaker", Breaker, breaker),
+            ("deadline", Deadline, opts.deadline),
+            ("ratelimit", TenantLimits, opts.ratelimit),
+            ("fallback", Fallback, opts.fallback),
+            ("retry", Retry, opts.retry),
+            ("shed", LoadShed, opts.shed),
+            ("breaker", Breaker, opts.breaker),
         )
         self.layers: list[tuple[str, Middleware]] = []
         for what, cls, value in spec:
-            layer = _layer(cls, value, what)
+            layer = _layer(cls, value)
             if layer is not None:
                 self.layers.append((what, layer))
         self._tracing: PipelineTracing | None = None

@@ -26,60 +26,77 @@ traced, limited and retried like any hop.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
 
 from flowopt.errors import BackendError, ConfigError, RejectedError
 from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
+from flowopt.middleware.options import MiddlewareOptions, make_options
 from flowopt.routing.classifiers.judge import JudgeClassifier, choice_request
 from flowopt.routing.confidence import Method, confidence
-from flowopt.routing.pricing import Tier, parse_tiers
+from flowopt.routing.pricing import Tier, Tiers
 from flowopt.stream import replay, when_final
 from flowopt.types import Message, Request, Response
 
-__all__ = ["Cascade"]
+__all__ = ["Cascade", "CascadeOptions"]
+
+_Unit = Annotated[float, Field(ge=0, le=1)]
+
+
+class CascadeOptions(MiddlewareOptions):
+    """Options of ``cascade``."""
+
+    tiers: Tiers
+    """Two or more tiers, cheapest first: ``[{name, backend, price}]``."""
+    threshold: _Unit = 0.5
+    """Confidence a non-final tier's answer needs to be accepted."""
+    thresholds: tuple[_Unit, ...] | None = None
+    """One threshold per non-final tier, instead of ``threshold``."""
+    confidence: Method = "mean"
+    """How token logprobs become one confidence: ``mean``, ``min`` or ``first``."""
+    verifier: str | None = None
+    """A backend asked yes/no on the cheap answer; the acceptance score is then the mean
+    of the logprob confidence and P(yes)."""
+    stream: Literal["buffer", "final"] = "buffer"
+    """Streamed requests: ``buffer`` cascades them (time to first token = the cheap
+    tier's full latency); ``final`` streams live from one tier, without the cascade."""
+    stream_tier: str | None = None
+    """The tier ``stream: final`` uses (default: the strongest)."""
+
+    @model_validator(mode="after")
+    def _per_tier(self) -> CascadeOptions:
+        got = self.per_tier()
+        if len(got) != len(self.tiers) - 1:
+            raise ValueError(
+                f"cascade needs {len(self.tiers) - 1} threshold(s) in [0, 1], got {got}"
+            )
+        return self
+
+    def per_tier(self) -> list[float]:
+        if self.thresholds is not None:
+            return list(self.thresholds)
+        return [self.threshold] * (len(self.tiers) - 1)
+
 
 _VERIFY = "Question:\n{q}\n\nProposed answer:\n{a}\n\nIs the proposed answer correct and complete?"
 
 
 class Cascade(MiddlewareBase):
-    """Options: ``tiers`` (cheapest first), ``threshold`` (0.5; or ``thresholds``: one per
-    non-final tier), ``confidence`` (mean | min | first), ``verifier`` (a backend name: ask
-    it yes/no on the cheap answer; the acceptance score is then the mean of the logprob
-    confidence and P(yes)), ``stream`` (buffer | final), ``stream_tier``."""
+    """Options: :class:`CascadeOptions` (``tiers``, ``threshold`` or ``thresholds``,
+    ``confidence``, ``verifier``, ``stream``, ``stream_tier``)."""
 
     name: ClassVar[str] = "cascade"
+    options_model: ClassVar[type[CascadeOptions]] = CascadeOptions
 
-    def __init__(
-        self,
-        *,
-        tiers: Any,
-        threshold: float = 0.5,
-        thresholds: Sequence[float] | None = None,
-        confidence: Method = "mean",
-        verifier: str | None = None,
-        stream: Literal["buffer", "final"] = "buffer",
-        stream_tier: str | None = None,
-    ) -> None:
-        self.tiers = parse_tiers(tiers)
-        th = list(thresholds) if thresholds is not None else [threshold] * (len(self.tiers) - 1)
-        if len(th) != len(self.tiers) - 1 or not all(0 <= t <= 1 for t in th):
-            raise ConfigError(
-                f"cascade needs {len(self.tiers) - 1} threshold(s) in [0, 1], got {th}",
-                hint="one per tier except the last (whose answer is final)",
-            )
-        if confidence not in ("mean", "min", "first"):
-            raise ConfigError(f"unknown confidence {confidence!r}", hint="mean, min or first")
-        if stream not in ("buffer", "final"):
-            raise ConfigError(
-                f"cascade stream must be buffer or final, got {stream!r}",
-                hint="see docs/triage.md for their TTFT cost",
-            )
-        self.thresholds = th
-        self.method: Method = confidence
-        self.verifier_name = verifier
-        self.stream_mode = stream
-        self.stream_tier = stream_tier or self.tiers[-1].name
+    def __init__(self, options: CascadeOptions | None = None, /, **kwargs: Any) -> None:
+        self.options = opts = make_options(CascadeOptions, options, kwargs, name=self.name)
+        self.tiers = [t.to_tier() for t in opts.tiers]
+        self.thresholds = opts.per_tier()
+        self.method: Method = opts.confidence
+        self.verifier_name = opts.verifier
+        self.stream_mode = opts.stream
+        self.stream_tier = opts.stream_tier or self.tiers[-1].name
 
     async def setup(self, ctx: PipelineContext) -> None:
         names = [t.backend for t in self.tiers] + (

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, with_config
 
 from flowopt.errors import ConfigError
+from flowopt.middleware.options import MiddlewareOptions, config_error
 from flowopt.types import Usage
 
-__all__ = ["Price", "Tier", "parse_tiers"]
+__all__ = ["Price", "Tier", "TierOptions", "Tiers", "parse_tiers"]
 
 
+@with_config(ConfigDict(extra="forbid", use_attribute_docstrings=True))
 @dataclass(frozen=True, slots=True)
 class Price:
     """Cost of one call. All fields default to 0; combine freely."""
@@ -75,43 +79,66 @@ class Tier:
     price: Price = Price()
 
 
+class TierOptions(MiddlewareOptions):
+    """One tier of ``triage`` / ``cascade`` (tiers are listed cheapest first)."""
+
+    name: str
+    """Tier name, as decisions, rules and ``stream_tier`` name it."""
+    backend: str | None = None
+    """The pipeline backend that serves it (default: the tier's name)."""
+    price: Price = Price()
+    """What one call costs: ``{input_per_1k, output_per_1k, per_gpu_second,
+    cached_input_per_1k}``."""
+
+    def to_tier(self) -> Tier:
+        return Tier(self.name, self.backend or self.name, self.price)
+
+
+def _tier_items(value: Any) -> Any:
+    """The short forms of a tier list: ``{name: {backend, price}}`` and bare names; a
+    :class:`Tier` from Python is taken as is."""
+    if isinstance(value, Mapping):
+        return [
+            {"name": str(k), **v}
+            if isinstance(v, Mapping)
+            else {"name": str(k)}
+            if v is None
+            else v
+            for k, v in value.items()
+        ]
+    if isinstance(value, list | tuple):
+        return [
+            {"name": t}
+            if isinstance(t, str)
+            else {"name": t.name, "backend": t.backend, "price": t.price}
+            if isinstance(t, Tier)
+            else t
+            for t in value
+        ]
+    return value
+
+
+Tiers = Annotated[
+    tuple[TierOptions, ...],
+    BeforeValidator(
+        _tier_items,
+        json_schema_input_type=list[TierOptions | str] | dict[str, dict[str, Any] | None],
+    ),
+    Field(min_length=2),
+]
+"""Two or more tiers, cheapest first: ``[{name, backend, price}]``, ``[name, ...]`` or
+``{name: {backend, price}}``."""
+
+
+class _TierList(MiddlewareOptions):
+    tiers: Tiers
+
+
 def parse_tiers(value: Any) -> list[Tier]:
     """Accept ``[{name, backend, price}, ...]`` (cheapest first) or ``{name: {backend,
-    price}}``. ``backend`` defaults to the tier's name."""
-    items: list[tuple[str, Mapping[str, Any]]] = []
-    if isinstance(value, Mapping):
-        items = [(str(k), v or {}) for k, v in value.items()]
-    elif isinstance(value, list | tuple):
-        for i, t in enumerate(value):
-            if isinstance(t, Tier):
-                items.append((t.name, {"backend": t.backend, "price": t.price}))
-            elif isinstance(t, str):
-                items.append((t, {}))
-            elif isinstance(t, Mapping) and "name" in t:
-                items.append((str(t["name"]), t))
-            else:
-                raise ConfigError(
-                    f"tiers[{i}]: cannot read {t!r}", hint="{name: cheap, backend: default}"
-                )
-    else:
-        raise ConfigError(f"tiers must be a list, got {value!r}", hint="see docs/triage.md")
-    if len(items) < 2:
-        raise ConfigError(
-            f"routing needs at least two tiers, got {len(items)}",
-            hint="tiers: [{name: small, backend: default}, {name: large, backend: strong}]",
-        )
-    tiers = []
-    for name, opts in items:
-        extra = set(opts) - {"name", "backend", "price"}
-        if extra:
-            raise ConfigError(
-                f"tier {name!r}: unknown keys {sorted(extra)}", hint="name, backend, price"
-            )
-        tiers.append(
-            Tier(
-                name,
-                str(opts.get("backend", name)),
-                Price.parse(opts.get("price"), f"tier {name!r}"),
-            )
-        )
-    return tiers
+    price}}``. ``backend`` defaults to the tier's name. Raises ConfigError."""
+    try:
+        checked = _TierList.model_validate({"tiers": value})
+    except ValidationError as exc:
+        raise config_error(exc, "routing tiers") from None
+    return [t.to_tier() for t in checked.tiers]

@@ -11,7 +11,7 @@ It is also the worked example of docs/plugins.md: one small class, one entry poi
 own tests with ``flowopt.testing``.
 """
 
-from flowopt_redact.middleware import Redact
+from flowopt_redact.middleware import Redact, RedactOptions
 from flowopt_redact.patterns import BUILTIN
 from flowopt_redact.redactor import DEFAULT_KINDS, DEFAULT_PLACEHOLDER, Redaction, Redactor
 
@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_KINDS",
     "DEFAULT_PLACEHOLDER",
     "Redact",
+    "RedactOptions",
     "Redaction",
     "Redactor",
     "__version__",

@@ -23,15 +23,29 @@ YAML::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from flowopt.middleware.base import CallNext, MiddlewareBase
+from flowopt.middleware.options import MiddlewareOptions, make_options
 from flowopt.types import Decision, Message, Request, Response
 
 from flowopt_redact.redactor import DEFAULT_PLACEHOLDER, Redactor
 
-__all__ = ["Redact"]
+__all__ = ["Redact", "RedactOptions"]
+
+
+class RedactOptions(MiddlewareOptions):
+    """Options of ``redact`` (short form: ``redact: [email, phone]`` sets ``kinds``).
+    Types are checked when a spec is validated; the kind names and regexes when the
+    middleware is built."""
+
+    kinds: list[str] | str | None = None
+    """Built-in kinds to detect (``email``, ``phone``, ``card``, ``iban``, or ``all``);
+    default: e-mail and phone."""
+    placeholder: str = DEFAULT_PLACEHOLDER
+    """What replaces a match; ``{KIND}`` / ``{kind}`` become the kind's name."""
+    patterns: dict[str, str] | None = None
+    """Extra kinds, ``{name: regex}``; always enabled, and they win over built-ins."""
 
 
 class Redact(MiddlewareBase):
@@ -46,15 +60,13 @@ class Redact(MiddlewareBase):
 
     name: ClassVar[str] = "redact"
     positional: ClassVar[str | None] = "kinds"
+    options_model: ClassVar[type[RedactOptions]] = RedactOptions
 
-    def __init__(
-        self,
-        kinds: Iterable[str] | str | None = None,
-        *,
-        placeholder: str = DEFAULT_PLACEHOLDER,
-        patterns: Mapping[str, str] | None = None,
-    ) -> None:
-        self._redactor = Redactor(kinds, placeholder=placeholder, patterns=patterns)
+    def __init__(self, options: RedactOptions | Any = None, /, **kwargs: Any) -> None:
+        self.options = opts = make_options(
+            RedactOptions, options, kwargs, name=self.name, positional=self.positional
+        )
+        self._redactor = Redactor(opts.kinds, placeholder=opts.placeholder, patterns=opts.patterns)
 
     @property
     def kinds(self) -> tuple[str, ...]:
