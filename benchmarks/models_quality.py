@@ -89,7 +89,8 @@ def run_model(base_url: str, *, max_tokens: int = 16) -> dict[str, Any]:
     with httpx.Client(base_url=base_url.rstrip("/").removesuffix("/v1"), timeout=300) as c:
         model = c.get("/v1/models").json()["data"][0]["id"]
         _chat(c, model, [{"role": "user", "content": "Hi"}], max_tokens=2)  # warm up
-        rows, latencies = [], []
+        rows: list[dict[str, Any]] = []
+        latencies: list[float] = []
         for question, accepted in QUESTIONS:
             messages = [
                 {"role": "system", "content": SYSTEM},

@@ -13,6 +13,7 @@ import json
 import httpx
 import pytest
 from openai import OpenAI
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionNamedToolChoiceParam
 
 from flowopt import Request, VLLMBackend
 from flowopt.local.models import MODELS
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 QWEN = "qwen0.5b"
 
-WEATHER_TOOL = {
+WEATHER_TOOL: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -32,6 +33,10 @@ WEATHER_TOOL = {
             "required": ["city"],
         },
     },
+}
+NAMED: ChatCompletionNamedToolChoiceParam = {
+    "type": "function",
+    "function": {"name": "get_weather"},
 }
 
 
@@ -61,8 +66,8 @@ def test_named_tool_choice_returns_tool_calls(qwen_url: str) -> None:
     resp = client.chat.completions.create(
         model=QWEN,
         messages=[{"role": "user", "content": "What is the weather in Berlin right now?"}],
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
-        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        tools=[WEATHER_TOOL],
+        tool_choice=NAMED,
         temperature=0,
         max_tokens=40,
     )
