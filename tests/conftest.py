@@ -13,6 +13,10 @@ Environment:
   ``/v1/models``, or every test that needs it fails.
 * ``FLOWOPT_TEST_VLLM_MODEL`` -- the served model name to use (default: the first one the
   server lists).
+* ``FLOWOPT_TEST_QWEN_URL`` -- an already-running server of the stronger local model,
+  Qwen2.5-Coder-0.5B-Instruct served as ``qwen0.5b`` with tool calling (``flowopt backend
+  up --model qwen0.5b``; scripts/test.sh starts one for the run). Unset: the ``qwen_url``
+  fixture starts a private one (~160 s, ~8.5 GB) the first time a test asks for it.
 
 Nothing is downloaded at run time: the Hugging Face libraries are forced offline here.
 """
@@ -235,6 +239,60 @@ def make_pipe(served_model: str) -> Callable[..., Pipeline]:
         )
 
     return build
+
+
+# -- vLLM serving Qwen2.5-Coder-0.5B-Instruct (the stronger local model) ---------------
+QWEN = "qwen0.5b"
+
+
+@pytest.fixture(scope="session")
+def qwen_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL (no ``/v1``) of a real vLLM server serving ``qwen0.5b`` with tool calling.
+
+    Uses ``FLOWOPT_TEST_QWEN_URL`` when set (it must list ``qwen0.5b``), else starts a
+    private server on a free port with the registry's settings (hermes tool parser, 4096
+    context, 2 GiB KV cache; ~160 s, ~8.5 GB) and stops it after the session.
+    """
+    external = os.environ.get("FLOWOPT_TEST_QWEN_URL", "").strip().rstrip("/")
+    if external:
+        external = external.removesuffix("/v1")
+        try:
+            models = _vllm_models(external)
+        except Exception as exc:  # any failure means the same thing to the user
+            pytest.fail(
+                f"FLOWOPT_TEST_QWEN_URL={external} does not answer /v1/models "
+                f"({type(exc).__name__}: {exc}); start it (`flowopt backend up --model "
+                f"{QWEN}`) or unset the variable to let the tests start their own server",
+                pytrace=False,
+            )
+        if QWEN not in models:
+            pytest.fail(
+                f"FLOWOPT_TEST_QWEN_URL={external} serves {models}, not {QWEN!r}", pytrace=False
+            )
+        yield external
+        return
+
+    from flowopt.errors import FlowoptError
+    from flowopt.local.models import resolve_model
+    from flowopt.local.server import LocalServer, ServerConfig
+
+    home = tmp_path_factory.mktemp("qwen-home")
+    port = _free_port()
+    try:
+        # Converted once into the normal flowopt home by install.sh (~2 min if not yet);
+        # this private server's state and log go to a temporary home.
+        model_dir = resolve_model(QWEN)
+        server = LocalServer(port, home=home)
+        state = server.start(
+            ServerConfig(model=str(model_dir), port=port, settings_from=QWEN),
+            timeout=float(os.environ.get("FLOWOPT_TEST_VLLM_TIMEOUT", "600")),
+        )
+    except FlowoptError as err:
+        pytest.fail(f"could not start the test Qwen server:\n{err}", pytrace=False)
+    try:
+        yield state.base_url
+    finally:
+        server.stop()
 
 
 # -- Redis -----------------------------------------------------------------------------

@@ -240,3 +240,25 @@ def test_a_missing_interpreter_is_a_clear_error(home: Path, model_dir: Path) -> 
     with pytest.raises(ServerStartError, match="could not run") as info:
         LocalServer(port, home=home).start(cfg)
     assert "FLOWOPT_VLLM_PYTHON" in (info.value.hint or "")
+
+
+def test_registry_settings_apply_and_can_be_overridden(tmp_path: Path) -> None:
+    qwen = ServerConfig(model="qwen0.5b", port=9001)
+    argv = qwen.argv(tmp_path)
+    assert argv[argv.index("--served-model-name") + 1] == "qwen0.5b"
+    assert argv[argv.index("--max-model-len") + 1] == "4096"
+    assert argv[-3:] == ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    assert qwen.env(tmp_path)["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    # A converted dir served with a registry entry's settings (the test fixtures do this).
+    by_dir = ServerConfig(model=str(tmp_path), port=9001, settings_from="qwen0.5b")
+    assert by_dir.argv(tmp_path) == argv
+    # Explicit values win; user flags come after the model's own.
+    custom = ServerConfig(
+        model="qwen0.5b", port=9001, max_model_len=1024, kv_cache_gib=3, extra_args=("--x",)
+    )
+    argv = custom.argv(tmp_path)
+    assert argv[argv.index("--max-model-len") + 1] == "1024" and argv[-1] == "--x"
+    assert custom.env(tmp_path)["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    plain = ServerConfig(model=str(tmp_path), port=9001)
+    assert plain.resolved_max_model_len() == 2048 and plain.resolved_kv_cache_gib() == 1
+    assert "--tool-call-parser" not in plain.argv(tmp_path)

@@ -2,10 +2,16 @@
 
 ::
 
-    flowopt backend up [--model smollm2] [--port 8000] [--max-model-len 2048]
+    flowopt backend up [--model smollm2|qwen0.5b|DIR] [--port P] [--max-model-len N]
                        [--served-name NAME] [--server-arg '--no-enable-prefix-caching']
     flowopt backend status [--port P] [--json]
     flowopt backend down [--port P | --all]
+    flowopt backend models
+
+``up`` takes the port, context length, KV-cache size and extra vLLM flags (e.g. the
+tool-call parser) of a registered model from its registry entry
+(:data:`flowopt.local.models.MODELS`): ``smollm2`` defaults to port 8000, ``qwen0.5b`` to
+8001, so both can run at once; flags given here override them.
 
 ``up`` returns once the server answers (it keeps running after the command exits);
 ``status`` exits 0 only when every recorded server is up; ``down`` stops by recorded pid.
@@ -22,6 +28,7 @@ from typing import Any
 
 import click
 
+from flowopt.local.models import MARKER, MODELS
 from flowopt.local.server import (
     DEFAULT_PORT,
     LocalServer,
@@ -49,7 +56,13 @@ def command() -> None:
     show_default=True,
     help="Registered model name, or the path of a local Hugging Face checkpoint.",
 )
-@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True)
+@click.option(
+    "--port",
+    type=int,
+    default=None,
+    help=f"Port to serve on [default: the model's, e.g. smollm2 {MODELS['smollm2'].default_port}, "
+    f"qwen0.5b {MODELS['qwen0.5b'].default_port}; {DEFAULT_PORT} for a checkpoint dir].",
+)
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -59,9 +72,9 @@ def command() -> None:
 @click.option(
     "--max-model-len",
     type=int,
-    default=2048,
-    show_default=True,
-    help="Context length the server accepts (prompt + output tokens).",
+    default=None,
+    help="Context length the server accepts (prompt + output tokens) "
+    "[default: the model's, 2048 for smollm2, 4096 for qwen0.5b].",
 )
 @click.option(
     "--served-name", default=None, help="Model name clients send; defaults to the model name."
@@ -69,9 +82,8 @@ def command() -> None:
 @click.option(
     "--kv-cache-gib",
     type=int,
-    default=1,
-    show_default=True,
-    help="VLLM_CPU_KVCACHE_SPACE: GiB of RAM for the KV cache.",
+    default=None,
+    help="VLLM_CPU_KVCACHE_SPACE: GiB of RAM for the KV cache [default: the model's].",
 )
 @click.option(
     "--server-arg",
@@ -83,21 +95,23 @@ def command() -> None:
 @click.option(
     "--timeout",
     type=float,
-    default=300.0,
+    default=600.0,
     show_default=True,
     help="Seconds to wait for the server to answer.",
 )
 def up(
     model: str,
-    port: int,
+    port: int | None,
     host: str,
-    max_model_len: int,
+    max_model_len: int | None,
     served_name: str | None,
-    kv_cache_gib: int,
+    kv_cache_gib: int | None,
     server_args: tuple[str, ...],
     timeout: float,
 ) -> None:
     """Start the server in the background and wait until it serves."""
+    if port is None:
+        port = MODELS[model].default_port if model in MODELS else DEFAULT_PORT
     config = ServerConfig(
         model=model,
         port=port,
@@ -166,3 +180,16 @@ def down(port: int | None, stop_all: bool) -> None:
             click.echo(f"stopped the server on port {server.port}")
         else:
             click.echo(f"no server was running on port {server.port} (cleared its state)")
+
+
+@command.command()
+def models() -> None:
+    """List the registered models: served name, default port, tools, converted or not."""
+    for entry in MODELS.values():
+        ready = (entry.checkpoint_dir() / MARKER).is_file()
+        click.echo(
+            f"{entry.name:10} served as {entry.served_name!r:12} port {entry.default_port}  "
+            f"tools={'yes' if entry.tool_calling else 'no ':3}  "
+            f"{'converted' if ready else 'not converted (install: ' + entry.install + ')'}"
+        )
+        click.echo(f"{'':10} {entry.description} [{entry.licence}]")

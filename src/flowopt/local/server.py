@@ -53,7 +53,7 @@ from flowopt.local.errors import (
     ServerStartError,
     missing_dependency,
 )
-from flowopt.local.models import MODELS, flowopt_home, resolve_model
+from flowopt.local.models import MODELS, LocalModel, flowopt_home, get_model, resolve_model
 
 __all__ = [
     "DEFAULT_PORT",
@@ -77,31 +77,59 @@ _POLL_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """How to run one server. ``model`` is a registry name (``smollm2``) or an HF dir."""
+    """How to run one server. ``model`` is a registry name (``smollm2``, ``qwen0.5b``) or
+    an HF dir. Settings left as None come from the model's registry entry (or, for a
+    dir, from ``settings_from`` when given, else the defaults below)."""
 
     model: str = "smollm2"
     port: int = DEFAULT_PORT
     host: str = "127.0.0.1"
     served_name: str | None = None
-    """Name clients pass as ``model``; defaults to the registry name or the dir's name."""
-    max_model_len: int = 2048
-    kv_cache_gib: int = 1
-    """``VLLM_CPU_KVCACHE_SPACE``: GiB reserved for the KV cache (1 serves 2048 x many)."""
+    """Name clients pass as ``model``; defaults to the registry entry's served name, or
+    the dir's name."""
+    max_model_len: int | None = None
+    """Context length; None: the registry entry's (2048 for a plain dir)."""
+    kv_cache_gib: int | None = None
+    """``VLLM_CPU_KVCACHE_SPACE``: GiB reserved for the KV cache; None: the registry
+    entry's (1 for a plain dir, which serves 2048 x many)."""
     extra_args: tuple[str, ...] = ()
-    """Passed to vLLM verbatim, e.g. ``("--no-enable-prefix-caching",)`` or
-    ``("--speculative-config", '{"method": "ngram", ...}')``."""
+    """Passed to vLLM verbatim after the registry entry's own flags, e.g.
+    ``("--no-enable-prefix-caching",)`` or ``("--speculative-config", '{...}')``."""
+    settings_from: str | None = None
+    """A registry name whose server settings apply when ``model`` is a dir (its
+    converted checkpoint, say, served from another home)."""
     python: str = field(default_factory=lambda: os.environ.get(PYTHON_ENV) or sys.executable)
     """Interpreter that has vLLM installed: ``$FLOWOPT_VLLM_PYTHON`` (e.g. vLLM kept in a
     venv of its own), else the one running flowopt."""
 
+    def registry_entry(self) -> LocalModel | None:
+        """The registry entry whose settings apply, if any."""
+        if self.settings_from is not None:
+            return get_model(self.settings_from)
+        return MODELS.get(self.model)
+
     def resolved_served_name(self) -> str:
         if self.served_name:
             return self.served_name
-        if self.model in MODELS:
-            return self.model
+        entry = self.registry_entry()
+        if entry is not None:
+            return entry.served_name
         return Path(self.model).expanduser().resolve().name
 
+    def resolved_max_model_len(self) -> int:
+        if self.max_model_len is not None:
+            return self.max_model_len
+        entry = self.registry_entry()
+        return entry.max_model_len if entry else 2048
+
+    def resolved_kv_cache_gib(self) -> int:
+        if self.kv_cache_gib is not None:
+            return self.kv_cache_gib
+        entry = self.registry_entry()
+        return entry.kv_cache_gib if entry else 1
+
     def argv(self, model_dir: Path) -> list[str]:
+        entry = self.registry_entry()
         return [
             self.python, "-m", ENTRY_MODULE,
             "--model", str(model_dir),
@@ -110,14 +138,15 @@ class ServerConfig:
             "--enforce-eager",
             "--host", self.host,
             "--port", str(self.port),
-            "--max-model-len", str(self.max_model_len),
+            "--max-model-len", str(self.resolved_max_model_len()),
+            *(entry.server_args if entry else ()),
             *self.extra_args,
         ]  # fmt: skip
 
     def env(self, cache_root: Path) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
-            VLLM_CPU_KVCACHE_SPACE=str(self.kv_cache_gib),
+            VLLM_CPU_KVCACHE_SPACE=str(self.resolved_kv_cache_gib()),
             VLLM_NO_USAGE_STATS="1",
             DO_NOT_TRACK="1",
             VLLM_CACHE_ROOT=str(cache_root),
@@ -354,8 +383,8 @@ class LocalServer:
                     "before it was ready",
                     log_tail=log_tail(Path(state.log_path)),
                     hint="read the log lines above; common causes: not enough free memory "
-                    "(each server needs ~4 GB), a bad extra server argument, or a model dir "
-                    f"vLLM cannot load. Full log: {state.log_path}",
+                    "(smollm2 needs ~4 GB, qwen0.5b ~8.5 GB), a bad extra server argument, or "
+                    f"a model dir vLLM cannot load. Full log: {state.log_path}",
                 )
             healthy, models, detail = probe(state.base_url, timeout=2.0)
             if healthy and state.served_name in models:
@@ -365,7 +394,8 @@ class LocalServer:
             f"the vLLM server (pid {state.pid}) did not serve {state.served_name!r} "
             f"within {timeout:.0f} s ({detail})",
             log_tail=log_tail(Path(state.log_path)),
-            hint="a cold start takes ~35 s on 2 idle cores; on a busy machine raise the "
+            hint="a cold start takes ~35 s (smollm2) or ~160 s (qwen0.5b) on 2 idle cores; "
+            "on a busy machine raise the "
             f"timeout. Full log: {state.log_path}",
         )
 
