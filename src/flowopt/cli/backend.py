@@ -29,6 +29,7 @@ from typing import Any
 import click
 
 from flowopt.local.models import MARKER, MODELS
+from flowopt.local.profiles import PROFILES
 from flowopt.local.server import (
     DEFAULT_PORT,
     LocalServer,
@@ -86,6 +87,14 @@ def command() -> None:
     help="VLLM_CPU_KVCACHE_SPACE: GiB of RAM for the KV cache [default: the model's].",
 )
 @click.option(
+    "--profile",
+    type=click.Choice(list(PROFILES)),
+    default="default",
+    show_default=True,
+    help="Serving profile: default (prefix caching on), no-prefix-cache, or ngram "
+    "(n-gram speculative decoding). Measured in docs/serving.md.",
+)
+@click.option(
     "--server-arg",
     "server_args",
     multiple=True,
@@ -106,6 +115,7 @@ def up(
     max_model_len: int | None,
     served_name: str | None,
     kv_cache_gib: int | None,
+    profile: str,
     server_args: tuple[str, ...],
     timeout: float,
 ) -> None:
@@ -120,6 +130,7 @@ def up(
         max_model_len=max_model_len,
         kv_cache_gib=kv_cache_gib,
         extra_args=split_extra_args(server_args),
+        profile=profile,
     )
     state = LocalServer(port).start(config, timeout=timeout, log=_echo_err)
     click.echo(f"{state.base_url}/v1  model={state.served_name}  pid={state.pid}")
@@ -131,7 +142,8 @@ def _status_line(st: ServerStatus) -> str:
         return "down"
     uptime = time.time() - s.started_at
     return (
-        f"{st.label:8} {s.base_url}/v1  model={s.served_name}  pid={s.pid}  "
+        f"{st.label:8} {s.base_url}/v1  model={s.served_name}  profile={s.profile}  "
+        f"pid={s.pid}  "
         f"up {uptime:.0f}s  ({st.detail})  log={s.log_path}"
     )
 

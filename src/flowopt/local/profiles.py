@@ -76,6 +76,6 @@ def get_profile(name: str) -> Profile:
         close = difflib.get_close_matches(name, list(PROFILES), n=3, cutoff=0.5)
         raise ConfigError(
             f"unknown serving profile {name!r}",
-            hint=(f"did you mean {', '.join(close)}? " if close else "")
+            hint=(f"did you mean {', '.join(repr(c) for c in close)}? " if close else "")
             + f"profiles: {', '.join(PROFILES)}",
         ) from None

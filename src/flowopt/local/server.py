@@ -54,6 +54,7 @@ from flowopt.local.errors import (
     missing_dependency,
 )
 from flowopt.local.models import MODELS, LocalModel, flowopt_home, get_model, resolve_model
+from flowopt.local.profiles import get_profile
 
 __all__ = [
     "DEFAULT_PORT",
@@ -98,6 +99,9 @@ class ServerConfig:
     settings_from: str | None = None
     """A registry name whose server settings apply when ``model`` is a dir (its
     converted checkpoint, say, served from another home)."""
+    profile: str = "default"
+    """Serving profile (:mod:`flowopt.local.profiles`): ``default`` (prefix caching on),
+    ``no-prefix-cache`` or ``ngram`` (n-gram speculative decoding)."""
     python: str = field(default_factory=lambda: os.environ.get(PYTHON_ENV) or sys.executable)
     """Interpreter that has vLLM installed: ``$FLOWOPT_VLLM_PYTHON`` (e.g. vLLM kept in a
     venv of its own), else the one running flowopt."""
@@ -140,6 +144,7 @@ class ServerConfig:
             "--port", str(self.port),
             "--max-model-len", str(self.resolved_max_model_len()),
             *(entry.server_args if entry else ()),
+            *get_profile(self.profile).args(),
             *self.extra_args,
         ]  # fmt: skip
 
@@ -174,6 +179,7 @@ class ServerState:
     """Start time of ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22);
     tells our server apart from a later process that reused its pid."""
     argv: tuple[str, ...] = ()
+    profile: str = "default"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -354,6 +360,7 @@ class LocalServer:
             started_at=time.time(),
             proc_start_ticks=proc_start_ticks(proc.pid),
             argv=tuple(argv),
+            profile=cfg.profile,
         )
         self._write_state(state)
         try:
