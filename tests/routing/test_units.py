@@ -62,3 +62,17 @@ def test_curve_perfect_router_and_split_is_stable() -> None:
     ex = [Example(str(i), "p", 1, 1, "b") for i in range(200)]
     a, b = split(ex, 0.3, 0)
     assert len(a) + len(b) == 200 and split(ex, 0.3, 0)[1] == b and 30 < len(b) < 90
+
+
+def test_price_from_throughput_is_machine_time_per_token() -> None:
+    # $0.36/h is $0.0001/s; at 100 output tok/s a token takes 1/100 s of the machine
+    p = Price.from_throughput(0.36, 100.0)
+    assert p.output_per_1k == pytest.approx(0.001)
+    assert p.input_per_1k == pytest.approx(0.00025)  # default ratio 0.25
+    q = Price.from_throughput(0.36, 100.0, input_tokens_per_s=400.0)
+    assert q.input_per_1k == pytest.approx(0.00025)
+    # a call costs the machine time it used: 200 prompt tokens + 50 output tokens
+    u = Usage(input_tokens=200, output_tokens=50)
+    assert q.cost(u) == pytest.approx(0.0001 * (200 / 400 + 50 / 100))
+    with pytest.raises(ConfigError):
+        Price.from_throughput(0.36, 0.0)

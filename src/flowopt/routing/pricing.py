@@ -7,6 +7,13 @@ per GPU-second of latency (self-hosted, when the GPU is the cost). The "always s
 figure prices the same request on the strongest tier; when the strongest tier did not run,
 its output length is assumed equal to the answer actually given (an estimate, and labelled
 so in the decision record).
+
+Self-hosted tiers are priced per token from what the machine costs and how fast it serves
+(:meth:`Price.from_throughput`), not per second of latency: tokens transfer between tiers
+(the always-strongest estimate reprices the cheap tier's token counts) and do not depend on
+how busy the machine was, while one request's latency is neither its share of a batched
+server nor the latency the strong tier would have had. See docs/serving.md, "Pricing local
+tiers".
 """
 
 from __future__ import annotations
@@ -49,6 +56,46 @@ class Price:
         if self.per_gpu_second and latency_ms is not None:
             c += self.per_gpu_second * latency_ms / 1000.0
         return c
+
+    @classmethod
+    def from_throughput(
+        cls,
+        machine_per_hour: float,
+        output_tokens_per_s: float,
+        input_tokens_per_s: float | None = None,
+        *,
+        input_ratio: float = 0.25,
+    ) -> Price:
+        """Per-token prices of a self-hosted model: the machine's cost per second divided
+        by the tokens per second it serves, so a call costs the machine time it used.
+
+        ``output_tokens_per_s`` is the aggregate decode throughput *at the concurrency you
+        serve* (continuous batching shares the machine between requests, so a busy server's
+        tokens are cheaper than a single stream's). ``input_tokens_per_s`` is the prefill
+        throughput (prompt tokens per second); without it, a prompt token costs
+        ``input_ratio`` of an output token (0.25: the usual ratio of hosted prices).
+        Prefix-cache hits are left at the input price.
+
+        >>> p = Price.from_throughput(0.36, 100.0)  # $0.36/h = $0.0001/s at 100 tok/s
+        >>> round(p.output_per_1k, 6), round(p.input_per_1k, 6)
+        (0.001, 0.00025)
+        """
+        if machine_per_hour < 0 or output_tokens_per_s <= 0:
+            raise ConfigError(
+                f"from_throughput: need machine_per_hour >= 0 and tokens/s > 0, got "
+                f"{machine_per_hour} and {output_tokens_per_s}"
+            )
+        per_s = machine_per_hour / 3600.0
+        output = per_s / output_tokens_per_s * 1000.0
+        if input_tokens_per_s is None:
+            inp = output * input_ratio
+        elif input_tokens_per_s > 0:
+            inp = per_s / input_tokens_per_s * 1000.0
+        else:
+            raise ConfigError(
+                f"from_throughput: input tokens/s must be > 0, got {input_tokens_per_s}"
+            )
+        return cls(input_per_1k=inp, output_per_1k=output)
 
     @classmethod
     def parse(cls, value: Any, where: str) -> Price:
