@@ -71,7 +71,9 @@ async def measure(url: str, model: str) -> dict[str, Any]:
                     for i in range(8)
                 )
             )
-            batched.append(sum(u["completion_tokens"] for u, _ in outs) / (time.perf_counter() - t0))
+            batched.append(
+                sum(u["completion_tokens"] for u, _ in outs) / (time.perf_counter() - t0)
+            )
         prefill = []
         for i in range(3):
             usage, s = await _chat(client, url, model, f"Note {i}: " + FILLER * 45, 1)
@@ -111,7 +113,7 @@ async def main() -> None:
     s, q = result["models"]["smollm2"]["price"], result["models"]["qwen0.5b"]["price"]
     result["ratio_qwen_smollm2"] = {k: round(q[k] / s[k], 2) for k in s}
     print("qwen0.5b / smollm2 price:", result["ratio_qwen_smollm2"])
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # noqa: ASYNC240
 
 
 if __name__ == "__main__":
