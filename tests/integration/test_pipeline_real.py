@@ -136,10 +136,14 @@ def test_plugins_list() -> None:
         assert name in res.stdout
 
 
-def test_demo_shows_answers_decisions_and_trace(vllm_url: str, served_model: str) -> None:
+def test_demo_shows_answers_decisions_and_trace(
+    vllm_url: str, served_model: str, qwen_url: str
+) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FLOWOPT_MODEL": served_model}
+    env.pop("FLOWOPT_STRONG_MODEL", None)
+    cmd = ["demo", "--base-url", vllm_url, "--strong-url", qwen_url]
     out = subprocess.run(
-        [sys.executable, "-m", "flowopt.cli", "demo", "--base-url", vllm_url],
+        [sys.executable, "-m", "flowopt.cli", *cmd],
         capture_output=True,
         text=True,
         env=env,
@@ -151,6 +155,8 @@ def test_demo_shows_answers_decisions_and_trace(vllm_url: str, served_model: str
     assert text.count("pipeline support-demo") == 5  # one span tree per question
     assert "cache: hit" in text and "tier=exact" in text  # the repeated question
     assert "cascade:" in text and "strongest_cost" in text
+    # two real tiers: the cheap one answers some hops, the strong one the others
+    assert f"model={served_model}" in text and "model=qwen0.5b" in text
     assert "LLM hops" in text and "answered by the cache" in text
     assert "Traceback" not in out.stderr
     # a clean first impression: no library progress bars or warnings, and every hop's
