@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import os
 
-from flowopt import Params, Price, Request, pipeline
+from flowopt import Params, Request, pipeline
 from flowopt.result import Result
+from flowopt.routing.pricing import Price
 
 BASE_URL = os.environ.get("FLOWOPT_BASE_URL", "http://127.0.0.1:8000")
 MODEL = os.environ.get("FLOWOPT_MODEL", "smollm2")
