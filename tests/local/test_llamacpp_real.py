@@ -86,8 +86,9 @@ def test_backend_up_status_down_with_real_llamacpp(tmp_path: Path) -> None:
                          env=env)  # fmt: skip
         assert again.returncode == 0 and "already running" in again.stderr
         clash = _flowopt("up", "--port", port, env=env)  # a vLLM server on its port
-        assert clash.returncode == 1 and "engine llamacpp" not in clash.stdout
-        assert "already serves" in clash.stderr and "Traceback" not in clash.stderr
+        assert clash.returncode == 1, clash.stdout + clash.stderr
+        assert "already serves 'smollm2' (model smollm2, engine llamacpp)" in clash.stderr
+        assert "Traceback" not in clash.stderr
     finally:
         down = _flowopt("down", "--port", port, env=env)
     assert down.returncode == 0, down.stdout + down.stderr

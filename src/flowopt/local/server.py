@@ -311,7 +311,8 @@ class LocalServer:
             if (existing.model, existing.served_name) != wanted or existing.engine != "vllm":
                 raise LocalServerError(
                     f"port {cfg.port} already serves {existing.served_name!r} "
-                    f"(model {existing.model}), not {wanted[1]!r} (model {wanted[0]})",
+                    f"(model {existing.model}, engine {existing.engine}), not {wanted[1]!r} "
+                    f"(model {wanted[0]}, engine vllm)",
                     hint=f"stop it first (`flowopt backend down --port {cfg.port}`) or use "
                     "another --port",
                 )
