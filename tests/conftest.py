@@ -17,6 +17,9 @@ Environment:
   Qwen2.5-Coder-0.5B-Instruct served as ``qwen0.5b`` with tool calling (``flowopt backend
   up --model qwen0.5b``; scripts/test.sh starts one for the run). Unset: the ``qwen_url``
   fixture starts a private one (~160 s, ~8.5 GB) the first time a test asks for it.
+* ``FLOWOPT_TEST_LLAMACPP_URL`` -- an already-running llama.cpp server serving SmolLM2's
+  4-bit GGUF as ``smollm2`` (``flowopt backend up --engine llamacpp``; scripts/test.sh
+  starts one for the run). Unset: the ``llamacpp_url`` fixture starts a private one (~1 s).
 
 Nothing is downloaded at run time: the Hugging Face libraries are forced offline here.
 """
@@ -289,6 +292,49 @@ def qwen_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     except FlowoptError as err:
         pytest.fail(f"could not start the test Qwen server:\n{err}", pytrace=False)
+    try:
+        yield state.base_url
+    finally:
+        server.stop()
+
+
+# -- llama.cpp serving SmolLM2's 4-bit GGUF (the second local engine) ------------------
+@pytest.fixture(scope="session")
+def llamacpp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL (no ``/v1``) of a real llama.cpp server serving ``smollm2`` (Q4_1 GGUF).
+
+    Uses ``FLOWOPT_TEST_LLAMACPP_URL`` when set (it must list ``smollm2``), else starts a
+    private one from ``.venv-llamacpp`` on a free port (~1 s, ~0.3 GB) for the session.
+    """
+    external = os.environ.get("FLOWOPT_TEST_LLAMACPP_URL", "").strip().rstrip("/")
+    if external:
+        external = external.removesuffix("/v1")
+        try:
+            models = _vllm_models(external)
+        except Exception as exc:  # any failure means the same thing to the user
+            pytest.fail(
+                f"FLOWOPT_TEST_LLAMACPP_URL={external} does not answer /v1/models "
+                f"({type(exc).__name__}: {exc}); start it (`flowopt backend up --engine "
+                "llamacpp`) or unset the variable to let the tests start their own server",
+                pytrace=False,
+            )
+        if "smollm2" not in models:
+            pytest.fail(
+                f"FLOWOPT_TEST_LLAMACPP_URL={external} serves {models}, not 'smollm2'",
+                pytrace=False,
+            )
+        yield external
+        return
+
+    from flowopt.errors import FlowoptError
+    from flowopt.local.llamacpp import LlamaCppConfig, LlamaCppServer
+
+    port = _free_port()
+    server = LlamaCppServer(port, home=tmp_path_factory.mktemp("llamacpp-home"))
+    try:
+        state = server.start(LlamaCppConfig(model="smollm2", port=port), timeout=120)
+    except FlowoptError as err:
+        pytest.fail(f"could not start the test llama.cpp server:\n{err}", pytrace=False)
     try:
         yield state.base_url
     finally:

@@ -247,7 +247,9 @@ def test_registry_settings_apply_and_can_be_overridden(tmp_path: Path) -> None:
     argv = qwen.argv(tmp_path)
     assert argv[argv.index("--served-model-name") + 1] == "qwen0.5b"
     assert argv[argv.index("--max-model-len") + 1] == "4096"
-    assert argv[-3:] == ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    i = argv.index("--enable-auto-tool-choice")  # the registry's flags, then the profile's
+    assert argv[i : i + 3] == ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    assert argv[-1] == "--enable-prompt-tokens-details"
     assert qwen.env(tmp_path)["VLLM_CPU_KVCACHE_SPACE"] == "2"
     # A converted dir served with a registry entry's settings (the test fixtures do this).
     by_dir = ServerConfig(model=str(tmp_path), port=9001, settings_from="qwen0.5b")

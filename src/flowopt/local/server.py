@@ -72,6 +72,8 @@ __all__ = [
 
 DEFAULT_PORT = 8000
 ENTRY_MODULE = "vllm.entrypoints.openai.api_server"
+ENTRY_POINTS = {"vllm": ENTRY_MODULE, "llamacpp": "_llamacpp_serve.py"}
+"""What a server's command line runs, by engine (see flowopt.local.llamacpp)."""
 PYTHON_ENV = "FLOWOPT_VLLM_PYTHON"
 _POLL_S = 1.0
 
@@ -180,6 +182,8 @@ class ServerState:
     tells our server apart from a later process that reused its pid."""
     argv: tuple[str, ...] = ()
     profile: str = "default"
+    engine: str = "vllm"
+    """``vllm``, or ``llamacpp`` (:mod:`flowopt.local.llamacpp`)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -222,9 +226,12 @@ class ServerStatus:
 
 
 def _is_our_server(state: ServerState) -> bool:
-    """True when ``state.pid`` is alive and is the vLLM server this state describes."""
+    """True when ``state.pid`` is alive and is the server this state describes."""
     args = cmdline(state.pid)
-    if args is None or ENTRY_MODULE not in args or str(state.port) not in args:
+    entry = ENTRY_POINTS.get(state.engine, ENTRY_MODULE)
+    if args is None or not any(a == entry or a.endswith("/" + entry) for a in args):
+        return False
+    if str(state.port) not in args:
         return False
     if state.proc_start_ticks is not None:
         return proc_start_ticks(state.pid) == state.proc_start_ticks
@@ -307,10 +314,11 @@ class LocalServer:
         existing = self.read_state()
         if existing is not None and _is_our_server(existing):
             wanted = (cfg.model, cfg.resolved_served_name())
-            if (existing.model, existing.served_name) != wanted:
+            if (existing.model, existing.served_name) != wanted or existing.engine != "vllm":
                 raise LocalServerError(
                     f"port {cfg.port} already serves {existing.served_name!r} "
-                    f"(model {existing.model}), not {wanted[1]!r} (model {wanted[0]})",
+                    f"(model {existing.model}, engine {existing.engine}), not {wanted[1]!r} "
+                    f"(model {wanted[0]}, engine vllm)",
                     hint=f"stop it first (`flowopt backend down --port {cfg.port}`) or use "
                     "another --port",
                 )
