@@ -7,15 +7,13 @@
 raw pydantic dump. Middleware options are checked here too, against the options model of
 each registered middleware (:mod:`flowopt.middleware.options`), so a bad option fails with
 its path (``middleware[0].cache.threshold``) before anything is built.
-:func:`spec_json_schema` is the spec's JSON Schema with every registered middleware's
-options (``flowopt schema``), for editors.
+:func:`flowopt.spec_schema.spec_json_schema` is the spec's JSON Schema with every
+registered middleware's options (``flowopt schema``), for editors.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
-import os
 import re
 import string
 from collections.abc import Callable, Mapping
@@ -32,13 +30,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.json_schema import models_json_schema
 from pydantic_core import InitErrorDetails
 
 from flowopt import registry
+from flowopt._envsubst import expand_env
 from flowopt.errors import ConfigError, SpecError
 from flowopt.middleware.base import Use
-from flowopt.middleware.options import describe_error, options_model_of, spec_options_errors
+from flowopt.middleware.options import describe_error, spec_options_errors
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -50,8 +48,8 @@ __all__ = [
     "expand_env",
     "load_spec",
     "parse_spec",
+    "registered_class",
     "resolve_function",
-    "spec_json_schema",
 ]
 
 # 4 MiB: a 128k-token conversation is ~0.5 MB of text (~4 bytes a token), so this holds
@@ -317,7 +315,7 @@ def _parse_use(value: Any, where: str) -> Use:
         raise ValueError(exc.message) from None
 
 
-def _registered_class(name: str) -> Any:
+def registered_class(name: str) -> Any:
     """The class registered as middleware ``name``, or None when that cannot be known
     yet (unknown name, a plugin that fails to import): building reports those."""
     try:
@@ -332,7 +330,7 @@ def _check_middleware_options(uses: tuple[Use, ...]) -> None:
     errors: list[InitErrorDetails] = []
     for i, use in enumerate(uses):
         if isinstance(use.target, str) and use.options:
-            cls = _registered_class(use.target)
+            cls = registered_class(use.target)
             errors += spec_options_errors(cls, use.options, (i, use.target))
     if errors:
         raise ValidationError.from_exception_data("middleware options", errors)
@@ -462,53 +460,6 @@ def _spec_error(exc: ValidationError, source: str | None) -> SpecError:
     return SpecError(msg, source=source, field=field or None, hint=hint)
 
 
-def spec_json_schema() -> dict[str, Any]:
-    """:class:`PipelineSpec`'s JSON Schema, with the options of every middleware
-    registered now (built-ins and installed plugins): each ``middleware`` item is a bare
-    name or ``{name: options}``, where a middleware without an options model takes any
-    options."""
-    schema = PipelineSpec.model_json_schema()
-    defs: dict[str, Any] = schema.setdefault("$defs", {})
-    defs["Use"] = {  # backends: a registered name, or {name: {options}}
-        "anyOf": [
-            {"type": "string"},
-            {"type": "object", "minProperties": 1, "maxProperties": 1},
-        ],
-        "description": "A registered name, or {name: {options}}.",
-    }
-    names = registry.middleware.names()
-    models = {n: options_model_of(_registered_class(n)) for n in names}
-    typed = {n: m for n, m in models.items() if m is not None}
-    refs, extra = models_json_schema(
-        [(m, "validation") for m in dict.fromkeys(typed.values())],
-        ref_template="#/$defs/{model}",
-    )
-    defs.update(extra.get("$defs", {}))
-    shapes: list[dict[str, Any]] = [
-        {"type": "string", "enum": names, "description": "A middleware with no options."}
-    ]
-    for n in names:
-        model = typed.get(n)
-        opts: dict[str, Any] = {"description": "Options (not described by the middleware)."}
-        if model is not None:
-            forms = [refs[(model, "validation")], {"type": "null"}]
-            positional = getattr(_registered_class(n), "positional", None)
-            field_schema = defs[model.__name__].get("properties", {}).get(positional)
-            if field_schema is not None:  # the short form {name: value}
-                forms.insert(1, {k: v for k, v in field_schema.items() if k != "default"})
-            opts = {"anyOf": forms, "description": inspect.cleandoc(model.__doc__ or "")}
-        shapes.append(
-            {
-                "type": "object",
-                "properties": {n: opts},
-                "required": [n],
-                "additionalProperties": False,
-            }
-        )
-    schema["properties"]["middleware"]["items"] = {"anyOf": shapes}
-    return schema
-
-
 def parse_spec(data: Any, *, source: str | None = None) -> PipelineSpec:
     """Validate plain data into a :class:`PipelineSpec` (raises SpecError)."""
     if not isinstance(data, Mapping):
@@ -524,39 +475,6 @@ def parse_spec(data: Any, *, source: str | None = None) -> PipelineSpec:
 
 
 # Innermost first: a default may itself be ``${OTHER:-...}``.
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^${}]*))?\}")
-
-
-def expand_env(value: Any, *, source: str | None = None) -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a loaded spec, so one
-    file serves dev and prod (``base_url: ${VLLM_URL:-http://127.0.0.1:8000}``)."""
-    if isinstance(value, str):
-
-        def sub(m: re.Match[str]) -> str:
-            name, default = m.group(1), m.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            raise SpecError(
-                f"environment variable {name} is not set",
-                source=source,
-                hint=f"export {name}=..., or write ${{{name}:-default}} in the spec",
-            )
-
-        for _ in range(8):  # nested defaults resolve one level per pass
-            expanded = _ENV.sub(sub, value)
-            if expanded == value:
-                break
-            value = expanded
-        return value
-    if isinstance(value, Mapping):
-        return {k: expand_env(v, source=source) for k, v in value.items()}
-    if isinstance(value, list):
-        return [expand_env(v, source=source) for v in value]
-    return value
-
-
 def load_spec(path: str | Path) -> PipelineSpec:
     """Read and validate a YAML (or JSON) spec file; ``${VAR:-default}`` is expanded."""
     p = Path(path)

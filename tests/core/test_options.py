@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+import jsonschema
 import pydantic
 import pytest
 import yaml
@@ -21,7 +22,8 @@ from flowopt.resilience.backoff import Backoff, RetryBudget
 from flowopt.resilience.retry import Retry, RetryOptions
 from flowopt.resilience.stack import Resilience
 from flowopt.routing.triage import Triage
-from flowopt.spec import parse_spec, spec_json_schema
+from flowopt.spec import parse_spec
+from flowopt.spec_schema import spec_json_schema
 
 BACKEND = {"fake": {"model": "m"}}
 STEPS = [{"name": "a", "prompt": "{input}"}]
@@ -125,7 +127,6 @@ def test_schema_has_middleware_options() -> None:
     retry_forms = by_name["retry"]["retry"]["anyOf"]
     assert {"type": "integer"} in [{"type": f.get("type")} for f in retry_forms]
     # the schema is itself valid JSON Schema and accepts a real spec
-    jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(_spec({"retry": 3}, {"cache": {"threshold": 0.9}}, "noop"), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(_spec({"cache": {"threshold": "high"}}), schema)

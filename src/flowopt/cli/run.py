@@ -12,7 +12,8 @@ from flowopt.cli.render import echo_summary
 from flowopt.pipeline import Pipeline, load
 from flowopt.prompt_layout import layout_warnings
 from flowopt.result import Result, TokenEvent
-from flowopt.spec import load_spec, spec_json_schema
+from flowopt.spec import load_spec
+from flowopt.spec_schema import spec_json_schema
 from flowopt.tracing import configure_from_env
 
 __all__ = ["run", "schema", "validate"]
