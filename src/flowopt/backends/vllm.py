@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import itertools
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -31,6 +30,7 @@ from flowopt.backends._openai_wire import (
     parse_chunk,
     parse_completion,
 )
+from flowopt.backends._replicas import Replica, Replicas
 from flowopt.backends.base import ModelInfo
 from flowopt.backends.http import (
     HTTPClient,
@@ -79,14 +79,6 @@ def _retry_after(raw: str | None) -> float | None:
     except ValueError:
         parsed = email.utils.parsedate_to_datetime(raw)
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
-
-
-class _Replica:
-    __slots__ = ("outstanding", "url")
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.outstanding = 0
 
 
 class VLLMBackend:
@@ -150,8 +142,7 @@ class VLLMBackend:
         self.seed_policy = seed_policy
         self.engine = check_engine(engine)
         self.name = name
-        self._replicas = [_Replica(_normalise(u)) for u in urls]
-        self._rr = itertools.count()
+        self._replicas = Replicas([_normalise(u) for u in urls])
         self.model = model
         self._api_key = api_key
         self._timeout = timeout
@@ -167,10 +158,14 @@ class VLLMBackend:
     # -- plumbing ------------------------------------------------------------------------
     @property
     def base_urls(self) -> list[str]:
-        return [r.url for r in self._replicas]
+        return [r.url for r in self._replicas.items]
 
     def endpoint_for_display(self) -> str:
-        return self._replicas[0].url if len(self._replicas) == 1 else ",".join(self.base_urls)
+        return (
+            self._replicas.items[0].url
+            if len(self._replicas.items) == 1
+            else ",".join(self.base_urls)
+        )
 
     def _http(self) -> HTTPClient:
         loop = asyncio.get_running_loop()
@@ -186,22 +181,6 @@ class VLLMBackend:
             )
             self._client_loop = loop
         return self._client
-
-    def _pick(self, request: Request | None = None) -> _Replica:
-        replicas = self._replicas
-        if request is not None and len(replicas) > 1:
-            # Endpoints the resilience layer asked us to avoid (cooling down, circuit open,
-            # just failed): pick among the others; the steering terminal refuses before we
-            # get here when all are avoided (flowopt.middleware.steer).
-            avoid = request.avoid
-            now = time.monotonic()
-            usable = [r for r in replicas if avoid.get(r.url, 0.0) <= now]
-            replicas = usable or replicas
-        if len(replicas) == 1:
-            return replicas[0]
-        low = min(r.outstanding for r in replicas)
-        candidates = [r for r in replicas if r.outstanding == low]
-        return candidates[next(self._rr) % len(candidates)]
 
     def _timeout_for(self, request: Request) -> tuple[float, float]:
         """(read, connect) seconds for this request: a deadline shortens both."""
@@ -256,7 +235,7 @@ class VLLMBackend:
         """Read ``/v1/models`` once; the served model's identity keys caches."""
         if self._info is not None:
             return self._info
-        url = self._replicas[0].url
+        url = self._replicas.items[0].url
         try:
             resp = await self._http().get(f"{url}/v1/models")
             try:
@@ -313,7 +292,7 @@ class VLLMBackend:
         path = "/v1/chat/completions" if request.kind == "chat" else "/v1/completions"
         check_request(self.engine, request, self.endpoint_for_display())
         payload = adapt_payload(self.engine, build_payload(request, served))
-        replica = self._pick(request)
+        replica = self._replicas.pick(request.avoid)
         url = replica.url
         replica.outstanding += 1
         started = time.perf_counter()
@@ -377,7 +356,7 @@ class VLLMBackend:
         self,
         request: Request,
         resp: RawResponse,
-        replica: _Replica,
+        replica: Replica,
         started: float,
         served: str,
     ) -> Response:
