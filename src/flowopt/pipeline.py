@@ -16,12 +16,10 @@ described in :mod:`flowopt._inputs`; ``params=`` applies to the answer steps onl
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import string
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from flowopt._inputs import (
     run_params,
     step_messages,
 )
+from flowopt._run_options import RunOptions, run_options, trace_id_of, with_parent
 from flowopt.backends.base import Backend
 from flowopt.errors import ConfigError, FlowoptError, InvalidRequestError, StepError
 from flowopt.graph import build_graph
@@ -59,22 +58,6 @@ RECOMMENDED_ORDER = ("cache", "triage", "cascade", "resilience")
 """Built-in layers in the order they compose best, outermost first: the cache answers
 before any routing is paid for; triage picks a starting tier for the cascade; resilience
 sits right above the backend so retries do not re-run the layers above it."""
-
-
-@dataclass(frozen=True, slots=True)
-class _RunOptions:
-    tenant: str | None
-    user: str | None
-    deadline: float | None
-    stream: bool
-    priority: int
-    metadata: Mapping[str, Any]
-    parent: Any = None  # the OTel context holding the pipeline span
-    # step name -> the caller's params merged over the step's (answer steps only)
-    params: Mapping[str, Params] = dataclasses.field(default_factory=dict)
-    # LLM calls of this run, in order. Kept out of the graph state on purpose: the state
-    # must stay serialisable for checkpointers, and responses are not plain data.
-    hops: list[Hop] = dataclasses.field(default_factory=list)
 
 
 class _StateView(dict[str, Any]):
@@ -260,7 +243,7 @@ class Pipeline:
     async def _run_step(
         self, step: StepSpec, state: dict[str, Any], config: RunnableConfig
     ) -> dict[str, Any]:
-        opts: _RunOptions = (config.get("configurable") or {})["flowopt"]
+        opts: RunOptions = (config.get("configurable") or {})["flowopt"]
         # The parent is passed explicitly: LangGraph runs nodes in tasks whose context is
         # copied from whichever task drives the graph, which for a sync or streamed run is
         # not the one that opened the pipeline span.
@@ -298,7 +281,7 @@ class Pipeline:
             ) from None
 
     async def _run_llm(
-        self, step: StepSpec, state: dict[str, Any], opts: _RunOptions
+        self, step: StepSpec, state: dict[str, Any], opts: RunOptions
     ) -> dict[str, Any]:
         assert step.prompt is not None
         system = self._render(step, step.system, state) if step.system else None
@@ -353,7 +336,7 @@ class Pipeline:
         state.setdefault("tenant", tenant)
         if timeout is not None and timeout <= 0:
             raise InvalidRequestError(f"timeout must be > 0, got {timeout}", hint="seconds")
-        opts = _RunOptions(
+        opts = RunOptions(
             tenant=tenant,
             user=user,
             deadline=None if timeout is None else time.monotonic() + timeout,
@@ -416,10 +399,10 @@ class Pipeline:
         )
         started = time.perf_counter()
         span = self._span()
-        config = _with_parent(config, span)
+        config = with_parent(config, span)
         try:
             final = await self.graph.ainvoke(state, config)
-            result = self._result(final, _opts(config).hops, started, _trace_id(span))
+            result = self._result(final, run_options(config).hops, started, trace_id_of(span))
             span.set_attribute("flowopt.pipeline.hops", len(result.hops))
             return result
         except BaseException as exc:
@@ -448,7 +431,7 @@ class Pipeline:
         )
         started = time.perf_counter()
         span = self._span()
-        config = _with_parent(config, span)
+        config = with_parent(config, span)
         final: dict[str, Any] = dict(state)
         try:
             async for mode, data in self.graph.astream(
@@ -463,7 +446,7 @@ class Pipeline:
                             yield StepEvent(node, update.get(step.output_key))
                 elif mode == "values" and isinstance(data, Mapping):
                     final = dict(data)
-            result = self._result(final, _opts(config).hops, started, _trace_id(span))
+            result = self._result(final, run_options(config).hops, started, trace_id_of(span))
         except BaseException as exc:
             record_error(span, exc)
             span.end()
@@ -510,22 +493,6 @@ class Pipeline:
     def batch(self, inputs: Sequence[Input], **kwargs: Any) -> list[Result | BaseException]:
         """Sync :meth:`abatch`."""
         return _runner.run(self.abatch(inputs, **kwargs))
-
-
-def _opts(config: RunnableConfig) -> _RunOptions:
-    return (config.get("configurable") or {})["flowopt"]  # type: ignore[no-any-return]
-
-
-def _with_parent(config: RunnableConfig, span: trace.Span) -> RunnableConfig:
-    conf = dict(config.get("configurable") or {})
-    opts: _RunOptions = conf["flowopt"]
-    conf["flowopt"] = dataclasses.replace(opts, parent=trace.set_span_in_context(span))
-    return {**config, "configurable": conf}
-
-
-def _trace_id(span: trace.Span) -> str | None:
-    ctx = span.get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else None
 
 
 def load(path: str | Path, *, checkpointer: Any = None) -> Pipeline:
