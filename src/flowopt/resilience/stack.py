@@ -89,6 +89,9 @@ class Resilience(MiddlewareBase):
             if layer is not None:
                 self.layers.append((what, layer))
         self._tracing: PipelineTracing | None = None
+        # the inner stack, composed once per `call_next` (a pipeline passes the same one
+        # on every request), not on every request
+        self._built: tuple[CallNext, CallNext] | None = None
 
     def layer(self, name: str) -> Any:
         """The configured layer called ``name`` (e.g. ``"breaker"``), or None."""
@@ -96,6 +99,7 @@ class Resilience(MiddlewareBase):
 
     async def setup(self, ctx: PipelineContext) -> None:
         self._tracing = ctx.tracing  # the layers' spans use the pipeline's tracer
+        self._built = None
         for _, layer in self.layers:
             setup = getattr(layer, "setup", None)
             if setup is not None:
@@ -108,4 +112,10 @@ class Resilience(MiddlewareBase):
                 await close()
 
     async def __call__(self, request: Request, call_next: CallNext) -> Response:
-        return await build_stack(self.layers, call_next, tracing=self._tracing)(request)
+        built = self._built
+        if built is None or built[0] is not call_next:
+            built = self._built = (
+                call_next,
+                build_stack(self.layers, call_next, tracing=self._tracing),
+            )
+        return await built[1](request)
