@@ -163,9 +163,24 @@ class RunError(FlowoptError):
 
 
 class InvalidRequestError(RunError):
-    """The request is malformed (empty messages, unknown role, bad parameter...)."""
+    """The request is malformed (empty messages, unknown role, bad parameter...).
+
+    ``param`` names the offending field when known (``messages[2].tool_call_id``): the
+    gateway puts it in the OpenAI error body so a client can point at it.
+    """
 
     code = "flowopt.invalid_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        request_id: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        self.param = param
+        super().__init__(message, hint=hint, request_id=request_id)
 
 
 class BackendError(RunError):

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from flowopt.errors import IncompleteStream
+from flowopt.messages import ToolCallDelta
 from flowopt.types import Chunk, Decision, Response
 
 __all__ = ["Stream", "replay", "when_final"]
@@ -254,10 +255,15 @@ def replay(
         raise ValueError("replay chunks do not add up to the response text")
     started = time.perf_counter() if started_at is None else started_at
 
+    calls = tuple(ToolCallDelta.whole(i, c) for i, c in enumerate(response.tool_calls))
+
     async def _gen() -> AsyncIterator[Chunk]:
         last = len(texts) - 1
         for i, t in enumerate(texts):
-            yield Chunk(t, i, finish_reason=response.finish_reason if i == last else None)
+            if i == last:  # tool calls, if any, arrive whole with the last piece
+                yield Chunk(t, i, finish_reason=response.finish_reason, tool_calls=calls)
+            else:
+                yield Chunk(t, i)
 
     stream = Stream(
         _gen(),

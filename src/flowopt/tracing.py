@@ -313,7 +313,7 @@ def record_request(
             msgs = [{"role": "user", "parts": [{"type": "text", "content": request.prompt}]}]
         else:
             msgs = [
-                {"role": m.role, "parts": [{"type": "text", "content": m.content}]}
+                {"role": m.role, "parts": [{"type": "text", "content": m.text}]}
                 for m in request.messages
             ]
         attrs[GenAI.INPUT_MESSAGES] = json.dumps(msgs)

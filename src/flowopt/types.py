@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from flowopt.errors import InvalidRequestError
+from flowopt.messages import Message, ToolCall, ToolCallDelta, _deep_freeze, thaw
 
 if TYPE_CHECKING:
     from flowopt.stream import Stream
@@ -32,11 +33,11 @@ __all__ = [
     "Request",
     "Response",
     "TokenLogprob",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
 ]
 
-Role = Literal["system", "user", "assistant", "tool"]
-_ROLES = frozenset({"system", "user", "assistant", "tool"})
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -44,52 +45,6 @@ def _freeze(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     if not mapping:
         return _EMPTY
     return MappingProxyType(dict(mapping))
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One chat message. ``content`` is plain text (multimodal parts are out of scope)."""
-
-    role: Role
-    content: str
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.role not in _ROLES:
-            raise InvalidRequestError(
-                f"message role {self.role!r} is not one of {sorted(_ROLES)}",
-                hint="use role 'system', 'user', 'assistant' or 'tool'",
-            )
-        if not isinstance(self.content, str):
-            raise InvalidRequestError(
-                f"message content must be a string, got {type(self.content).__name__}",
-                hint="pass text content; join multimodal parts before sending",
-            )
-
-    @classmethod
-    def parse(cls, value: Any) -> Message:
-        """Accept a Message, an OpenAI-style dict, or a ``(role, content)`` pair."""
-        if isinstance(value, Message):
-            return value
-        if isinstance(value, Mapping):
-            if "role" not in value or "content" not in value:
-                raise InvalidRequestError(
-                    f"message {dict(value)!r} needs 'role' and 'content'",
-                    hint="write messages as {'role': 'user', 'content': '...'}",
-                )
-            return cls(role=value["role"], content=value["content"], name=value.get("name"))
-        if isinstance(value, tuple | list) and len(value) == 2:
-            return cls(role=value[0], content=value[1])
-        raise InvalidRequestError(
-            f"cannot read a message from {type(value).__name__}: {value!r}",
-            hint="use Message(role, content), a dict with role/content, or a (role, content) pair",
-        )
-
-    def to_openai(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
-        if self.name:
-            out["name"] = self.name
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +122,28 @@ class Params:
         return out
 
 
+def _tools(tools: Any) -> tuple[Mapping[str, Any], ...]:
+    if not isinstance(tools, list | tuple):
+        raise InvalidRequestError(
+            "tools must be a list of tool definitions",
+            hint="[{'type': 'function', 'function': {'name': ..., 'parameters': {...}}}]",
+            param="tools",
+        )
+    if isinstance(tools, tuple) and all(isinstance(t, MappingProxyType) for t in tools):
+        return tools
+    out = []
+    for i, t in enumerate(tools):
+        fn = t.get("function") if isinstance(t, Mapping) else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+            raise InvalidRequestError(
+                f"tools[{i}] needs 'function': {{'name': ...}}",
+                hint="[{'type': 'function', 'function': {'name': ..., 'parameters': {...}}}]",
+                param=f"tools[{i}]",
+            )
+        out.append(_deep_freeze(t))
+    return tuple(out)
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -179,7 +156,9 @@ class Request:
     them, and they are never embedded. ``template`` is a stable id of the prompt template
     that produced the messages (a step name + template hash): caches key on it so a changed
     template never serves an old answer. ``deadline`` is an absolute ``time.monotonic()``
-    value that every hop must respect.
+    value that every hop must respect. ``tools``, ``tool_choice`` and
+    ``parallel_tool_calls`` are OpenAI's, passed to the server as given (and part of every
+    cache key).
 
     Routing is typed, and decided in one place (the steering terminal,
     :mod:`flowopt.middleware.steer`, dispatches on it):
@@ -214,8 +193,17 @@ class Request:
     pinned: bool = False
     avoid: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
     purpose: str | None = None
+    tools: tuple[Mapping[str, Any], ...] = ()
+    tool_choice: str | Mapping[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.tools:  # frozen once; a replace() finds them frozen and keeps them
+            object.__setattr__(self, "tools", _tools(self.tools))
+        if isinstance(self.tool_choice, Mapping) and not isinstance(
+            self.tool_choice, MappingProxyType
+        ):
+            object.__setattr__(self, "tool_choice", _deep_freeze(self.tool_choice))
         if isinstance(self.params, Mapping):
             object.__setattr__(self, "params", Params.parse(self.params))
         if not isinstance(self.messages, tuple):
@@ -281,6 +269,23 @@ class Request:
         return cls(messages=msgs, **kw)
 
     @property
+    def uses_tools(self) -> bool:
+        """True when the model may call tools, or the conversation holds tool turns."""
+        return bool(self.tools) or any(m.tool_calls or m.role == "tool" for m in self.messages)
+
+    def tools_payload(self) -> dict[str, Any]:
+        """``tools``, ``tool_choice`` and ``parallel_tool_calls`` as the wire spells them
+        (only those that are set)."""
+        out: dict[str, Any] = {}
+        if self.tools:
+            out["tools"] = [thaw(t) for t in self.tools]
+        if self.tool_choice is not None:
+            out["tool_choice"] = thaw(self.tool_choice)
+        if self.parallel_tool_calls is not None:
+            out["parallel_tool_calls"] = self.parallel_tool_calls
+        return out
+
+    @property
     def kind(self) -> Literal["chat", "completion"]:
         return "completion" if self.prompt is not None else "chat"
 
@@ -293,7 +298,7 @@ class Request:
 
     @property
     def system_prompt(self) -> str:
-        return "\n".join(m.content for m in self.messages if m.role == "system")
+        return "\n".join(m.text for m in self.messages if m.role in ("system", "developer"))
 
     @property
     def last_user_text(self) -> str:
@@ -302,7 +307,7 @@ class Request:
             return self.prompt
         for m in reversed(self.messages):
             if m.role == "user":
-                return m.content
+                return m.text
         return ""
 
     def remaining(self) -> float | None:
@@ -318,6 +323,7 @@ class Request:
             "prompt": self.prompt,
             "model": self.model,
             "params": self.params.to_dict(),
+            **self.tools_payload(),
         }
         raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
@@ -377,6 +383,8 @@ class Chunk:
     index: int
     logprobs: tuple[TokenLogprob, ...] = ()
     finish_reason: str | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    reasoning: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +395,10 @@ class Response:
     ``await response.complete()`` for the finished :class:`Response` (whose ``stream`` is
     ``None``). The fields of a streaming handle other than ``model``, ``backend``,
     ``endpoint`` and ``decisions`` are placeholders until then.
+
+    An answer that calls tools has ``tool_calls`` (and ``finish_reason`` ``"tool_calls"``;
+    its ``text`` is usually empty). ``reasoning_content`` is the server's reasoning text
+    when it separates it (vLLM's reasoning parsers).
     """
 
     text: str
@@ -403,6 +415,8 @@ class Response:
     cost: float | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     stream: Stream | None = field(default=None, compare=False, repr=False)
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning_content: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metadata", _freeze(self.metadata))
@@ -452,4 +466,6 @@ class Response:
             out["cost"] = self.cost
         if self.backend:
             out["backend"] = self.backend
+        if self.tool_calls:
+            out["tool_calls"] = [c.to_openai() for c in self.tool_calls]
         return out

@@ -76,7 +76,7 @@ def test_gateway_spec_keys_from_env_never_written_back(
 
 
 # -- wire ----------------------------------------------------------------------------------
-def test_parse_call_passes_unknown_fields_through_and_maps_roles() -> None:
+def test_parse_call_passes_unknown_fields_and_roles_through() -> None:
     call = parse_call(
         {
             "model": "m",
@@ -97,7 +97,9 @@ def test_parse_call_passes_unknown_fields_through_and_maps_roles() -> None:
         request_id="r1",
     )
     req = call.request
-    assert req.messages[0].role == "system" and req.messages[0].content == "be brief"
+    # passed through as sent: the engine's chat template decides what a developer turn is
+    assert req.messages[0].role == "developer" and req.messages[0].text == "be brief"
+    assert req.messages[0].to_openai()["content"] == [{"type": "text", "text": "be brief"}]
     assert req.params.max_tokens == 5 and req.params.stop == ("x",)
     assert dict(req.params.extra) == {"top_k": 3, "ignore_eos": True}
     assert req.stream and call.include_usage

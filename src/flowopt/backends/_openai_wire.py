@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from flowopt.errors import BackendProtocolError
+from flowopt.messages import ToolCall, ToolCallDelta
 from flowopt.types import Chunk, Request, TokenLogprob, Usage
 
 __all__ = [
+    "Completion",
     "build_payload",
     "dumps_payload",
     "loads_event",
@@ -83,6 +85,8 @@ def build_payload(request: Request, served_model: str) -> dict[str, Any]:
             body["logprobs"] = p.top_logprobs or 1
     if p.response_format is not None:
         body["response_format"] = dict(p.response_format)
+    if request.tools or request.tool_choice is not None or request.parallel_tool_calls is not None:
+        body.update(request.tools_payload())
     if request.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -141,10 +145,71 @@ def _completion_logprobs(lp: Any) -> tuple[TokenLogprob, ...]:
     return tuple(out)
 
 
-def parse_completion(
-    body: Any, *, kind: str, endpoint: str
-) -> tuple[str, str | None, Usage, tuple[TokenLogprob, ...] | None, str, str | None]:
-    """Parse a non-streamed body into ``(text, finish_reason, usage, logprobs, model, id)``."""
+class Completion(NamedTuple):
+    """A parsed non-streamed answer."""
+
+    text: str
+    finish_reason: str | None
+    usage: Usage
+    logprobs: tuple[TokenLogprob, ...] | None
+    model: str
+    id: str | None
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str | None = None
+
+
+def _tool_calls(raw: Any, endpoint: str) -> tuple[ToolCall, ...]:
+    if not raw:
+        return ()
+    _expect(isinstance(raw, list), "message.tool_calls is not a list", endpoint)
+    out = []
+    for i, item in enumerate(raw):
+        fn = item.get("function") if isinstance(item, Mapping) else None
+        _expect(
+            isinstance(fn, Mapping) and isinstance(fn.get("name"), str),
+            f"tool_calls[{i}] has no function name",
+            endpoint,
+        )
+        args = fn.get("arguments")  # type: ignore[union-attr]
+        if not isinstance(args, str):
+            args = json.dumps(args if args is not None else {}, ensure_ascii=False)
+        out.append(
+            ToolCall(str(item.get("id") or f"call_{i}"), fn["name"], args)  # type: ignore[index]
+        )
+    return tuple(out)
+
+
+def _tool_deltas(raw: Any, endpoint: str) -> tuple[ToolCallDelta, ...]:
+    if not raw:
+        return ()
+    _expect(isinstance(raw, list), "delta.tool_calls is not a list", endpoint)
+    out = []
+    for pos, item in enumerate(raw):
+        _expect(isinstance(item, Mapping), "a tool-call delta is not an object", endpoint)
+        fn = item.get("function") or {}
+        _expect(isinstance(fn, Mapping), "a tool-call delta's function is not an object", endpoint)
+        idx = item.get("index", pos)
+        _expect(isinstance(idx, int), "a tool-call delta's index is not an integer", endpoint)
+        args = fn.get("arguments")
+        out.append(
+            ToolCallDelta(
+                idx,
+                item.get("id") or None,
+                fn.get("name") or None,
+                args if isinstance(args, str) else "",
+            )
+        )
+    return tuple(out)
+
+
+def _reasoning(msg: Mapping[str, Any]) -> str | None:
+    value = msg.get("reasoning_content", msg.get("reasoning"))
+    return value if isinstance(value, str) else None
+
+
+def parse_completion(body: Any, *, kind: str, endpoint: str) -> Completion:
+    """Parse a non-streamed body (text, finish reason, usage, logprobs, model, id, and for
+    chat the tool calls and reasoning text)."""
     _expect(
         isinstance(body, Mapping), f"expected a JSON object, got {type(body).__name__}", endpoint
     )
@@ -152,10 +217,14 @@ def parse_completion(
     _expect(isinstance(choices, list) and len(choices) > 0, "no 'choices' in the body", endpoint)
     choice = choices[0]
     _expect(isinstance(choice, Mapping), "choices[0] is not an object", endpoint)
+    calls: tuple[ToolCall, ...] = ()
+    reasoning = None
     if kind == "chat":
         msg = choice.get("message")
         _expect(isinstance(msg, Mapping), "choices[0].message is missing", endpoint)
         text = msg.get("content") or ""
+        calls = _tool_calls(msg.get("tool_calls"), endpoint)
+        reasoning = _reasoning(msg)
         logprobs = _chat_logprobs(choice.get("logprobs")) if choice.get("logprobs") else None
     else:
         text = choice.get("text")
@@ -164,13 +233,15 @@ def parse_completion(
     _expect(isinstance(text, str), "the answer text is not a string", endpoint)
     usage_raw = body.get("usage")
     usage = parse_usage(usage_raw if isinstance(usage_raw, Mapping) else None)
-    return (
+    return Completion(
         text,
         choice.get("finish_reason"),
         usage,
         logprobs,
         str(body.get("model", "")),
         body.get("id"),
+        calls,
+        reasoning,
     )
 
 
@@ -187,14 +258,21 @@ def parse_chunk(
         return None, usage, body.get("model")
     choice = choices[0]
     _expect(isinstance(choice, Mapping), "a stream event's choice is not an object", endpoint)
+    deltas: tuple[ToolCallDelta, ...] = ()
+    reasoning = ""
     if kind == "chat":
         delta = choice.get("delta") or {}
-        text = delta.get("content") or "" if isinstance(delta, Mapping) else ""
+        _expect(isinstance(delta, Mapping), "a stream event's delta is not an object", endpoint)
+        text = delta.get("content") or ""
+        if "tool_calls" in delta:
+            deltas = _tool_deltas(delta["tool_calls"], endpoint)
+        reasoning = _reasoning(delta) or ""
         lps = _chat_logprobs(choice.get("logprobs"))
     else:
         text = choice.get("text") or ""
         lps = _completion_logprobs(choice.get("logprobs"))
     finish = choice.get("finish_reason")
-    if not text and finish is None and not lps:
+    if not text and finish is None and not lps and not deltas and not reasoning:
         return None, usage, body.get("model")
-    return Chunk(str(text), index, lps, finish), usage, body.get("model")
+    chunk = Chunk(str(text), index, lps, finish, deltas, reasoning)
+    return chunk, usage, body.get("model")

@@ -51,6 +51,7 @@ from flowopt.errors import (
     IncompleteStream,
     InvalidRequestError,
 )
+from flowopt.messages import ToolCallDelta, assemble_tool_calls
 from flowopt.stream import Stream
 from flowopt.types import Chunk, Request, Response, TokenLogprob, Usage
 
@@ -335,21 +336,21 @@ class VLLMBackend:
                     endpoint=url,
                     request_id=request.request_id,
                 ) from None
-            text, finish, usage, lps, model, rid = parse_completion(
-                body, kind=request.kind, endpoint=url
-            )
+            done = parse_completion(body, kind=request.kind, endpoint=url)
         finally:
             replica.outstanding -= 1
         return Response(
-            text=text,
-            model=model or served,
-            usage=usage,
-            finish_reason=finish,
+            text=done.text,
+            model=done.model or served,
+            usage=done.usage,
+            finish_reason=done.finish_reason,
             latency_ms=(time.perf_counter() - started) * 1000.0,
-            logprobs=lps,
+            logprobs=done.logprobs,
             backend=self.name,
             endpoint=url,
-            metadata={"response_id": rid} if rid else {},
+            metadata={"response_id": done.id} if done.id else {},
+            tool_calls=done.tool_calls,
+            reasoning_content=done.reasoning,
         )
 
     def _streaming(
@@ -364,6 +365,8 @@ class VLLMBackend:
         state: dict[str, Any] = {"usage": Usage(), "finish": None, "model": served, "done": False}
         texts: list[str] = []
         lps: list[TokenLogprob] = []
+        deltas: list[ToolCallDelta] = []
+        thoughts: list[str] = []
 
         released = [False]
 
@@ -402,6 +405,10 @@ class VLLMBackend:
             texts.append(chunk.text)
             if chunk.logprobs:
                 lps.extend(chunk.logprobs)
+            if chunk.tool_calls:
+                deltas.extend(chunk.tool_calls)
+            if chunk.reasoning:
+                thoughts.append(chunk.reasoning)
             counter[0] += 1
             return chunk
 
@@ -463,6 +470,8 @@ class VLLMBackend:
                 logprobs=tuple(lps) if request.params.logprobs else None,
                 backend=self.name,
                 endpoint=url,
+                tool_calls=assemble_tool_calls(deltas),
+                reasoning_content="".join(thoughts) if thoughts else None,
             )
 
         stream = Stream(chunks(), finalize, endpoint=url, started_at=started, on_abandon=release)

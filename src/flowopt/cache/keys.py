@@ -15,7 +15,10 @@ The partition holds, hashed together:
 - the prompt template id, else a hash of the system prompt;
 - the answer-changing parameters (everything in :class:`~flowopt.types.Params`);
 - the request kind and, for the semantic tier, the conversation *before* the last user turn
-  (a follow-up "and for kids?" means different things in different conversations).
+  (a follow-up "and for kids?" means different things in different conversations), and
+  the last user turn's non-text parts (an image);
+- the tool definitions, ``tool_choice`` and ``parallel_tool_calls`` (an answer made with
+  one tool set is never served to a request with another).
 
 The exact key adds the canonical request content (the last user text, verbatim).
 """
@@ -69,7 +72,10 @@ def cache_key(request: Request, *, model_identity: str, scope: Scope = "tenant")
         # Drop the last user turn (the semantic part); keep everything before it and
         # anything after it (an assistant prefill changes the answer).
         last_user = max((i for i, m in enumerate(msgs) if m.role == "user"), default=-1)
-        context = [[m.role, m.content, m.name] for i, m in enumerate(msgs) if i != last_user]
+        context = [m.to_openai() for i, m in enumerate(msgs) if i != last_user]
+        if last_user >= 0 and msgs[last_user].has_non_text_parts:
+            # An image (or audio) part is content too: only the same parts may match.
+            context.append(msgs[last_user].to_openai())
     template = request.template or ("sys:" + _h(request.system_prompt, 8))
     partition = _h(
         {
@@ -80,6 +86,8 @@ def cache_key(request: Request, *, model_identity: str, scope: Scope = "tenant")
             "params": request.params.to_dict(),
             "kind": request.kind,
             "context": context,
+            # A stored answer was made for these tools: another tool set never gets it.
+            "tools": request.tools_payload(),
         }
     )
     text = request.last_user_text

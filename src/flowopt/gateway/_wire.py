@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flowopt.errors import InvalidRequestError
 from flowopt.gateway.errors import HTTPProblem
+from flowopt.messages import ToolCallDelta, check_tool_turns
 from flowopt.types import Message, Params, Request, Response, TokenLogprob, Usage
 
 try:  # orjson is ~5x faster on the per-token path; json is the fallback.
@@ -73,6 +75,9 @@ _OWN = frozenset(
         "logprobs",
         "top_logprobs",
         "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
     }
 )
 
@@ -88,36 +93,49 @@ class Call:
     created: int
 
 
-def _text(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: keep the text ones
-        parts = []
-        for part in content:
-            if isinstance(part, Mapping) and part.get("type") == "text":
-                parts.append(str(part.get("text", "")))
-            else:
-                raise HTTPProblem(
-                    400, f"{where}: only text content parts are supported", param=where
-                )
-        return "".join(parts)
-    raise HTTPProblem(400, f"{where}: content must be a string or a list of parts", param=where)
-
-
 def _messages(raw: Any) -> tuple[Message, ...]:
+    """Every message shape OpenAI documents, kept whole (content parts, ``null`` assistant
+    content, tool calls, ``tool_call_id``, ``developer`` turns, unknown fields); the tool
+    turns must make sense (see :func:`~flowopt.messages.check_tool_turns`)."""
     if not isinstance(raw, list) or not raw:
         raise HTTPProblem(400, "'messages' must be a non-empty list", param="messages")
     out = []
     for i, m in enumerate(raw):
         if not isinstance(m, Mapping) or "role" not in m:
             raise HTTPProblem(400, f"messages[{i}] needs a 'role'", param=f"messages[{i}]")
-        role = m["role"]
-        if role == "developer":  # OpenAI's newer name for the system role
-            role = "system"
-        out.append(Message(role, _text(m.get("content"), f"messages[{i}].content"), m.get("name")))
+        try:
+            out.append(Message.parse({"content": None, **m}))
+        except InvalidRequestError as exc:
+            where = f"messages[{i}]" + (f".{exc.param}" if exc.param else "")
+            hint = f" ({exc.hint})" if exc.hint else ""
+            raise HTTPProblem(400, f"{where}: {exc.message}{hint}", param=where) from None
+    try:
+        check_tool_turns(out)
+    except InvalidRequestError as exc:
+        hint = f" ({exc.hint})" if exc.hint else ""
+        raise HTTPProblem(400, exc.message + hint, param=exc.param) from None
     return tuple(out)
+
+
+def _tools(body: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if body.get("tools") is not None:
+        out["tools"] = body["tools"]
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if not isinstance(choice, str | Mapping):
+            raise HTTPProblem(
+                400, "'tool_choice' must be a string or an object", param="tool_choice"
+            )
+        out["tool_choice"] = choice
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None:
+        if not isinstance(parallel, bool):
+            raise HTTPProblem(
+                400, "'parallel_tool_calls' must be a boolean", param="parallel_tool_calls"
+            )
+        out["parallel_tool_calls"] = parallel
+    return out
 
 
 def _params(body: Mapping[str, Any], kind: str) -> Params:
@@ -178,7 +196,7 @@ def parse_call(body: Any, *, kind: str, tenant: str | None, request_id: str) -> 
         "request_id": request_id,
     }
     if kind == "chat":
-        request = Request(messages=_messages(body.get("messages")), **common)
+        request = Request(messages=_messages(body.get("messages")), **_tools(body), **common)
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -241,6 +259,18 @@ def _flowopt_block(response: Response) -> dict[str, Any]:
     }
 
 
+def _message(response: Response) -> dict[str, Any]:
+    msg: dict[str, Any] = {
+        "role": "assistant",
+        "content": None if response.tool_calls and not response.text else response.text,
+    }
+    if response.tool_calls:
+        msg["tool_calls"] = [c.to_openai() for c in response.tool_calls]
+    if response.reasoning_content is not None:
+        msg["reasoning_content"] = response.reasoning_content
+    return msg
+
+
 def chat_json(call: Call, response: Response, model: str) -> bytes:
     return dumps(
         {
@@ -251,7 +281,7 @@ def chat_json(call: Call, response: Response, model: str) -> bytes:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": response.text},
+                    "message": _message(response),
                     "logprobs": _chat_logprobs(response.logprobs),
                     "finish_reason": response.finish_reason,
                 }
@@ -295,13 +325,19 @@ def chat_chunk(
     role: bool = False,
     finish_reason: str | None = None,
     logprobs: tuple[TokenLogprob, ...] = (),
+    tool_calls: tuple[ToolCallDelta, ...] = (),
+    reasoning: str = "",
 ) -> bytes:
     delta: dict[str, Any] = {}
     if role:
         delta["role"] = "assistant"
         delta["content"] = ""
-    if text is not None:
+    if text is not None and (text or not tool_calls):
         delta["content"] = text
+    if reasoning:
+        delta["reasoning_content"] = reasoning
+    if tool_calls:
+        delta["tool_calls"] = [d.to_openai() for d in tool_calls]
     return _event(
         {
             "id": call.id,

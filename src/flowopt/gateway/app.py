@@ -61,10 +61,11 @@ from flowopt.gateway.errors import HTTPProblem, error_kind, problem_from
 from flowopt.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from flowopt.gateway.models import ModelTable, Target
 from flowopt.gateway.tracing import TRACE_HEADER, end_span, server_span
+from flowopt.messages import ToolCallDelta
 from flowopt.pipeline import Pipeline
 from flowopt.result import Result, TokenEvent
 from flowopt.spec import GatewaySpec
-from flowopt.types import Response, Usage
+from flowopt.types import Chunk, Response, Usage
 
 __all__ = ["Gateway", "GatewayApp", "create_app", "read_body"]
 
@@ -323,10 +324,20 @@ class Gateway:
             context=contextvars.copy_context(),  # the request span is current here
         )
 
-    def _chunk(self, call: Call, model: str, text: str, finish: str | None, lps: Any) -> bytes:
+    def _chunk(self, call: Call, model: str, chunk: Chunk) -> bytes:
         if call.request.kind == "chat":
-            return chat_chunk(call, model, text=text, finish_reason=finish, logprobs=lps)
-        return completion_chunk(call, model, text=text, finish_reason=finish, logprobs=lps)
+            return chat_chunk(
+                call,
+                model,
+                text=chunk.text,
+                finish_reason=chunk.finish_reason,
+                logprobs=chunk.logprobs,
+                tool_calls=chunk.tool_calls,
+                reasoning=chunk.reasoning,
+            )
+        return completion_chunk(
+            call, model, text=chunk.text, finish_reason=chunk.finish_reason, logprobs=chunk.logprobs
+        )
 
     async def _backend_events(
         self, call: Call, target: Target, response: Response, ex: _Exchange
@@ -339,21 +350,29 @@ class Gateway:
             if stream is None:  # answered whole (e.g. a cache hit): one chunk
                 final = response
                 ex.gw.metrics.ttft.labels(ex.route, model).observe(time.perf_counter() - ex.started)
+                whole = tuple(ToolCallDelta.whole(i, c) for i, c in enumerate(final.tool_calls))
                 yield self._chunk(
-                    call, model, final.text, final.finish_reason, final.logprobs or ()
+                    call,
+                    model,
+                    Chunk(
+                        final.text,
+                        0,
+                        final.logprobs or (),
+                        final.finish_reason,
+                        whole,
+                        final.reasoning_content or "",
+                    ),
                 )
             else:
                 plain = TextChunks(call, model, chat=chat)
                 async for chunk in stream:
-                    if first and chunk.text:
+                    if first and (chunk.text or chunk.tool_calls):
                         first = False
                         ex.gw.metrics.ttft.labels(ex.route, model).observe(
                             time.perf_counter() - ex.started
                         )
-                    if chunk.logprobs:
-                        yield self._chunk(
-                            call, model, chunk.text, chunk.finish_reason, chunk.logprobs
-                        )
+                    if chunk.logprobs or chunk.tool_calls or chunk.reasoning:
+                        yield self._chunk(call, model, chunk)
                     else:
                         yield plain(chunk.text, chunk.finish_reason)
                 done = stream.response

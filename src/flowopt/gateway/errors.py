@@ -85,7 +85,7 @@ def problem_from(exc: BaseException) -> HTTPProblem:
         return exc
     if isinstance(exc, InvalidRequestError):
         hint = f" ({exc.hint})" if exc.hint else ""
-        return HTTPProblem(400, exc.message + hint, code="invalid_request")
+        return HTTPProblem(400, exc.message + hint, code="invalid_request", param=exc.param)
     if isinstance(exc, DeadlineExceeded):  # the caller's own deadline ran out first
         return HTTPProblem(
             504, f"request rejected: {exc.message}", type="api_error", code=exc.reason

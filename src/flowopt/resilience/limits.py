@@ -74,7 +74,7 @@ class TenantLimitsOptions(TenantOverride):
 
 def estimate_tokens(request: Request, default_output_tokens: int) -> int:
     """A cheap upper-ish estimate of a request's tokens (no tokenizer on the hot path)."""
-    chars = len(request.prompt or "") + sum(len(m.content) + 4 for m in request.messages)
+    chars = len(request.prompt or "") + sum(len(m.text) + 4 for m in request.messages)
     return chars // 4 + 1 + (request.params.max_tokens or default_output_tokens)
 
 

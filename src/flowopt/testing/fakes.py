@@ -59,7 +59,7 @@ class FakeBackend:
             raise self.fail
         text = self._answer(request)
         usage = Usage(
-            input_tokens=sum(len(m.content.split()) for m in request.messages)
+            input_tokens=sum(len(m.text.split()) for m in request.messages)
             or len((request.prompt or "").split()),
             output_tokens=len(text.split()),
         )
