@@ -110,6 +110,17 @@ def test_fast_tokenizer_gives_transformers_ids(onnx_emb: MiniLMEmbedder) -> None
     assert len(long_ids) == 256 and long_ids[-1] == auto.sep_token_id
 
 
+def test_token_counts_agree_across_runtimes(
+    onnx_emb: MiniLMEmbedder, torch_emb: MiniLMEmbedder
+) -> None:
+    texts = _questions(20) + ODD_TEXTS
+    counts = onnx_emb.count_tokens(texts)
+    assert counts == torch_emb.count_tokens(texts)
+    assert counts[len(texts) - len(ODD_TEXTS)] == 2  # "": [CLS] [SEP]
+    assert counts[-1] == 256  # truncated, as the model reads it
+    assert onnx_emb.count_tokens([]) == []
+
+
 # -- the export cache -----------------------------------------------------------------------
 def test_second_load_reuses_the_export(
     onnx_emb: MiniLMEmbedder, onnx_dir: Path, monkeypatch: pytest.MonkeyPatch

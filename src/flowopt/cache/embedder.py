@@ -112,6 +112,10 @@ class _TorchRuntime:
         vec: Vector = self.forward([text])[0]
         return vec
 
+    def count(self, texts: Sequence[str]) -> list[int]:
+        ids = self._tokenizer(list(texts), truncation=True, max_length=MAX_LENGTH)["input_ids"]
+        return [len(i) for i in ids]
+
 
 class _OnnxRuntime:
     """onnxruntime over the exported graph (pooling and normalisation inside it), with the
@@ -164,6 +168,9 @@ class _OnnxRuntime:
         feeds = {self._inputs[0]: ids, self._inputs[1]: np.ones_like(ids)}
         vec: Vector = self._session.run(self._outputs, feeds)[0][0]
         return vec
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
 
     def forward(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         encs = self._tokenizer.encode_batch(list(texts))
@@ -272,6 +279,13 @@ class MiniLMEmbedder:
             if len(self._memo) > self._memo_size:
                 self._memo.popitem(last=False)
         return vec
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens the model reads of each text: ``[CLS]`` and ``[SEP]`` included, at most
+        :data:`MAX_LENGTH` (a longer text is truncated to that)."""
+        self.load()
+        assert self._engine is not None
+        return self._engine.count(texts) if texts else []
 
     def forget(self) -> None:
         """Drop the memo of recent texts (benchmarks measure cold embeddings)."""

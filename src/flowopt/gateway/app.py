@@ -2,8 +2,8 @@
 
 Routes: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (JSON, or server-sent
 events with ``stream: true``; usage in the last event with
-``stream_options: {include_usage: true}``), ``GET /v1/models``, ``GET /health``,
-``GET /metrics``.
+``stream_options: {include_usage: true}``), ``POST /v1/embeddings`` (:mod:`._embeddings`),
+``GET /v1/models``, ``GET /health``, ``GET /metrics``.
 
 Each generation request: authenticate (API key -> tenant), read the body (refusing one
 over ``gateway.max_body_bytes`` with 413 before it is read whole: :func:`read_body`), parse
@@ -42,6 +42,7 @@ from starlette.types import Receive, Scope, Send
 
 from flowopt.errors import RejectedError
 from flowopt.gateway._disconnect import ClientLeft, EventStreamResponse, until_disconnect
+from flowopt.gateway._embeddings import Embeddings
 from flowopt.gateway._wire import (
     DONE,
     Call,
@@ -193,7 +194,8 @@ class Gateway:
         self.settings = settings
         self.keys = KeyRing({t: k.get_secret_value() for t, k in settings.api_keys.items()})
         graph = (settings.graph_model or pipe.spec.name) if settings.expose_graph else None
-        self.models = ModelTable(pipe.backends, graph)
+        self.embeddings = Embeddings(self)  # POST /v1/embeddings
+        self.models = ModelTable(pipe.backends, graph, self.embeddings.models)
         self.metrics = GatewayMetrics()
         self._sinks = pipe.answer_steps  # the LLM steps whose tokens are the graph's answer
         self._max_body = settings.max_body_bytes
@@ -505,6 +507,7 @@ def create_app(pipe: Pipeline, settings: GatewaySpec | None = None) -> Starlette
         routes=[
             Route("/v1/chat/completions", gw.chat, methods=["POST"]),
             Route("/v1/completions", gw.completions, methods=["POST"]),
+            Route("/v1/embeddings", gw.embeddings.handle, methods=["POST"]),
             Route("/v1/models", gw.list_models, methods=["GET"]),
             Route("/health", gw.health, methods=["GET"]),
             Route("/metrics", gw.metrics_text, methods=["GET"]),

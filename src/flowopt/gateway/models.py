@@ -11,6 +11,8 @@ A client names a model; the gateway answers with one of:
 - the **graph**: the whole multi-step pipeline runs on the last user message
   (``Pipeline.ainvoke``), exposed under the pipeline's name unless the spec's
   ``gateway.expose_graph`` is false.
+- an **embedding model** (``all-MiniLM-L6-v2``, :mod:`flowopt.gateway._embeddings`): listed,
+  answered by ``POST /v1/embeddings`` only; naming it on a generation route is a 400.
 
 Served ids are read from each backend once and cached; when a backend is down at start-up
 the configured model name is used and the lookup is retried at the next request.
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,9 +55,15 @@ class Target:
 class ModelTable:
     """Model name -> :class:`Target`, plus the ``/v1/models`` listing."""
 
-    def __init__(self, backends: Mapping[str, Backend], graph_model: str | None) -> None:
+    def __init__(
+        self,
+        backends: Mapping[str, Backend],
+        graph_model: str | None,
+        embedding_models: Sequence[str] = (),
+    ) -> None:
         self._backends = dict(backends)
         self._graph = graph_model
+        self._embedding = tuple(embedding_models)
         self._ids: dict[str, str] = {}  # backend name -> served model id
         self._created = int(time.time())
 
@@ -84,6 +92,12 @@ class ModelTable:
         for name in self._backends:
             if model == self._served(name) or model == name:
                 return Target("backend", model, name)
+        if model in self._embedding:
+            raise HTTPProblem(
+                400,
+                f"{model!r} is an embedding model: send it to POST /v1/embeddings",
+                param="model",
+            )
         raise HTTPProblem(
             404,
             f"the model {model!r} does not exist here; GET /v1/models lists {self.names()}",
@@ -99,6 +113,7 @@ class ModelTable:
                 out.append(served)
         if self._graph is not None:
             out.append(self._graph)
+        out.extend(m for m in self._embedding if m not in out)
         return out
 
     def listing(self) -> dict[str, Any]:
