@@ -130,7 +130,7 @@ def request_bypass_reason(request: Request, *, max_temperature: float) -> str | 
 
 
 def _has_tool_calls(response: Response) -> bool:
-    if response.finish_reason in ("tool_calls", "function_call"):
+    if response.tool_calls or response.finish_reason in ("tool_calls", "function_call"):
         return True
     md = response.metadata
     return bool(md.get("tool_calls") or md.get("function_call"))
