@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import Span
 from starlette.applications import Starlette
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response as HTTPResponse
@@ -43,30 +41,30 @@ from starlette.types import Receive, Scope, Send
 from flowopt.errors import RejectedError
 from flowopt.gateway._disconnect import ClientLeft, EventStreamResponse, until_disconnect
 from flowopt.gateway._embeddings import Embeddings
+from flowopt.gateway._events import (
+    Exchange,
+    after,
+    backend_events,
+    graph_events,
+    graph_response,
+)
 from flowopt.gateway._wire import (
-    DONE,
     Call,
-    TextChunks,
     chat_chunk,
     chat_json,
-    completion_chunk,
     completion_json,
     dumps,
-    error_event,
     loads,
     parse_call,
-    usage_chunk,
 )
 from flowopt.gateway.auth import KeyRing
-from flowopt.gateway.errors import HTTPProblem, error_kind, problem_from
+from flowopt.gateway.errors import HTTPProblem
 from flowopt.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from flowopt.gateway.models import ModelTable, Target
-from flowopt.gateway.tracing import TRACE_HEADER, end_span, server_span
-from flowopt.messages import ToolCallDelta
+from flowopt.gateway.tracing import server_span
 from flowopt.pipeline import Pipeline
-from flowopt.result import Result, TokenEvent
 from flowopt.spec import GatewaySpec
-from flowopt.types import Chunk, Response, Usage
+from flowopt.types import Response
 
 __all__ = ["Gateway", "GatewayApp", "create_app", "read_body"]
 
@@ -127,64 +125,6 @@ def _too_large(limit: int) -> HTTPProblem:
     )
 
 
-class _Exchange:
-    """Book-keeping of one generation request: span, metrics, headers; finished once."""
-
-    __slots__ = ("done", "gw", "headers", "model", "route", "span", "started")
-
-    def __init__(self, gw: Gateway, route: str, span: Span, trace_id: str, rid: str) -> None:
-        self.gw = gw
-        self.route = route
-        self.span = span
-        self.started = time.perf_counter()
-        self.model = "unknown"
-        self.headers = {TRACE_HEADER: trace_id, "x-request-id": rid}
-        self.done = False
-        gw.metrics.in_flight.inc()
-
-    def _close(self, status: int) -> None:
-        self.done = True
-        self.gw.metrics.in_flight.dec()
-        end_span(self.span, status)
-
-    def ok(self, response: Response) -> None:
-        if self.done:
-            return
-        self.gw.metrics.observe_answer(
-            self.route, self.model, response, time.perf_counter() - self.started
-        )
-        self._close(200)
-
-    def failed(self, exc: BaseException) -> HTTPProblem:
-        problem = problem_from(exc)
-        if self.done:
-            return problem
-        kind = error_kind(exc)
-        if problem.status >= 500 and not isinstance(exc, HTTPProblem | RejectedError):
-            _log.error(
-                "request %s failed: %s",
-                self.headers["x-request-id"],
-                kind,
-                exc_info=exc if kind == "internal" else None,
-            )
-        if isinstance(exc, RejectedError):
-            self.gw.metrics.shed.labels(exc.reason).inc()
-        self.gw.metrics.observe_error(self.route, self.model, problem.status, kind)
-        if self.span.is_recording():
-            from flowopt.tracing import record_error
-
-            record_error(self.span, exc)
-        self._close(problem.status)
-        return problem
-
-    def left(self) -> None:
-        if self.done:
-            return
-        self.gw.metrics.disconnects.labels(self.route).inc()
-        self.gw.metrics.observe_error(self.route, self.model, 499, "client_disconnected")
-        self._close(499)
-
-
 class Gateway:
     """The state behind the routes: the pipeline, keys, model table and metrics."""
 
@@ -197,7 +137,6 @@ class Gateway:
         self.embeddings = Embeddings(self)  # POST /v1/embeddings
         self.models = ModelTable(pipe.backends, graph, self.embeddings.models)
         self.metrics = GatewayMetrics()
-        self._sinks = pipe.answer_steps  # the LLM steps whose tokens are the graph's answer
         self._max_body = settings.max_body_bytes
         # the pipeline's tracer: the SERVER span and the pipeline's spans share a provider
         self._tracer = pipe.tracing.tracer
@@ -238,7 +177,7 @@ class Gateway:
         route = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
         span, trace_id = server_span(f"POST {route}", request.headers, route, self._tracer)
         rid = uuid.uuid4().hex[:16]
-        ex = _Exchange(self, route, span, trace_id, rid)
+        ex = Exchange(self, route, span, trace_id, rid)
         try:
             with trace.use_span(span, end_on_exit=False):
                 tenant = self.keys.tenant_for(request.headers.get("authorization"))
@@ -298,169 +237,33 @@ class Gateway:
     async def _answer(self, call: Call, target: Target) -> Response:
         if target.kind == "graph":
             result = await self.pipe.ainvoke(**self._graph_run(call))
-            return _graph_response(result, target.model)
+            return graph_response(result, target.model)
         response = await self.pipe.acall(call.request, backend=target.pin)
         return await response.complete()
 
     async def _open_stream(
-        self, request: HTTPRequest, call: Call, target: Target, ex: _Exchange
+        self, request: HTTPRequest, call: Call, target: Target, ex: Exchange
     ) -> EventStreamResponse:
         if target.kind == "graph":
             # the run's arguments are checked here, so a spent deadline is an HTTP error
-            events = self._graph_events(call, target, ex, self._graph_run(call))
+            events = graph_events(self.pipe, call, target, ex, self._graph_run(call))
         else:
             # Opening the stream may wait (queueing middleware, a slow prefill before the
             # server's headers): a client that leaves meanwhile cancels it too.
             response = await until_disconnect(
                 request.receive, self.pipe.acall(call.request, backend=target.pin)
             )
-            events = self._backend_events(call, target, response, ex)
+            events = backend_events(call, target, response, ex)
         if call.request.kind == "chat":
             # The role chunk goes out with the first token, in one write: a write less
             # before the first token.
-            events = _after(chat_chunk(call, target.model, role=True), events)
+            events = after(chat_chunk(call, target.model, role=True), events)
         return EventStreamResponse(
             events,
             headers=list(ex.headers.items()),
             on_disconnect=ex.left,
             context=contextvars.copy_context(),  # the request span is current here
         )
-
-    def _chunk(self, call: Call, model: str, chunk: Chunk) -> bytes:
-        if call.request.kind == "chat":
-            return chat_chunk(
-                call,
-                model,
-                text=chunk.text,
-                finish_reason=chunk.finish_reason,
-                logprobs=chunk.logprobs,
-                tool_calls=chunk.tool_calls,
-                reasoning=chunk.reasoning,
-            )
-        return completion_chunk(
-            call, model, text=chunk.text, finish_reason=chunk.finish_reason, logprobs=chunk.logprobs
-        )
-
-    async def _backend_events(
-        self, call: Call, target: Target, response: Response, ex: _Exchange
-    ) -> AsyncGenerator[bytes, None]:
-        chat = call.request.kind == "chat"
-        model = target.model
-        stream = response.stream
-        first = True
-        try:
-            if stream is None:  # answered whole (e.g. a cache hit): one chunk
-                final = response
-                ex.gw.metrics.ttft.labels(ex.route, model).observe(time.perf_counter() - ex.started)
-                whole = tuple(ToolCallDelta.whole(i, c) for i, c in enumerate(final.tool_calls))
-                yield self._chunk(
-                    call,
-                    model,
-                    Chunk(
-                        final.text,
-                        0,
-                        final.logprobs or (),
-                        final.finish_reason,
-                        whole,
-                        final.reasoning_content or "",
-                    ),
-                )
-            else:
-                plain = TextChunks(call, model, chat=chat)
-                async for chunk in stream:
-                    if first and (chunk.text or chunk.tool_calls):
-                        first = False
-                        ex.gw.metrics.ttft.labels(ex.route, model).observe(
-                            time.perf_counter() - ex.started
-                        )
-                    if chunk.logprobs or chunk.tool_calls or chunk.reasoning:
-                        yield self._chunk(call, model, chunk)
-                    else:
-                        yield plain(chunk.text, chunk.finish_reason)
-                done = stream.response
-                assert done is not None
-                final = done
-            for event in _stream_end(call, model, final, chat=chat):
-                yield event
-            ex.ok(final)
-        except Exception as exc:
-            for event in _stream_failed(ex, exc):
-                yield event
-        finally:
-            if stream is not None:
-                await stream.aclose()
-
-    async def _graph_events(
-        self, call: Call, target: Target, ex: _Exchange, run: dict[str, Any]
-    ) -> AsyncGenerator[bytes, None]:
-        model = target.model
-        runs = self.pipe.astream(**run)
-        streamed = False
-        try:
-            result: Result | None = None
-            async for ev in runs:
-                if isinstance(ev, TokenEvent) and ev.step in self._sinks and ev.text:
-                    if not streamed:
-                        streamed = True
-                        ex.gw.metrics.ttft.labels(ex.route, model).observe(
-                            time.perf_counter() - ex.started
-                        )
-                    yield chat_chunk(call, model, text=ev.text)
-                elif isinstance(ev, Result):
-                    result = ev
-            assert result is not None
-            final = _graph_response(result, model)
-            if not streamed and final.text:  # the last step was a function step
-                yield chat_chunk(call, model, text=final.text)
-            yield chat_chunk(call, model, finish_reason="stop")
-            for event in _stream_end(call, model, final, chat=True):
-                yield event
-            ex.ok(final)
-        except Exception as exc:
-            for event in _stream_failed(ex, exc):
-                yield event
-        finally:
-            await runs.aclose()  # type: ignore[attr-defined]
-
-
-async def _after(head: bytes, events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
-    """``events`` with ``head`` written in front of the first one (or alone if none)."""
-    try:
-        async for data in events:
-            if head:
-                data, head = head + data, b""
-            yield data
-        if head:
-            yield head
-    finally:
-        await events.aclose()
-
-
-def _stream_end(call: Call, model: str, final: Response, *, chat: bool) -> list[bytes]:
-    """The last events of a successful stream: usage if the client asked, then [DONE]."""
-    events = [usage_chunk(call, model, final.usage, chat=chat)] if call.include_usage else []
-    events.append(DONE)
-    return events
-
-
-def _stream_failed(ex: _Exchange, exc: Exception) -> list[bytes]:
-    """A failure after the 200 was sent: an OpenAI error event, then [DONE]; records it."""
-    problem = ex.failed(exc)
-    return [error_event(problem.body()), DONE]
-
-
-def _graph_response(result: Result, model: str) -> Response:
-    last = result.hops[-1].response if result.hops else None
-    return Response(
-        text=result.text,
-        model=model,
-        usage=result.usage if result.hops else Usage(),
-        finish_reason="stop",
-        decisions=result.decisions,
-        latency_ms=result.latency_ms,
-        backend=last.backend if last else None,
-        cached=bool(last and last.cached),
-    )
 
 
 def _problem_response(problem: HTTPProblem, headers: dict[str, str]) -> HTTPResponse:
