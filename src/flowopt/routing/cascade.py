@@ -30,7 +30,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from flowopt.errors import BackendError, ConfigError, RejectedError
+from flowopt.errors import BackendError, ConfigError, InvalidRequestError, RejectedError
 from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
 from flowopt.middleware.options import MiddlewareOptions, make_options
 from flowopt.routing.classifiers.judge import JudgeClassifier, choice_request
@@ -177,9 +177,12 @@ class Cascade(MiddlewareBase):
             cost = tier.price.cost(resp.usage, resp.latency_ms)
             spent += cost
             conf = confidence(resp.logprobs, self.method)
+            # A tool call is judged by its tokens' confidence and by being callable (a
+            # declared tool, JSON arguments); the verifier's question is about text answers.
+            bad_call = tool_call_problem(request, resp)
             vscore = (
                 await self._verifier_score(request, resp.text, call_next)
-                if conf is not None
+                if conf is not None and not resp.tool_calls
                 else None
             )
             score = conf if vscore is None or conf is None else (conf + vscore) / 2
@@ -187,6 +190,7 @@ class Cascade(MiddlewareBase):
                 score is not None
                 and score >= self.thresholds[i]
                 and resp.finish_reason != "aborted"
+                and bad_call is None
             )
             entry: dict[str, Any] = {
                 "tier": tier.name,
@@ -194,6 +198,10 @@ class Cascade(MiddlewareBase):
                 "accepted": accepted,
                 "cost": cost,
             }
+            if resp.tool_calls:
+                entry["tool_calls"] = len(resp.tool_calls)
+            if bad_call is not None:
+                entry["rejected"] = bad_call
             if vscore is not None:
                 entry["verifier"] = round(vscore, 4)
             trail.append(entry)
@@ -253,6 +261,22 @@ class Cascade(MiddlewareBase):
             )
 
         return await when_final(response, account)
+
+
+def tool_call_problem(request: Request, response: Response) -> str | None:
+    """Why a tier's tool calls cannot be run (escalate), or None: a function the request
+    did not declare, or arguments that are not a JSON object."""
+    declared = {t.get("function", {}).get("name") for t in request.tools}
+    for call in response.tool_calls:
+        if declared and call.name not in declared:
+            return f"undeclared tool {call.name!r}"
+        try:
+            args = call.parsed_arguments()
+        except InvalidRequestError:
+            return f"arguments of {call.name!r} are not JSON"
+        if not isinstance(args, dict):
+            return f"arguments of {call.name!r} are not an object"
+    return None
 
 
 def _remap(logprobs: Any) -> Any:
