@@ -102,9 +102,9 @@ def test_completions_json_and_stream(live_gateway: LiveGateway) -> None:
     assert pieces[-1].usage is not None
 
 
-def test_models_lists_backend_and_graph(live_gateway: LiveGateway) -> None:
+def test_models_lists_backend_graph_and_embedding_model(live_gateway: LiveGateway) -> None:
     ids = [m.id for m in client(live_gateway).models.list()]
-    assert ids == [live_gateway.model, "faq"]
+    assert ids == [live_gateway.model, "faq", "all-MiniLM-L6-v2"]
 
 
 def test_graph_model_runs_the_pipeline(live_gateway: LiveGateway) -> None:

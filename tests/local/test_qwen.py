@@ -76,3 +76,25 @@ def test_named_tool_choice_returns_tool_calls(qwen_url: str) -> None:
     call = message.tool_calls[0]
     assert call.type == "function" and call.function.name == "get_weather"
     assert "berlin" in json.loads(call.function.arguments)["city"].lower()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tool_calls_through_vllm_backend(qwen_url: str, stream: bool) -> None:
+    backend = VLLMBackend(qwen_url, model=QWEN)
+    try:
+        r = await backend.generate(
+            Request.chat(
+                "What is the weather in Berlin right now?",
+                params={"temperature": 0, "max_tokens": 40},
+                tools=[WEATHER_TOOL],
+                tool_choice=NAMED,
+                stream=stream,
+            )
+        )
+        r = await r.complete()
+    finally:
+        await backend.aclose()
+    assert r.tool_calls, r
+    call = r.tool_calls[0]
+    assert call.name == "get_weather" and call.id
+    assert "berlin" in call.parsed_arguments()["city"].lower()
