@@ -50,7 +50,17 @@ from flowopt.result import Hop, Result, StepEvent, TokenEvent
 from flowopt.spec import PipelineSpec, StepSpec, load_spec, parse_spec
 from flowopt.stream import Stream, replay
 from flowopt.tracing import configure_tracing
-from flowopt.types import Chunk, Decision, Message, Params, Request, Response, TokenLogprob, Usage
+from flowopt.types import (
+    Chunk,
+    Decision,
+    Message,
+    Params,
+    Request,
+    Response,
+    TokenLogprob,
+    ToolCall,
+    Usage,
+)
 
 __version__ = "0.1.0"
 
@@ -131,6 +141,7 @@ __all__ = [
     "Tier",
     "TokenEvent",
     "TokenLogprob",
+    "ToolCall",
     "Triage",
     "UnknownNameError",
     "Usage",

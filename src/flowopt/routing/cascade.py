@@ -39,7 +39,7 @@ from flowopt.routing.pricing import Tier, Tiers
 from flowopt.stream import replay, when_final
 from flowopt.types import Message, Request, Response
 
-__all__ = ["Cascade", "CascadeOptions"]
+__all__ = ["Cascade", "CascadeOptions", "tool_call_problem"]
 
 _Unit = Annotated[float, Field(ge=0, le=1)]
 
