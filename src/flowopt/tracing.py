@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from flowopt.messages import Message, ToolCall
 from flowopt.types import Decision, Request, Response
 
 if TYPE_CHECKING:
@@ -90,6 +91,9 @@ class GenAI:
     SERVER_ADDRESS = "server.address"
     SERVER_PORT = "server.port"
     ERROR_TYPE = "error.type"
+    TOOL_NAME = "gen_ai.tool.name"
+    TOOL_CALL_ID = "gen_ai.tool.call.id"
+    TOOL_TYPE = "gen_ai.tool.type"
 
 
 _TRACER_NAME = "flowopt"
@@ -312,10 +316,7 @@ def record_request(
         if request.prompt is not None:
             msgs = [{"role": "user", "parts": [{"type": "text", "content": request.prompt}]}]
         else:
-            msgs = [
-                {"role": m.role, "parts": [{"type": "text", "content": m.text}]}
-                for m in request.messages
-            ]
+            msgs = [_input_message(m) for m in request.messages]
         attrs[GenAI.INPUT_MESSAGES] = json.dumps(msgs)
     span.set_attributes(attrs)
 
@@ -332,8 +333,9 @@ def record_response(span: Span, response: Response, *, capture_content: bool = F
     }
     if response.usage.cached_input_tokens:
         attrs[GenAI.USAGE_CACHED_INPUT] = response.usage.cached_input_tokens
-    if response.finish_reason:
-        attrs[GenAI.RESPONSE_FINISH] = [response.finish_reason]
+    finish = _finish_reason(response)
+    if finish:
+        attrs[GenAI.RESPONSE_FINISH] = [finish]
     if response.ttft_ms is not None:
         attrs[GenAI.TTFT] = response.ttft_ms / 1000.0
         attrs["flowopt.ttft_ms"] = response.ttft_ms
@@ -348,16 +350,45 @@ def record_response(span: Span, response: Response, *, capture_content: bool = F
     if rid:
         attrs[GenAI.RESPONSE_ID] = str(rid)
     if capture_content:
+        parts: list[dict[str, Any]] = []
+        if response.text or not response.tool_calls:
+            parts.append({"type": "text", "content": response.text})
+        parts.extend(_call_part(c) for c in response.tool_calls)
         attrs[GenAI.OUTPUT_MESSAGES] = json.dumps(
-            [
-                {
-                    "role": "assistant",
-                    "parts": [{"type": "text", "content": response.text}],
-                    "finish_reason": response.finish_reason,
-                }
-            ]
+            [{"role": "assistant", "parts": parts, "finish_reason": finish}]
         )
     span.set_attributes(attrs)
+
+
+def _finish_reason(response: Response) -> str | None:
+    """The finish reason on the span: ``tool_calls`` for an answer that calls tools, even
+    when the server said ``stop`` (vLLM does for some tool parsers): a trace query for
+    tool-calling turns must find them all."""
+    if response.tool_calls and response.finish_reason in (None, "stop"):
+        return "tool_calls"
+    return response.finish_reason
+
+
+def _call_part(call: ToolCall) -> dict[str, Any]:
+    """A GenAI ``tool_call`` part; arguments as JSON values when they parse."""
+    try:
+        args: Any = json.loads(call.arguments) if call.arguments.strip() else {}
+    except ValueError:
+        args = call.arguments
+    return {"type": "tool_call", "id": call.id, "name": call.name, "arguments": args}
+
+
+def _input_message(m: Message) -> dict[str, Any]:
+    """One input message as GenAI parts: text, the tool calls of an assistant turn, or
+    the ``tool_call_response`` of a tool turn."""
+    if m.role == "tool":
+        part = {"type": "tool_call_response", "id": m.tool_call_id, "response": m.text}
+        return {"role": "tool", "parts": [part]}
+    parts: list[dict[str, Any]] = []
+    if m.text or not m.tool_calls:
+        parts.append({"type": "text", "content": m.text})
+    parts.extend(_call_part(c) for c in m.tool_calls)
+    return {"role": m.role, "parts": parts}
 
 
 def _server_attrs(endpoint: str) -> dict[str, Any]:

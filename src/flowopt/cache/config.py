@@ -6,9 +6,9 @@ built with it cannot have its rules changed underneath running requests.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from flowopt.cache.embedder import EmbedderRuntime
 from flowopt.cache.keys import Scope
@@ -80,3 +80,22 @@ class CacheConfig(MiddlewareOptions):
     replay_chunk_chars: int = 0
     """Chunk size when replaying an answer that was not stored from a stream; 0 replays
     it word by word (the shape of a token stream)."""
+
+    tool_results: Literal["never", "pure"] = "never"
+    """Requests whose conversation holds tool results: ``never`` cached (looked up or
+    stored), or ``pure``: cached when every result comes from a tool in ``pure_tools``.
+    A tool result is data from outside the model (a database, the clock, the web): an
+    answer built on it is only safe to repeat when the tool always returns the same
+    thing for the same arguments (a calculator, a fixed FAQ)."""
+
+    pure_tools: tuple[str, ...] = ()
+    """Names of the tools whose results are a function of their arguments (with
+    ``tool_results: pure``); ``["*"]`` declares every tool pure."""
+
+    @model_validator(mode="after")
+    def _pure_needs_tools(self) -> CacheConfig:
+        if self.tool_results == "pure" and not self.pure_tools:
+            raise ValueError(
+                "tool_results: pure needs pure_tools (the tool names, or ['*'] for all)"
+            )
+        return self

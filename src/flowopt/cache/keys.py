@@ -18,7 +18,8 @@ The partition holds, hashed together:
   (a follow-up "and for kids?" means different things in different conversations), and
   the last user turn's non-text parts (an image);
 - the tool definitions, ``tool_choice`` and ``parallel_tool_calls`` (an answer made with
-  one tool set is never served to a request with another).
+  one tool set is never served to a request with another); tool call ids in the context
+  are numbered in order (``call_0``...), because servers draw a new random id per call.
 
 The exact key adds the canonical request content (the last user text, verbatim).
 """
@@ -30,7 +31,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from flowopt.types import Request
+from flowopt.types import Message, Request
 
 __all__ = ["CacheKey", "Scope", "cache_key", "scope_of"]
 
@@ -63,6 +64,31 @@ def scope_of(request: Request, scope: Scope) -> str:
     return tenant
 
 
+def _call_numbers(messages: list[Message]) -> dict[str, str]:
+    """Tool call id -> ``call_<n>``, numbered in order of appearance. Servers make a fresh
+    random id for every call, so the same conversation replayed by an agent carries other
+    ids; what the id says (which result answers which call) is kept by the numbering."""
+    out: dict[str, str] = {}
+    for m in messages:
+        for c in m.tool_calls:
+            out.setdefault(c.id, f"call_{len(out)}")
+    return out
+
+
+def _keyed(message: dict[str, Any], ids: dict[str, str]) -> dict[str, Any]:
+    """``message`` (OpenAI form) with its tool call ids replaced by their numbers."""
+    if not ids:
+        return message
+    if "tool_calls" in message:
+        message["tool_calls"] = [
+            {**c, "id": ids.get(c["id"], c["id"])} for c in message["tool_calls"]
+        ]
+    tcid = message.get("tool_call_id")
+    if tcid is not None:
+        message["tool_call_id"] = ids.get(tcid, tcid)
+    return message
+
+
 def cache_key(request: Request, *, model_identity: str, scope: Scope = "tenant") -> CacheKey:
     """Compute the partition and exact key of ``request`` (pure, ~10 µs)."""
     if request.prompt is not None:
@@ -72,7 +98,8 @@ def cache_key(request: Request, *, model_identity: str, scope: Scope = "tenant")
         # Drop the last user turn (the semantic part); keep everything before it and
         # anything after it (an assistant prefill changes the answer).
         last_user = max((i for i, m in enumerate(msgs) if m.role == "user"), default=-1)
-        context = [m.to_openai() for i, m in enumerate(msgs) if i != last_user]
+        ids = _call_numbers(msgs)
+        context = [_keyed(m.to_openai(), ids) for i, m in enumerate(msgs) if i != last_user]
         if last_user >= 0 and msgs[last_user].has_non_text_parts:
             # An image (or audio) part is content too: only the same parts may match.
             context.append(msgs[last_user].to_openai())

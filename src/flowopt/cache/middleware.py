@@ -17,6 +17,11 @@ Why it is shaped like this:
   which copies the context (OpenTelemetry stays attached); in-memory exact lookups run
   inline because a thread hop would cost more than the lookup.
 
+Tool turns: an answer that calls tools is never stored; a conversation that holds tool
+results bypasses the cache unless ``tool_results: pure`` names its tools in ``pure_tools``
+(see :mod:`flowopt.cache.policy`). Tool call ids are random per run, so the key numbers
+them in order instead (:mod:`flowopt.cache.keys`).
+
 Request-level controls (``Request.metadata``): ``cache`` (False: bypass),
 ``cache.ttl_s`` (per-entry TTL), ``cache.tags`` (list of tags for invalidation).
 """
@@ -188,7 +193,13 @@ class CacheMiddleware(MiddlewareBase):
         span = trace.get_current_span()
         if request.metadata.get("cache", True) is False:
             return await self._bypass(request, call_next, SkipReason.DISABLED)
-        reason = request_bypass_reason(request, max_temperature=self.config.max_temperature)
+        cfg = self.config
+        reason = request_bypass_reason(
+            request,
+            max_temperature=cfg.max_temperature,
+            tool_results=cfg.tool_results,
+            pure_tools=cfg.pure_tools,
+        )
         if reason is not None:
             return await self._bypass(request, call_next, reason)
         engine = self._require_engine()

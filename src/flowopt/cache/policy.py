@@ -14,7 +14,7 @@ IBAN). It errs on the side of *not* caching: a false positive only costs a cache
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Protocol, runtime_checkable
 
 from flowopt.types import Request, Response
@@ -23,6 +23,7 @@ __all__ = [
     "PIIDetector",
     "RegexPIIDetector",
     "SkipReason",
+    "impure_tool_results",
     "request_bypass_reason",
     "response_skip_reason",
 ]
@@ -109,11 +110,33 @@ class RegexPIIDetector:
         return found
 
 
-def request_bypass_reason(request: Request, *, max_temperature: float) -> str | None:
+def impure_tool_results(request: Request, pure_tools: Collection[str]) -> bool:
+    """True when a tool message of ``request`` answers a call to a tool not in
+    ``pure_tools`` (``"*"`` in it: every tool is pure), or answers no call it can name."""
+    if "*" in pure_tools:
+        return False
+    names = {c.id: c.name for m in request.messages for c in m.tool_calls}
+    return any(
+        m.role == "tool" and names.get(m.tool_call_id or "") not in pure_tools
+        for m in request.messages
+    )
+
+
+def request_bypass_reason(
+    request: Request,
+    *,
+    max_temperature: float,
+    tool_results: str = "never",
+    pure_tools: Collection[str] = (),
+) -> str | None:
     """Why this request must neither be served from nor stored in the cache, or None.
 
     A sampled request asks for a *random* answer: replaying one would silently turn it
     greedy. A seed makes sampling reproducible, so a seeded request is cacheable.
+
+    A conversation holding tool results is cached only with ``tool_results="pure"`` and
+    when every result comes from a tool named in ``pure_tools``: a result fetched from
+    the world may differ next time, and the answer built on it with it.
     """
     p = request.params
     sampled = p.temperature is None or p.temperature > max_temperature
@@ -122,7 +145,9 @@ def request_bypass_reason(request: Request, *, max_temperature: float) -> str | 
     extra = p.extra
     if "tools" in extra or "tool_choice" in extra or "functions" in extra:
         return SkipReason.TOOLS
-    if any(m.role == "tool" for m in request.messages):
+    if any(m.role == "tool" for m in request.messages) and (
+        tool_results != "pure" or impure_tool_results(request, pure_tools)
+    ):
         return SkipReason.TOOLS
     if not request.last_user_text.strip():
         return SkipReason.NO_TEXT
@@ -130,6 +155,7 @@ def request_bypass_reason(request: Request, *, max_temperature: float) -> str | 
 
 
 def _has_tool_calls(response: Response) -> bool:
+    # the typed field first: some servers finish a tool-calling turn with "stop"
     if response.tool_calls or response.finish_reason in ("tool_calls", "function_call"):
         return True
     md = response.metadata
