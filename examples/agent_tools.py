@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import operator
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,6 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
-from flowopt.gateway._background import free_port
 from flowopt.langchain import FlowoptMiddleware
 
 QWEN_URL = os.environ.get("FLOWOPT_STRONG_URL", "http://127.0.0.1:8001").rstrip("/")
@@ -209,6 +209,12 @@ middleware:
 steps:
   - {{name: answer, prompt: "{{input}}"}}
 """
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def start_gateway(spec: Path, port: int) -> subprocess.Popen[str]:

@@ -263,3 +263,31 @@ def test_tool_calls_get_an_execute_tool_span() -> None:
     assert attrs[GenAI.OPERATION] == "execute_tool"
     assert (attrs[GenAI.TOOL_NAME], attrs[GenAI.TOOL_CALL_ID]) == ("calculator", "c7")
     assert attrs["gen_ai.tool.call.result"] == "6"
+
+
+def _unsure_unless_strong(request: ModelRequest[Any]) -> AIMessage:
+    """The agent's model answers with low token confidence; the strong tier with high."""
+    strong = request.model is BACKUP_MODEL
+    lp = -0.01 if strong else -3.0
+    msg = answer("Paris." if strong else "Lyon?")
+    msg.response_metadata["logprobs"] = {
+        "content": [{"token": "x", "logprob": lp, "top_logprobs": []}]
+    }
+    return msg
+
+
+def test_cascade_escalates_through_the_handler_with_logprobs_asked_for() -> None:
+    tiers = [{"name": "small", "backend": "default"}, {"name": "large", "backend": "strong"}]
+    mw = FlowoptMiddleware(
+        [{"cascade": {"tiers": tiers, "threshold": 0.5}}], models={"strong": BACKUP_MODEL}
+    )
+    handler = FakeHandler(_unsure_unless_strong)
+    res = mw.wrap_model_call(model_request(), handler)
+    first, second = handler.requests
+    assert (first.model, second.model) == (AGENT_MODEL, BACKUP_MODEL)
+    # the cascade wants token logprobs: asked for through the model settings
+    assert first.model_settings["logprobs"] is True
+    assert res.result[0].content == "Paris."
+    (decision,) = res.result[0].response_metadata["flowopt"]["decisions"]
+    assert decision["action"] == "escalated"
+    assert [t["accepted"] for t in decision["trail"]] == [False, True]
