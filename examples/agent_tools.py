@@ -1,4 +1,4 @@
-"""A LangChain agent with two tools, optimized by flowopt two ways.
+"""A LangChain agent with two tools, optimized by flowopt three ways.
 
     flowopt backend up --model qwen0.5b     # Qwen2.5-Coder-0.5B with tool calling, :8001
     python examples/agent_tools.py
@@ -9,6 +9,8 @@ each variant, so the second run shows what flowopt's cache answers:
 
 - ``run_with_middleware``: ``ChatOpenAI`` straight at the vLLM server, with
   ``FlowoptMiddleware`` (cache + resilience) in the agent: the model stays LangChain's.
+- ``run_with_chatflowopt``: the agent's model is ``ChatFlowopt``: flowopt's stack runs
+  in-process over flowopt's own vLLM backend (no ChatOpenAI, no gateway).
 - ``run_through_gateway``: the same agent whose ``ChatOpenAI`` points at a flowopt gateway
   (``flowopt serve``, started here as a subprocess over a one-step spec): no flowopt code
   in the agent at all.
@@ -40,7 +42,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
-from flowopt.langchain import FlowoptMiddleware
+from flowopt.langchain import ChatFlowopt, FlowoptMiddleware
 
 QWEN_URL = os.environ.get("FLOWOPT_STRONG_URL", "http://127.0.0.1:8001").rstrip("/")
 QWEN_MODEL = os.environ.get("FLOWOPT_STRONG_MODEL", "qwen0.5b")
@@ -198,6 +200,33 @@ def run_with_middleware() -> None:
     flowopt.close()
 
 
+def run_with_chatflowopt() -> None:
+    """ChatFlowopt as the agent's model: the same cache and resilience, run by flowopt's
+    own backend in this process."""
+    model = ChatFlowopt(
+        backend={"vllm": {"base_url": QWEN_URL, "model": QWEN_MODEL}},
+        middleware=[
+            {
+                "cache": {
+                    "store": "memory",
+                    "semantic": False,
+                    "tool_results": "pure",
+                    "pure_tools": ["calculator", "faq"],
+                }
+            },
+            {"resilience": {"retry": 3}},
+        ],
+        temperature=0,
+        max_tokens=48,
+    )
+    agent = create_agent(
+        model, [calculator, faq], system_prompt=SYSTEM, middleware=[ToolPlan(["calculator", "faq"])]
+    )
+    for run in ("first run", "second run"):
+        out = agent.invoke({"messages": [("user", QUESTION)]})
+        show(f"ChatFlowopt, {run}", out["messages"])
+
+
 SPEC = """\
 name: agent-gateway
 backend:
@@ -268,6 +297,7 @@ def main() -> int:
     assert calculator.invoke({"expression": "2 * (3 + 4) - 1"}) == "13"
     assert calculator.invoke({"expression": "__import__('os')"}).startswith("error")
     run_with_middleware()
+    run_with_chatflowopt()
     run_through_gateway()
     return 0
 
