@@ -68,16 +68,21 @@ class Params:
     def __post_init__(self) -> None:
         if self.temperature is not None and not 0 <= self.temperature <= 2:
             raise InvalidRequestError(
-                f"temperature {self.temperature} is outside [0, 2]", hint="use 0 for greedy"
+                f"temperature {self.temperature} is outside [0, 2]",
+                hint="use 0 for greedy",
+                param="temperature",
             )
         if self.max_tokens is not None and self.max_tokens < 1:
             raise InvalidRequestError(
-                f"max_tokens must be >= 1, got {self.max_tokens}", hint="omit it for the default"
+                f"max_tokens must be >= 1, got {self.max_tokens}",
+                hint="omit it for the default",
+                param="max_tokens",
             )
         if self.top_logprobs is not None and not 0 <= self.top_logprobs <= 20:
             raise InvalidRequestError(
                 f"top_logprobs must be in [0, 20], got {self.top_logprobs}",
                 hint="vLLM returns at most 20 alternatives per token",
+                param="top_logprobs",
             )
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))

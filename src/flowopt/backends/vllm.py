@@ -213,7 +213,9 @@ class VLLMBackend:
         if resp.status < 400:
             return
         try:
-            body = (await resp.read()).decode("utf-8", "replace")[:2000]
+            # Kept whole up to 64 KiB: the gateway hands the engine's error object to the
+            # caller as it is, and a cut body is no longer JSON.
+            body = (await resp.read()).decode("utf-8", "replace")[:65536]
         except TRANSPORT_ERRORS:
             body = ""
         hint = None

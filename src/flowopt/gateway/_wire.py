@@ -149,17 +149,27 @@ def _params(body: Mapping[str, Any], kind: str) -> Params:
         # Completions take logprobs=N (alternatives per token); chat takes a bool + N.
         top_logprobs, logprobs = logprobs, True
     extra = {k: v for k, v in body.items() if k not in _OWN}
-    return Params(
-        temperature=body.get("temperature"),
-        top_p=body.get("top_p"),
-        max_tokens=max_tokens,
-        stop=tuple(stop),
-        seed=body.get("seed"),
-        logprobs=bool(logprobs),
-        top_logprobs=top_logprobs,
-        response_format=body.get("response_format"),
-        extra=extra,
-    )
+    try:
+        return Params(
+            temperature=body.get("temperature"),
+            top_p=body.get("top_p"),
+            max_tokens=max_tokens,
+            stop=tuple(stop),
+            seed=body.get("seed"),
+            logprobs=bool(logprobs),
+            top_logprobs=top_logprobs,
+            response_format=body.get("response_format"),
+            extra=extra,
+        )
+    except InvalidRequestError as exc:
+        # Name the field as the caller spelled it (the engine would name that one too).
+        spelled = {
+            "max_tokens": "max_completion_tokens" if "max_completion_tokens" in body else None,
+            "top_logprobs": "logprobs" if "top_logprobs" not in body else None,
+        }.get(exc.param or "")
+        if spelled is not None:
+            exc.param = spelled
+        raise
 
 
 def parse_call(body: Any, *, kind: str, tenant: str | None, request_id: str) -> Call:

@@ -1,0 +1,156 @@
+"""Wire fidelity without a server: the real VLLMBackend over ``httpx.MockTransport`` fed
+with bodies recorded from vLLM 0.32, behind the real gateway app. What the engine sends
+(errors, fields flowopt does not model, model metadata, several choices) must reach the
+client as the engine wrote it. The same checks against the live engine are in
+``test_differential.py``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from flowopt import pipeline
+from flowopt.backends.vllm import VLLMBackend
+from flowopt.gateway.app import create_app
+
+URL = "http://fake-vllm:8000"
+MODELS: dict[str, Any] = {
+    "object": "list",
+    "data": [
+        {
+            "id": "m",
+            "object": "model",
+            "created": 1,
+            "owned_by": "vllm",
+            "root": "/models/m",
+            "parent": None,
+            "max_model_len": 4096,
+            "permission": [{"id": "modelperm-1", "object": "model_permission"}],
+        }
+    ],
+}
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def _engine(answer: Handler) -> Handler:
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/v1/models":
+            return httpx.Response(200, json=MODELS)
+        return answer(req)
+
+    return handler
+
+
+def _gateway(answer: Handler) -> httpx.AsyncClient:
+    backend = VLLMBackend(URL, model="m", transport=httpx.MockTransport(_engine(answer)))
+    pipe = pipeline("unit", backend=backend, steps=[{"name": "answer", "prompt": "{input}"}])
+    app = create_app(pipe)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+
+
+ASK = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+# -- errors -------------------------------------------------------------------------------
+@pytest.mark.parametrize("stream", [False, True])
+async def test_engine_4xx_reaches_the_caller_as_the_engine_wrote_it(stream: bool) -> None:
+    engine_error = {
+        "message": "max_tokens=100000 cannot be greater than max_model_len=4096.",
+        "type": "BadRequestError",
+        "param": "max_tokens",
+        "code": 400,
+        "extra_field": {"kept": True},
+    }
+
+    def answer(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": engine_error})
+
+    async with _gateway(answer) as c:
+        resp = await c.post("/v1/chat/completions", json={**ASK, "stream": stream})
+    assert resp.status_code == 400
+    assert resp.json() == {"error": engine_error}
+    assert resp.headers["x-flowopt-error-source"] == "engine"
+
+
+async def test_engine_429_keeps_its_body_and_retry_after() -> None:
+    def answer(req: httpx.Request) -> httpx.Response:
+        err = {"message": "slow down", "type": "RateLimitError", "param": None, "code": 429}
+        return httpx.Response(429, json={"error": err}, headers={"retry-after": "2"})
+
+    async with _gateway(answer) as c:
+        resp = await c.post("/v1/chat/completions", json=ASK)
+    assert resp.status_code == 429 and resp.headers["retry-after"] == "2"
+    assert resp.json()["error"]["code"] == 429 and resp.json()["error"]["message"] == "slow down"
+
+
+async def test_engine_error_without_an_error_object_is_flowopts_backend_rejected() -> None:
+    async with _gateway(lambda req: httpx.Response(422, text="no")) as c:
+        resp = await c.post("/v1/chat/completions", json=ASK)
+    assert resp.status_code == 422
+    assert resp.json()["error"] == {
+        "message": "no",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "backend_rejected",
+    }
+    assert resp.headers["x-flowopt-error-source"] == "flowopt"
+
+
+async def test_engine_5xx_and_404_are_flowopts_502() -> None:
+    """A 5xx is the engine's health and a 404 flowopt's configuration: not the caller's to
+    fix, so flowopt answers (and hides the engine's internals)."""
+    for status in (500, 404):
+
+        def answer(req: httpx.Request, status: int = status) -> httpx.Response:
+            return httpx.Response(status, json={"error": {"message": "internal /secret/path"}})
+
+        async with _gateway(answer) as c:
+            resp = await c.post("/v1/chat/completions", json=ASK)
+        assert resp.status_code == 502
+        assert resp.json()["error"]["code"] == "backend_http_error"
+        assert "secret" not in resp.text
+        assert resp.headers["x-flowopt-error-source"] == "flowopt"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"temperature": 7}, "temperature"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"logprobs": True, "top_logprobs": 50}, "top_logprobs"),
+    ],
+)
+async def test_flowopts_own_checks_name_the_param_as_the_engine_would(
+    body: dict[str, Any], param: str
+) -> None:
+    def answer(req: httpx.Request) -> httpx.Response:
+        raise AssertionError("flowopt refuses these before the engine")
+
+    async with _gateway(answer) as c:
+        resp = await c.post("/v1/chat/completions", json={**ASK, **body})
+    assert resp.status_code == 400
+    err = resp.json()["error"]
+    assert (err["param"], err["code"], err["type"]) == (
+        param,
+        "invalid_request",
+        "invalid_request_error",
+    )
+    assert resp.headers["x-flowopt-error-source"] == "flowopt"
+
+
+async def test_completion_logprobs_over_the_limit_names_logprobs() -> None:
+    def answer(req: httpx.Request) -> httpx.Response:
+        raise AssertionError("flowopt refuses this before the engine")
+
+    async with _gateway(answer) as c:
+        resp = await c.post("/v1/completions", json={"model": "m", "prompt": "p", "logprobs": 50})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "logprobs"
+
+
+def _json(req: httpx.Request) -> Any:
+    return json.loads(req.content)
