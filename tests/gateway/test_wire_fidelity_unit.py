@@ -152,5 +152,162 @@ async def test_completion_logprobs_over_the_limit_names_logprobs() -> None:
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "logprobs"
 
 
+# -- fields flowopt does not model ---------------------------------------------------------
+def _chat_body(n: int = 1) -> dict[str, Any]:
+    """A vLLM 0.32 chat answer as recorded (every field it sends)."""
+    return {
+        "id": "chatcmpl-a0cb",
+        "object": "chat.completion",
+        "created": 1796204675,
+        "model": "m",
+        "choices": [
+            {
+                "index": i,
+                "message": {
+                    "role": "assistant",
+                    "content": f"Hello {i}",
+                    "refusal": None,
+                    "annotations": None,
+                    "audio": None,
+                    "function_call": None,
+                    "reasoning": None,
+                },
+                "logprobs": None,
+                "finish_reason": "length",
+                "stop_reason": None,
+                "token_ids": None,
+                "routed_experts": None,
+            }
+            for i in range(n)
+        ],
+        "service_tier": None,
+        "system_fingerprint": "vllm-0.32.0-fe9e86b1",
+        "usage": {
+            "prompt_tokens": 30,
+            "total_tokens": 34,
+            "completion_tokens": 4,
+            "prompt_tokens_details": {
+                "cached_tokens": 0,
+                "created_cache_tokens": 0,
+                "multimodal_tokens": None,
+            },
+            "completion_tokens_details": None,
+        },
+        "prompt_logprobs": None,
+        "prompt_token_ids": None,
+        "kv_transfer_params": None,
+    }
+
+
+def _without_own(body: dict[str, Any]) -> dict[str, Any]:
+    """A body less what legitimately differs through the gateway (id, created, flowopt)."""
+    return {k: v for k, v in body.items() if k not in ("id", "created", "flowopt")}
+
+
+async def test_engine_fields_pass_through_in_json() -> None:
+    engine = _chat_body()
+
+    async with _gateway(lambda req: httpx.Response(200, json=engine)) as c:
+        resp = await c.post("/v1/chat/completions", json=ASK)
+    got = resp.json()
+    assert _without_own(got) == _without_own(engine)
+    assert "flowopt" in got
+
+
+async def test_completion_fields_and_text_offset_pass_through() -> None:
+    engine = {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "text": "nodiscard\n#",
+                "logprobs": {
+                    "text_offset": [0, 9, 10],
+                    "token_logprobs": [-3.2, -0.9, -1.3],
+                    "tokens": ["nodiscard", "\n", "#"],
+                    "top_logprobs": [{"nodiscard": -3.2}, {"\n": -0.9}, {"#": -1.3}],
+                },
+                "finish_reason": "length",
+                "stop_reason": None,
+                "prompt_logprobs": None,
+            }
+        ],
+        "system_fingerprint": "fp",
+        "usage": {"prompt_tokens": 1, "total_tokens": 4, "completion_tokens": 3},
+    }
+
+    async with _gateway(lambda req: httpx.Response(200, json=engine)) as c:
+        resp = await c.post(
+            "/v1/completions", json={"model": "m", "prompt": "hi", "max_tokens": 3, "logprobs": 1}
+        )
+    assert _without_own(resp.json()) == _without_own(engine)
+
+
+def _sse(*events: dict[str, Any]) -> httpx.Response:
+    raw = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+    return httpx.Response(
+        200, content=raw + b"data: [DONE]\n\n", headers={"content-type": "text/event-stream"}
+    )
+
+
+def _chunk(i: int, text: str, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    choice: dict[str, Any] = {
+        "index": i,
+        "delta": {"content": text},
+        "logprobs": None,
+        "finish_reason": finish,
+        "token_ids": None,
+    }
+    if finish is not None:
+        choice["stop_reason"] = None
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [choice],
+        **extra,
+    }
+
+
+USAGE_EVENT = {
+    "id": "c",
+    "object": "chat.completion.chunk",
+    "created": 1,
+    "model": "m",
+    "choices": [],
+    "usage": {
+        "prompt_tokens": 30,
+        "total_tokens": 33,
+        "completion_tokens": 3,
+        "prompt_tokens_details": {"cached_tokens": 0, "created_cache_tokens": 0},
+    },
+    "system_fingerprint": "vllm-0.32.0-fe9e86b1",
+}
+
+
+def _events(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line[6:]) for line in text.split("\n") if line.startswith("data: {")]
+
+
+async def test_engine_fields_pass_through_in_streams() -> None:
+    """Every text chunk keeps the engine's fields (through the pre-encoded fast path), the
+    final one its ``stop_reason``, the usage event its ``system_fingerprint`` and usage
+    details."""
+    sent = [_chunk(0, "He"), _chunk(0, "llo"), _chunk(0, "!", "length"), USAGE_EVENT]
+
+    async with _gateway(lambda req: _sse(*sent)) as c:
+        resp = await c.post(
+            "/v1/chat/completions",
+            json={**ASK, "stream": True, "stream_options": {"include_usage": True}},
+        )
+    got = _events(resp.text)
+    assert got[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [_without_own(e) for e in got[1:]] == [_without_own(e) for e in sent]
+
+
 def _json(req: httpx.Request) -> Any:
     return json.loads(req.content)
