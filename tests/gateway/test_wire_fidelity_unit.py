@@ -309,5 +309,23 @@ async def test_engine_fields_pass_through_in_streams() -> None:
     assert [_without_own(e) for e in got[1:]] == [_without_own(e) for e in sent]
 
 
+# -- /v1/models -----------------------------------------------------------------------------
+async def test_models_keep_the_engines_entry_and_add_flowopts_own() -> None:
+    backend = VLLMBackend(URL, model="m", transport=httpx.MockTransport(_engine(_unused)))
+    pipe = pipeline("support", backend=backend, steps=[{"name": "a", "prompt": "{input}"}])
+    app = create_app(pipe)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        data = (await c.get("/v1/models")).json()["data"]
+    assert data[0] == MODELS["data"][0]  # max_model_len, root, parent, permission, owned_by
+    graph = next(m for m in data if m["id"] == "support")
+    assert graph["owned_by"] == "flowopt" and graph["flowopt"] == {"kind": "graph"}
+    kinds = {m["id"]: m.get("flowopt", {}).get("kind") for m in data}
+    assert list(kinds.values())[:2] == [None, "graph"]
+
+
+def _unused(req: httpx.Request) -> httpx.Response:
+    raise AssertionError("no generation expected")
+
+
 def _json(req: httpx.Request) -> Any:
     return json.loads(req.content)

@@ -270,6 +270,7 @@ class VLLMBackend:
             root=entry.get("root"),
             max_model_len=entry.get("max_model_len"),
             owned_by=entry.get("owned_by"),
+            entry=entry if isinstance(entry, dict) else {},
         )
         return self._info
 
