@@ -16,6 +16,7 @@ import pytest
 from flowopt import pipeline
 from flowopt.backends.vllm import VLLMBackend
 from flowopt.gateway.app import create_app
+from flowopt.types import Request
 
 URL = "http://fake-vllm:8000"
 MODELS: dict[str, Any] = {
@@ -307,6 +308,90 @@ async def test_engine_fields_pass_through_in_streams() -> None:
     got = _events(resp.text)
     assert got[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert [_without_own(e) for e in got[1:]] == [_without_own(e) for e in sent]
+
+
+# -- several choices (n) -------------------------------------------------------------------
+async def test_several_choices_json_and_streamed() -> None:
+    """``n`` reaches the engine, and every choice it returns reaches the client."""
+    seen: list[Any] = []
+
+    def answer(req: httpx.Request) -> httpx.Response:
+        body = _json(req)
+        seen.append(body)
+        if body.get("stream"):
+            return _sse(
+                _chunk(0, "a"), _chunk(1, "b"), _chunk(1, "!", "stop"), _chunk(0, "?", "length")
+            )
+        return httpx.Response(200, json=_chat_body(n=2))
+
+    async with _gateway(answer) as c:
+        whole = await c.post("/v1/chat/completions", json={**ASK, "n": 2, "temperature": 1})
+        streamed = await c.post(
+            "/v1/chat/completions", json={**ASK, "n": 2, "temperature": 1, "stream": True}
+        )
+    assert [b["n"] for b in seen] == [2, 2]
+    assert _without_own(whole.json()) == _without_own(_chat_body(n=2))
+    events = _events(streamed.text)
+    text: dict[int, str] = {}
+    finish: dict[int, str] = {}
+    for e in events:
+        for ch in e["choices"]:
+            text[ch["index"]] = text.get(ch["index"], "") + (ch["delta"].get("content") or "")
+            if ch["finish_reason"]:
+                finish[ch["index"]] = ch["finish_reason"]
+    assert text == {0: "a?", 1: "b!"} and finish == {0: "length", 1: "stop"}
+
+
+async def test_graph_model_refuses_n_with_a_400_naming_n() -> None:
+    backend = VLLMBackend(URL, model="m", transport=httpx.MockTransport(_engine(_unused)))
+    pipe = pipeline("support", backend=backend, steps=[{"name": "a", "prompt": "{input}"}])
+    app = create_app(pipe)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        resp = await c.post("/v1/chat/completions", json={**ASK, "model": "support", "n": 2})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "n"
+
+
+async def test_cache_bypasses_n_and_records_why() -> None:
+    """An entry holds one answer: n > 1 is never served from or stored in the cache, even
+    seeded (a seeded sampled request is otherwise cacheable)."""
+    from flowopt.testing import FakeBackend
+
+    backend = FakeBackend()
+    pipe = pipeline(
+        "c",
+        backend=backend,
+        middleware=[{"cache": {"store": "memory", "semantic": False}}],
+        steps=[{"name": "a", "prompt": "{input}"}],
+    )
+    params = {"temperature": 0.7, "seed": 1, "extra": {"n": 2}}
+    for _ in range(2):
+        resp = await (await pipe.acall(Request.chat("same question", params=params))).complete()
+        (d,) = [d for d in resp.decisions if d.middleware == "cache"]
+        assert (d.action, d.detail["skip_reason"]) == ("bypass", "choices")
+    assert len(backend.calls) == 2
+    await pipe.aclose()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_cascade_sends_n_straight_to_the_strongest_tier(stream: bool) -> None:
+    from flowopt.testing import FakeBackend
+
+    cheap, strong = FakeBackend(name="cheap"), FakeBackend(name="strong")
+    tiers = [{"name": "cheap", "backend": "default"}, {"name": "strong", "backend": "strong"}]
+    pipe = pipeline(
+        "c",
+        backend=cheap,  # type: ignore[arg-type]
+        backends={"strong": strong},  # type: ignore[dict-item]
+        middleware=[{"cascade": {"tiers": tiers, "threshold": 0.0}}],
+        steps=[{"name": "a", "prompt": "{input}"}],
+    )
+    request = Request.chat("q", params={"temperature": 1, "extra": {"n": 3}}, stream=stream)
+    resp = await (await pipe.acall(request)).complete()
+    assert (len(cheap.calls), len(strong.calls)) == (0, 1)
+    assert strong.calls[0].params.n == 3
+    (d,) = [d for d in resp.decisions if d.middleware == "cascade"]
+    assert d.action == "final" and d.detail["trail"] == [{"tier": "strong", "reason": "n", "n": 3}]
+    await pipe.aclose()
 
 
 # -- /v1/models -----------------------------------------------------------------------------

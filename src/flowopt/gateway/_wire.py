@@ -3,8 +3,8 @@
 The inverse of :mod:`flowopt.backends._openai_wire`: that module speaks OpenAI *to* a model
 server, this one speaks it *to* clients. Unknown top-level fields are passed through to the
 model server in ``Params.extra`` (vLLM's ``top_k``, ``ignore_eos``, ``structured_outputs``,
-``min_tokens``...) so the gateway is transparent for everything flowopt does not interpret,
-including vLLM's own benchmark client.
+``min_tokens``..., and OpenAI's ``n``, read with ``Params.n``) so the gateway is transparent
+for everything flowopt does not interpret, including vLLM's own benchmark client.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ _OWN = frozenset(
         "stream",
         "stream_options",
         "user",
-        "n",
         "temperature",
         "top_p",
         "max_tokens",
@@ -171,9 +170,6 @@ def parse_call(body: Any, *, kind: str, tenant: str | None, request_id: str) -> 
     """
     if not isinstance(body, Mapping):
         raise HTTPProblem(400, "the request body must be a JSON object")
-    n = body.get("n", 1)
-    if n not in (1, None):
-        raise HTTPProblem(400, "only n=1 is supported", param="n")
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise HTTPProblem(400, "'model' must be a string", param="model")

@@ -197,6 +197,14 @@ class Gateway:
                         f"the graph model {target.model!r} answers chat requests only",
                         param="model",
                     )
+                if target.kind == "graph" and call.request.params.n > 1:
+                    raise HTTPProblem(
+                        400,
+                        f"the graph model {target.model!r} answers with one choice: a run "
+                        "is several steps, and n runs are n requests; send n separately or "
+                        "name a backend model",
+                        param="n",
+                    )
                 if call.request.stream:
                     return await self._open_stream(request, call, target, ex)
                 response = await until_disconnect(request.receive, self._answer(call, target))
