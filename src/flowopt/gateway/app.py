@@ -263,9 +263,13 @@ class Gateway:
             )
             events = backend_events(call, target, response, ex)
         if call.request.kind == "chat":
-            # The role chunk goes out with the first token, in one write: a write less
-            # before the first token.
-            events = after(chat_chunk(call, target.model, role=True), events)
+            # The role chunk (one per choice, as the engine sends them) goes out with the
+            # first token, in one write: a write less before the first token.
+            roles = b"".join(
+                chat_chunk(call, target.model, role=True, choice=i)
+                for i in range(call.request.params.n)
+            )
+            events = after(roles, events)
         return EventStreamResponse(
             events,
             headers=list(ex.headers.items()),
