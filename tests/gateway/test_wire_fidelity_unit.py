@@ -310,6 +310,32 @@ async def test_engine_fields_pass_through_in_streams() -> None:
     assert [_without_own(e) for e in got[1:]] == [_without_own(e) for e in sent]
 
 
+@pytest.mark.parametrize("chat", [True, False])
+def test_text_chunks_with_engine_fields_match_the_full_encoders(chat: bool) -> None:
+    """The fast path re-encodes its template when a chunk's passthrough changes, and stays
+    byte-identical to the full encoder with it."""
+    from types import MappingProxyType
+
+    from flowopt.gateway._wire import TextChunks, chat_chunk, completion_chunk, parse_call
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "prompt": "x"}
+    call = parse_call(body, kind="chat" if chat else "completion", tenant=None, request_id="r")
+    encode = TextChunks(call, "m", chat=chat)
+    plain = MappingProxyType({})
+    token = MappingProxyType({"choices": (MappingProxyType({"token_ids": None}),)})
+    final = MappingProxyType(
+        {"system_fingerprint": "fp", "choices": (MappingProxyType({"stop_reason": "</s>"}),)}
+    )
+    for text, finish, extra in [("a", None, plain), ("b", None, token), ("c", "stop", final)]:
+        full = (
+            chat_chunk(call, "m", text=text, finish_reason=finish, passthrough=extra)
+            if chat
+            else completion_chunk(call, "m", text=text, finish_reason=finish, passthrough=extra)
+        )
+        assert encode(text, finish, extra) == full
+    assert json.loads(encode("c", "stop", final)[6:])["system_fingerprint"] == "fp"
+
+
 # -- several choices (n) -------------------------------------------------------------------
 async def test_several_choices_json_and_streamed() -> None:
     """``n`` reaches the engine, and every choice it returns reaches the client."""
