@@ -51,6 +51,7 @@ from flowopt.spec import PipelineSpec, StepSpec, load_spec, parse_spec
 from flowopt.stream import Stream, replay
 from flowopt.tracing import configure_tracing
 from flowopt.types import (
+    Choice,
     Chunk,
     Decision,
     Message,
@@ -98,6 +99,7 @@ __all__ = [
     "CacheMiddleware",
     "CallNext",
     "Cascade",
+    "Choice",
     "Chunk",
     "ConfigError",
     "Deadline",

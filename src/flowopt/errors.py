@@ -40,6 +40,9 @@ the request id they belong to when known.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 __all__ = [
     "BackendError",
     "BackendHTTPError",
@@ -227,7 +230,12 @@ class BackendTimeout(BackendError):
 
 
 class BackendHTTPError(BackendError):
-    """The backend answered with a non-2xx status."""
+    """The backend answered with a non-2xx status.
+
+    ``body`` is the server's error body as text; :attr:`engine_error` is its OpenAI-shaped
+    ``error`` object when it has one, so the gateway can hand the caller exactly what the
+    engine said (message, ``type``, ``param``, ``code``) instead of a paraphrase.
+    """
 
     code = "flowopt.backend.http"
 
@@ -251,6 +259,25 @@ class BackendHTTPError(BackendError):
     @property
     def retryable(self) -> bool:  # type: ignore[override]
         return self.status == 429 or self.status >= 500
+
+    @property
+    def engine_error(self) -> dict[str, Any] | None:
+        """The body's OpenAI error object (``{"message", "type", "param", "code", ...}``,
+        every field the engine sent), or None when the body is not one.
+
+        Accepts ``{"error": {...}}`` (OpenAI, vLLM) and a bare ``{"message": ...}`` object
+        (some OpenAI-compatible servers); the object needs a string ``message``.
+        """
+        try:
+            data = json.loads(self.body) if self.body else None
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        err = data.get("error", data)
+        if not isinstance(err, dict) or not isinstance(err.get("message"), str):
+            return None
+        return err
 
 
 class BackendProtocolError(BackendError):

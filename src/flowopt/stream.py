@@ -264,6 +264,17 @@ def replay(
                 yield Chunk(t, i, finish_reason=response.finish_reason, tool_calls=calls)
             else:
                 yield Chunk(t, i)
+        for j, c in enumerate(response.extra_choices, len(texts)):  # n > 1: one piece each
+            whole = tuple(ToolCallDelta.whole(k, t) for k, t in enumerate(c.tool_calls))
+            yield Chunk(
+                c.text,
+                j,
+                c.logprobs or (),
+                c.finish_reason,
+                whole,
+                c.reasoning_content or "",
+                c.index,
+            )
 
     stream = Stream(
         _gen(),

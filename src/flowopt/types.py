@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from flowopt._answer import EMPTY as _EMPTY
+from flowopt._answer import Choice, Chunk, Decision, TokenLogprob, Usage
+from flowopt._answer import freeze as _freeze
 from flowopt.errors import InvalidRequestError
 from flowopt.messages import Message, ToolCall, ToolCallDelta, _deep_freeze, thaw
 
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     from flowopt.stream import Stream
 
 __all__ = [
+    "Choice",
     "Chunk",
     "Decision",
     "Message",
@@ -37,14 +41,6 @@ __all__ = [
     "ToolCallDelta",
     "Usage",
 ]
-
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
-
-
-def _freeze(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    if not mapping:
-        return _EMPTY
-    return MappingProxyType(dict(mapping))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +64,21 @@ class Params:
     def __post_init__(self) -> None:
         if self.temperature is not None and not 0 <= self.temperature <= 2:
             raise InvalidRequestError(
-                f"temperature {self.temperature} is outside [0, 2]", hint="use 0 for greedy"
+                f"temperature {self.temperature} is outside [0, 2]",
+                hint="use 0 for greedy",
+                param="temperature",
             )
         if self.max_tokens is not None and self.max_tokens < 1:
             raise InvalidRequestError(
-                f"max_tokens must be >= 1, got {self.max_tokens}", hint="omit it for the default"
+                f"max_tokens must be >= 1, got {self.max_tokens}",
+                hint="omit it for the default",
+                param="max_tokens",
             )
         if self.top_logprobs is not None and not 0 <= self.top_logprobs <= 20:
             raise InvalidRequestError(
                 f"top_logprobs must be in [0, 20], got {self.top_logprobs}",
                 hint="vLLM returns at most 20 alternatives per token",
+                param="top_logprobs",
             )
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
@@ -101,6 +102,14 @@ class Params:
                 hint="params take temperature, top_p, max_tokens, stop, seed, logprobs, "
                 "top_logprobs, response_format, extra",
             ) from None
+
+    @property
+    def n(self) -> int:
+        """How many choices the request asks for: OpenAI's ``n``, which travels in
+        ``extra`` like every engine field flowopt does not interpret (1 when unset or not
+        an integer; the engine judges a bad value)."""
+        n = self.extra.get("n")
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
     @property
     def is_sampled(self) -> bool:
@@ -330,64 +339,6 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts as the server reported them (``cached_input_tokens`` when it says)."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_input_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.input_tokens + other.input_tokens,
-            self.output_tokens + other.output_tokens,
-            self.cached_input_tokens + other.cached_input_tokens,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What one middleware decided for one request, e.g. ``Decision("cache", "hit",
-    {"tier": "semantic", "score": 0.93})``. Decisions travel on the response and on spans.
-    """
-
-    middleware: str
-    action: str
-    detail: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "detail", _freeze(self.detail))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"middleware": self.middleware, "action": self.action, **dict(self.detail)}
-
-
-@dataclass(frozen=True, slots=True)
-class TokenLogprob:
-    """One generated token with its log-probability and the top alternatives."""
-
-    token: str
-    logprob: float
-    top: tuple[tuple[str, float], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One piece of a streamed answer. ``index`` counts chunks from 0."""
-
-    text: str
-    index: int
-    logprobs: tuple[TokenLogprob, ...] = ()
-    finish_reason: str | None = None
-    tool_calls: tuple[ToolCallDelta, ...] = ()
-    reasoning: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class Response:
     """A complete answer, or (when ``stream`` is set) a handle on one still arriving.
 
@@ -399,6 +350,18 @@ class Response:
     An answer that calls tools has ``tool_calls`` (and ``finish_reason`` ``"tool_calls"``;
     its ``text`` is usually empty). ``reasoning_content`` is the server's reasoning text
     when it separates it (vLLM's reasoning parsers).
+
+    A response is its first choice; a request for several (OpenAI's ``n`` in
+    ``params.extra``) gets the others in ``extra_choices`` (:attr:`choices` lists all).
+
+    ``passthrough`` holds what the engine sent that flowopt does not model
+    (``system_fingerprint``, a message's ``refusal`` and ``annotations``, vLLM's
+    ``stop_reason``, ``prompt_logprobs``, ``kv_transfer_params``...), read-only, as a
+    sparse mirror of the engine's body: ``{"system_fingerprint": ..., "choices":
+    ({"stop_reason": None, "message": {"refusal": None}},), "usage":
+    {"prompt_tokens_details": {...}}}``. The gateway merges it back into the answer it
+    writes, so a client gets the engine's fields; an answer no engine wrote (a cache hit,
+    a graph run) has none.
     """
 
     text: str
@@ -417,9 +380,26 @@ class Response:
     stream: Stream | None = field(default=None, compare=False, repr=False)
     tool_calls: tuple[ToolCall, ...] = ()
     reasoning_content: str | None = None
+    extra_choices: tuple[Choice, ...] = ()
+    passthrough: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metadata", _freeze(self.metadata))
+        if self.passthrough and not isinstance(self.passthrough, MappingProxyType):
+            object.__setattr__(self, "passthrough", _deep_freeze(self.passthrough))
+
+    @property
+    def choices(self) -> tuple[Choice, ...]:
+        """Every choice, this response's own first: one unless the request set ``n``."""
+        first = Choice(
+            0,
+            self.text,
+            self.finish_reason,
+            self.logprobs,
+            self.tool_calls,
+            self.reasoning_content,
+        )
+        return (first, *self.extra_choices)
 
     @property
     def is_streaming(self) -> bool:
@@ -468,4 +448,9 @@ class Response:
             out["backend"] = self.backend
         if self.tool_calls:
             out["tool_calls"] = [c.to_openai() for c in self.tool_calls]
+        if self.extra_choices:
+            out["extra_choices"] = [
+                {"index": c.index, "text": c.text, "finish_reason": c.finish_reason}
+                for c in self.extra_choices
+            ]
         return out

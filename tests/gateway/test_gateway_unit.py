@@ -119,7 +119,6 @@ def test_parse_call_passes_unknown_fields_and_roles_through() -> None:
         {"messages": []},
         {"messages": [{"content": "x"}]},
         {"messages": "hi"},
-        {"messages": [{"role": "user", "content": "x"}], "n": 2},
         {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
     ],
 )

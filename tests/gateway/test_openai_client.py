@@ -159,12 +159,16 @@ def test_bad_parameter_is_400(live_gateway: LiveGateway) -> None:
 
 
 def test_backend_rejection_passes_through_as_400(live_gateway: LiveGateway) -> None:
-    # The server's context is 2048 tokens: asking for more is the caller's mistake.
+    # The server's context is 2048 tokens: asking for more is the caller's mistake, and
+    # the caller gets the engine's own error object (its param and code kept).
     with pytest.raises(openai.BadRequestError) as err:
         client(live_gateway).chat.completions.create(
             model=live_gateway.model, messages=PROMPT, max_tokens=100_000
         )
-    assert err.value.code == "backend_rejected"
+    assert err.value.param == "max_tokens"
+    assert err.value.response.json()["error"]["code"] == 400  # vLLM's, not flowopt's
+    assert "max_model_len" in err.value.message
+    assert err.value.response.headers["x-flowopt-error-source"] == "engine"
 
 
 def test_missing_and_wrong_keys_are_401(live_gateway: LiveGateway) -> None:

@@ -12,18 +12,21 @@ import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from flowopt._answer import EMPTY
 from flowopt.errors import BackendProtocolError
-from flowopt.messages import ToolCall, ToolCallDelta
-from flowopt.types import Chunk, Request, TokenLogprob, Usage
+from flowopt.messages import ToolCall, ToolCallDelta, _deep_freeze
+from flowopt.types import Choice, Chunk, Request, TokenLogprob, Usage
 
 __all__ = [
     "Completion",
+    "PassthroughMemo",
     "build_payload",
     "dumps_payload",
     "loads_event",
     "parse_chunk",
     "parse_completion",
     "parse_usage",
+    "passthrough_of",
 ]
 
 try:  # orjson parses a stream event several times faster than json; json is the fallback.
@@ -146,7 +149,8 @@ def _completion_logprobs(lp: Any) -> tuple[TokenLogprob, ...]:
 
 
 class Completion(NamedTuple):
-    """A parsed non-streamed answer."""
+    """A parsed non-streamed answer: its first choice, the others (``choices``, when the
+    request set ``n``) and the engine's fields flowopt does not model (``passthrough``)."""
 
     text: str
     finish_reason: str | None
@@ -156,6 +160,136 @@ class Completion(NamedTuple):
     id: str | None
     tool_calls: tuple[ToolCall, ...] = ()
     reasoning: str | None = None
+    choices: tuple[Choice, ...] = ()
+    passthrough: Mapping[str, Any] = EMPTY
+
+
+# What flowopt models of an answer, per level of the body; everything else is passthrough.
+_TOP = frozenset({"id", "object", "created", "model", "choices", "usage"})
+_USAGE = frozenset({"prompt_tokens", "completion_tokens", "total_tokens"})
+_CHOICE = frozenset({"index", "message", "delta", "text", "logprobs", "finish_reason"})
+_MESSAGE = frozenset({"role", "content", "tool_calls", "reasoning_content"})
+_LOGPROBS = {
+    "chat": frozenset({"content"}),
+    "completion": frozenset({"tokens", "token_logprobs", "top_logprobs"}),
+}
+
+
+def _rest(obj: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in known}
+
+
+def _choice_rest(choice: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """A choice's (or a stream event choice's) unmodelled fields, nested as in the body."""
+    out = _rest(choice, _CHOICE)
+    for key in ("message", "delta"):
+        inner = choice.get(key)
+        if isinstance(inner, Mapping):
+            rest = _rest(inner, _MESSAGE)
+            if rest:
+                out[key] = rest
+    lp = choice.get("logprobs")
+    if isinstance(lp, Mapping):
+        rest = _rest(lp, _LOGPROBS[kind])
+        if rest:
+            out["logprobs"] = rest
+    return out
+
+
+def passthrough_of(body: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    """The fields of an answer body (or a stream event) that flowopt does not model, as a
+    read-only sparse mirror of the body (``choices`` by position), or the empty mapping.
+
+    Why a mirror rather than a list of named fields: the gateway writes it back by merging
+    it into the body it builds, so any field any engine adds, at any level, comes through
+    without flowopt having to know it.
+    """
+    out = _rest(body, _TOP)
+    usage = body.get("usage")
+    if isinstance(usage, Mapping):
+        rest = _rest(usage, _USAGE)
+        if rest:
+            out["usage"] = rest
+    choices = body.get("choices")
+    if isinstance(choices, list):
+        mirrors = [_choice_rest(c, kind) if isinstance(c, Mapping) else {} for c in choices]
+        if any(mirrors):
+            out["choices"] = mirrors
+    return _deep_freeze(out) if out else EMPTY
+
+
+class PassthroughMemo:
+    """The unmodelled fields of a stream's events, cheaply, on the per-token path.
+
+    vLLM sends the same unmodelled fields (``token_ids: null``) with every token, so a
+    stream holds a few distinct mirrors. The memo remembers the last event's *layout* (its
+    keys at each level) and which of those keys are unmodelled; for an event of the same
+    layout it only reads those keys' values, and when they equal the last event's it
+    returns the same frozen object — which also lets the gateway's pre-encoded fast path
+    recognise it by identity.
+    """
+
+    __slots__ = ("_layout", "_plan", "_vals", "last")
+
+    def __init__(self) -> None:
+        self._layout: tuple[Any, ...] = (None,)
+        self._plan: list[tuple[int, str]] = []
+        self._vals: list[Any] | None = None
+        self.last: Mapping[str, Any] = EMPTY
+
+    def of(
+        self, body: Mapping[str, Any], choice: Mapping[str, Any], kind: str
+    ) -> Mapping[str, Any]:
+        """The mirror of one stream event (top level and its one choice)."""
+        delta = choice.get("delta")
+        lp = choice.get("logprobs")
+        # ``type(...) is dict`` first: an ABC isinstance check costs ~0.3 µs a token
+        if type(delta) is not dict and not isinstance(delta, Mapping):
+            delta = _NONE
+        if lp is None or (type(lp) is not dict and not isinstance(lp, Mapping)):
+            lp = _NONE
+        # One flat tuple of the keys, levels separated by None: a single allocation, and
+        # compared by identity for the keys orjson interns.
+        layout = (*body, None, *choice, None, *delta, None, *lp)
+        if layout != self._layout:
+            self._layout = layout
+            self._plan = _plan(layout, kind)
+            self._vals = None
+        plan = self._plan
+        if not plan:
+            return EMPTY
+        parts = (body, choice, delta, lp)
+        vals = [parts[i][k] for i, k in plan]
+        if vals != self._vals:
+            self._vals = vals
+            levels: list[dict[str, Any]] = [{}, {}, {}, {}]
+            for (i, k), v in zip(plan, vals, strict=True):
+                levels[i][k] = v
+            top, own, inner, logprobs = levels
+            if inner:
+                own["delta"] = inner
+            if logprobs:
+                own["logprobs"] = logprobs
+            if own:
+                top["choices"] = [own]
+            self.last = _deep_freeze(top)
+        return self.last
+
+
+def _plan(layout: tuple[Any, ...], kind: str) -> list[tuple[int, str]]:
+    """``(level, key)`` of the unmodelled keys in a :class:`PassthroughMemo` layout."""
+    known = (_TOP, _CHOICE, _MESSAGE, _LOGPROBS[kind])
+    plan: list[tuple[int, str]] = []
+    level = 0
+    for key in layout:
+        if key is None:
+            level += 1
+        elif key not in known[level]:
+            plan.append((level, key))
+    return plan
+
+
+_NONE: Mapping[str, Any] = EMPTY
 
 
 def _tool_calls(raw: Any, endpoint: str) -> tuple[ToolCall, ...]:
@@ -207,48 +341,70 @@ def _reasoning(msg: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def parse_completion(body: Any, *, kind: str, endpoint: str) -> Completion:
-    """Parse a non-streamed body (text, finish reason, usage, logprobs, model, id, and for
-    chat the tool calls and reasoning text)."""
-    _expect(
-        isinstance(body, Mapping), f"expected a JSON object, got {type(body).__name__}", endpoint
-    )
-    choices = body.get("choices")
-    _expect(isinstance(choices, list) and len(choices) > 0, "no 'choices' in the body", endpoint)
-    choice = choices[0]
-    _expect(isinstance(choice, Mapping), "choices[0] is not an object", endpoint)
+def _parse_choice(
+    choice: Any, *, kind: str, endpoint: str, where: str
+) -> tuple[str, tuple[ToolCall, ...], str | None, tuple[TokenLogprob, ...] | None]:
+    """``(text, tool calls, reasoning, logprobs)`` of one choice of a non-streamed body."""
+    _expect(isinstance(choice, Mapping), f"{where} is not an object", endpoint)
     calls: tuple[ToolCall, ...] = ()
     reasoning = None
     if kind == "chat":
         msg = choice.get("message")
-        _expect(isinstance(msg, Mapping), "choices[0].message is missing", endpoint)
+        _expect(isinstance(msg, Mapping), f"{where}.message is missing", endpoint)
         text = msg.get("content") or ""
         calls = _tool_calls(msg.get("tool_calls"), endpoint)
         reasoning = _reasoning(msg)
         logprobs = _chat_logprobs(choice.get("logprobs")) if choice.get("logprobs") else None
     else:
         text = choice.get("text")
-        _expect(isinstance(text, str), "choices[0].text is missing", endpoint)
+        _expect(isinstance(text, str), f"{where}.text is missing", endpoint)
         logprobs = _completion_logprobs(choice.get("logprobs")) if choice.get("logprobs") else None
     _expect(isinstance(text, str), "the answer text is not a string", endpoint)
+    return text, calls, reasoning, logprobs
+
+
+def parse_completion(body: Any, *, kind: str, endpoint: str) -> Completion:
+    """Parse a non-streamed body (text, finish reason, usage, logprobs, model, id, and for
+    chat the tool calls and reasoning text; every further choice; the passthrough)."""
+    _expect(
+        isinstance(body, Mapping), f"expected a JSON object, got {type(body).__name__}", endpoint
+    )
+    choices = body.get("choices")
+    _expect(isinstance(choices, list) and len(choices) > 0, "no 'choices' in the body", endpoint)
+    text, calls, reasoning, logprobs = _parse_choice(
+        choices[0], kind=kind, endpoint=endpoint, where="choices[0]"
+    )
+    more = []
+    for i, raw in enumerate(choices[1:], 1):
+        t, c, r, lp = _parse_choice(raw, kind=kind, endpoint=endpoint, where=f"choices[{i}]")
+        index = raw.get("index", i)
+        more.append(
+            Choice(index if isinstance(index, int) else i, t, raw.get("finish_reason"), lp, c, r)
+        )
     usage_raw = body.get("usage")
     usage = parse_usage(usage_raw if isinstance(usage_raw, Mapping) else None)
     return Completion(
         text,
-        choice.get("finish_reason"),
+        choices[0].get("finish_reason"),
         usage,
         logprobs,
         str(body.get("model", "")),
         body.get("id"),
         calls,
         reasoning,
+        tuple(more),
+        passthrough_of(body, kind),
     )
 
 
 def parse_chunk(
-    body: Any, *, kind: str, endpoint: str, index: int
+    body: Any, *, kind: str, endpoint: str, index: int, memo: PassthroughMemo | None = None
 ) -> tuple[Chunk | None, Usage | None, str | None]:
-    """Parse one SSE ``data:`` object into ``(chunk or None, usage or None, model)``."""
+    """Parse one SSE ``data:`` object into ``(chunk or None, usage or None, model)``.
+
+    With a ``memo`` the chunk carries the event's unmodelled fields (top level and its
+    choice's) in ``passthrough``; the chunk's ``choice`` is the event choice's ``index``.
+    """
     _expect(isinstance(body, Mapping), "a stream event is not a JSON object", endpoint)
     usage_raw = body.get("usage")
     usage = parse_usage(usage_raw) if isinstance(usage_raw, Mapping) else None
@@ -274,5 +430,16 @@ def parse_chunk(
     finish = choice.get("finish_reason")
     if not text and finish is None and not lps and not deltas and not reasoning:
         return None, usage, body.get("model")
-    chunk = Chunk(str(text), index, lps, finish, deltas, reasoning)
+    at = choice.get("index", 0)
+    passthrough = EMPTY if memo is None else memo.of(body, choice, kind)
+    chunk = Chunk(
+        str(text),
+        index,
+        lps,
+        finish,
+        deltas,
+        reasoning,
+        at if isinstance(at, int) else 0,
+        passthrough,
+    )
     return chunk, usage, body.get("model")

@@ -11,9 +11,13 @@ accepting keyword options (those of the spec's ``backend:`` block).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol, runtime_checkable
 
+from flowopt._answer import EMPTY
+from flowopt.messages import _deep_freeze
 from flowopt.types import Request, Response
 
 __all__ = ["Backend", "ModelInfo"]
@@ -28,6 +32,13 @@ class ModelInfo:
     root: str | None = None
     max_model_len: int | None = None
     owned_by: str | None = None
+    entry: Mapping[str, Any] = field(default_factory=lambda: EMPTY, compare=False)
+    """The server's own ``/v1/models`` entry for the model, every field as sent
+    (``parent``, ``permission``...), read-only: the gateway lists it unchanged."""
+
+    def __post_init__(self) -> None:
+        if self.entry and not isinstance(self.entry, MappingProxyType):
+            object.__setattr__(self, "entry", _deep_freeze(self.entry))
 
     @property
     def identity(self) -> str:

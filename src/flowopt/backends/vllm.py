@@ -17,8 +17,7 @@ import asyncio
 import contextlib
 import email.utils
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import httpx
 
@@ -27,10 +26,10 @@ from flowopt.backends._openai_wire import (
     build_payload,
     dumps_payload,
     loads_event,
-    parse_chunk,
     parse_completion,
 )
-from flowopt.backends._replicas import Replica, Replicas
+from flowopt.backends._replicas import Replicas
+from flowopt.backends._vllm_stream import streamed_response
 from flowopt.backends.base import ModelInfo
 from flowopt.backends.http import (
     HTTPClient,
@@ -48,12 +47,9 @@ from flowopt.errors import (
     BackendTimeout,
     BackendUnavailable,
     ConfigError,
-    IncompleteStream,
     InvalidRequestError,
 )
-from flowopt.messages import ToolCallDelta, assemble_tool_calls
-from flowopt.stream import Stream
-from flowopt.types import Chunk, Request, Response, TokenLogprob, Usage
+from flowopt.types import Request, Response
 
 __all__ = ["VLLMBackend"]
 
@@ -213,7 +209,9 @@ class VLLMBackend:
         if resp.status < 400:
             return
         try:
-            body = (await resp.read()).decode("utf-8", "replace")[:2000]
+            # Kept whole up to 64 KiB: the gateway hands the engine's error object to the
+            # caller as it is, and a cut body is no longer JSON.
+            body = (await resp.read()).decode("utf-8", "replace")[:65536]
         except TRANSPORT_ERRORS:
             body = ""
         hint = None
@@ -272,6 +270,7 @@ class VLLMBackend:
             root=entry.get("root"),
             max_model_len=entry.get("max_model_len"),
             owned_by=entry.get("owned_by"),
+            entry=entry if isinstance(entry, dict) else {},
         )
         return self._info
 
@@ -319,7 +318,23 @@ class VLLMBackend:
                 replica.outstanding -= 1
                 await resp.close()
                 raise
-            return self._streaming(request, resp, replica, started, served)
+            released = [False]
+
+            async def release() -> None:
+                if not released[0]:
+                    released[0] = True
+                    replica.outstanding -= 1
+                    await resp.close()
+
+            return streamed_response(
+                request,
+                resp,
+                url=url,
+                served=served,
+                started=started,
+                backend=self.name,
+                release=release,
+            )
         try:
             try:
                 await self._raise_for_status(resp, url, request)
@@ -351,137 +366,8 @@ class VLLMBackend:
             metadata={"response_id": done.id} if done.id else {},
             tool_calls=done.tool_calls,
             reasoning_content=done.reasoning,
-        )
-
-    def _streaming(
-        self,
-        request: Request,
-        resp: RawResponse,
-        replica: Replica,
-        started: float,
-        served: str,
-    ) -> Response:
-        url = replica.url
-        state: dict[str, Any] = {"usage": Usage(), "finish": None, "model": served, "done": False}
-        texts: list[str] = []
-        lps: list[TokenLogprob] = []
-        deltas: list[ToolCallDelta] = []
-        thoughts: list[str] = []
-
-        released = [False]
-
-        async def release() -> None:
-            if not released[0]:
-                released[0] = True
-                replica.outstanding -= 1
-                await resp.close()
-
-        kind = request.kind
-        counter = [0]
-
-        def event(data: bytes) -> Chunk | None:
-            try:
-                obj = loads_event(data)
-            except ValueError:
-                text = data[:200].decode("utf-8", "replace")
-                raise BackendProtocolError(
-                    f"a stream event is not JSON: {text!r}", endpoint=url
-                ) from None
-            if isinstance(obj, dict) and "error" in obj and "choices" not in obj:
-                raise IncompleteStream(
-                    f"the server reported an error mid-stream: {obj['error']}",
-                    endpoint=url,
-                    partial_text="".join(texts),
-                )
-            chunk, usage, model = parse_chunk(obj, kind=kind, endpoint=url, index=counter[0])
-            if usage is not None:
-                state["usage"] = usage
-            if model:
-                state["model"] = model
-            if chunk is None:
-                return None
-            if chunk.finish_reason is not None:
-                state["finish"] = chunk.finish_reason
-            texts.append(chunk.text)
-            if chunk.logprobs:
-                lps.extend(chunk.logprobs)
-            if chunk.tool_calls:
-                deltas.extend(chunk.tool_calls)
-            if chunk.reasoning:
-                thoughts.append(chunk.reasoning)
-            counter[0] += 1
-            return chunk
-
-        async def chunks() -> AsyncIterator[Chunk]:
-            try:
-                # Lines are split from the raw bytes here rather than with
-                # ``resp.aiter_lines()``: that stacks three generators and a text decoder
-                # on every network read, a large share of the per-token cost. The JSON is
-                # parsed from bytes (orjson when installed), see ``loads_event``.
-                pending = b""
-                async for raw in resp.iter_chunks():
-                    if b"\r" in raw:  # SSE allows CRLF and lone CR line ends
-                        raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-                    lines = (pending + raw).split(b"\n") if pending else raw.split(b"\n")
-                    pending = lines.pop()
-                    for line in lines:
-                        if not line.startswith(b"data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == b"[DONE]":
-                            # Read on to the end of the body instead of breaking off: a
-                            # response closed before its end closes its keep-alive
-                            # connection, and every streamed request would pay a new TCP
-                            # connection.
-                            state["done"] = True
-                            continue
-                        chunk = event(data)
-                        if chunk is not None:
-                            yield chunk
-                if pending.startswith(b"data:"):  # a last line without its line end
-                    data = pending[5:].strip()
-                    if data == b"[DONE]":
-                        state["done"] = True
-                    else:
-                        chunk = event(data)
-                        if chunk is not None:
-                            yield chunk
-            except TRANSPORT_ERRORS as exc:
-                raise IncompleteStream(
-                    f"the stream broke off: {exc}",
-                    endpoint=url,
-                    partial_text="".join(texts),
-                ) from None
-            finally:
-                await release()
-            if not state["done"] or state["finish"] is None:
-                raise IncompleteStream(
-                    "the stream ended before the server's final event",
-                    endpoint=url,
-                    partial_text="".join(texts),
-                )
-
-        def finalize() -> Response:  # the stream stamps latency_ms and ttft_ms
-            return Response(
-                text="".join(texts),
-                model=state["model"],
-                usage=state["usage"],
-                finish_reason=state["finish"],
-                logprobs=tuple(lps) if request.params.logprobs else None,
-                backend=self.name,
-                endpoint=url,
-                tool_calls=assemble_tool_calls(deltas),
-                reasoning_content="".join(thoughts) if thoughts else None,
-            )
-
-        stream = Stream(chunks(), finalize, endpoint=url, started_at=started, on_abandon=release)
-        return Response(
-            text="",
-            model=served,
-            finish_reason=None,
-            backend=self.name,
-            endpoint=url,
-            stream=stream,
+            extra_choices=done.choices,
+            passthrough=done.passthrough,
         )
 
     async def aclose(self) -> None:

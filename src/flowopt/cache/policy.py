@@ -43,6 +43,7 @@ class SkipReason:
     NO_TEXT = "no_text"
     STORE_ERROR = "store_error"
     DISABLED = "disabled"
+    CHOICES = "choices"
 
 
 @runtime_checkable
@@ -132,13 +133,18 @@ def request_bypass_reason(
     """Why this request must neither be served from nor stored in the cache, or None.
 
     A sampled request asks for a *random* answer: replaying one would silently turn it
-    greedy. A seed makes sampling reproducible, so a seeded request is cacheable.
+    greedy. A seed makes sampling reproducible, so a seeded request is cacheable. A request
+    for several choices (``n`` > 1) is never cached (``choices``).
 
     A conversation holding tool results is cached only with ``tool_results="pure"`` and
     when every result comes from a tool named in ``pure_tools``: a result fetched from
     the world may differ next time, and the answer built on it with it.
     """
     p = request.params
+    if p.n > 1:
+        # Several choices are several samples: an entry holds one answer, and serving one
+        # would drop the others (a seeded n > 1 request would otherwise be cacheable).
+        return SkipReason.CHOICES
     sampled = p.temperature is None or p.temperature > max_temperature
     if sampled and p.seed is None:
         return SkipReason.SAMPLED

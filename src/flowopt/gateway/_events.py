@@ -109,7 +109,8 @@ class Exchange:
 
 
 def sse_chunk(call: Call, model: str, chunk: Chunk) -> bytes:
-    """One streamed piece as an SSE event (chat or completion shape)."""
+    """One streamed piece as an SSE event (chat or completion shape), with its choice
+    index and the engine's unmodelled fields."""
     if call.request.kind == "chat":
         return chat_chunk(
             call,
@@ -119,10 +120,34 @@ def sse_chunk(call: Call, model: str, chunk: Chunk) -> bytes:
             logprobs=chunk.logprobs,
             tool_calls=chunk.tool_calls,
             reasoning=chunk.reasoning,
+            choice=chunk.choice,
+            passthrough=chunk.passthrough,
         )
     return completion_chunk(
-        call, model, text=chunk.text, finish_reason=chunk.finish_reason, logprobs=chunk.logprobs
+        call,
+        model,
+        text=chunk.text,
+        finish_reason=chunk.finish_reason,
+        logprobs=chunk.logprobs,
+        choice=chunk.choice,
+        passthrough=chunk.passthrough,
     )
+
+
+def _whole(final: Response) -> list[Chunk]:
+    """A complete answer as stream pieces: one per choice, tool calls whole."""
+    return [
+        Chunk(
+            c.text,
+            i,
+            c.logprobs or (),
+            c.finish_reason,
+            tuple(ToolCallDelta.whole(j, t) for j, t in enumerate(c.tool_calls)),
+            c.reasoning_content or "",
+            c.index,
+        )
+        for i, c in enumerate(final.choices)
+    ]
 
 
 async def backend_events(
@@ -138,19 +163,8 @@ async def backend_events(
         if stream is None:  # answered whole (e.g. a cache hit): one chunk
             final = response
             ex.gw.metrics.ttft.labels(ex.route, model).observe(time.perf_counter() - ex.started)
-            whole = tuple(ToolCallDelta.whole(i, c) for i, c in enumerate(final.tool_calls))
-            yield sse_chunk(
-                call,
-                model,
-                Chunk(
-                    final.text,
-                    0,
-                    final.logprobs or (),
-                    final.finish_reason,
-                    whole,
-                    final.reasoning_content or "",
-                ),
-            )
+            for piece in _whole(final):
+                yield sse_chunk(call, model, piece)
         else:
             plain = TextChunks(call, model, chat=chat)
             async for chunk in stream:
@@ -159,10 +173,10 @@ async def backend_events(
                     ex.gw.metrics.ttft.labels(ex.route, model).observe(
                         time.perf_counter() - ex.started
                     )
-                if chunk.logprobs or chunk.tool_calls or chunk.reasoning:
+                if chunk.logprobs or chunk.tool_calls or chunk.reasoning or chunk.choice:
                     yield sse_chunk(call, model, chunk)
                 else:
-                    yield plain(chunk.text, chunk.finish_reason)
+                    yield plain(chunk.text, chunk.finish_reason, chunk.passthrough)
             done = stream.response
             assert done is not None
             final = done
@@ -226,7 +240,11 @@ async def after(head: bytes, events: AsyncGenerator[bytes, None]) -> AsyncGenera
 
 def stream_end(call: Call, model: str, final: Response, *, chat: bool) -> list[bytes]:
     """The last events of a successful stream: usage if the client asked, then [DONE]."""
-    events = [usage_chunk(call, model, final.usage, chat=chat)] if call.include_usage else []
+    events = (
+        [usage_chunk(call, model, final.usage, chat=chat, passthrough=final.passthrough)]
+        if call.include_usage
+        else []
+    )
     events.append(DONE)
     return events
 

@@ -197,6 +197,14 @@ class Gateway:
                         f"the graph model {target.model!r} answers chat requests only",
                         param="model",
                     )
+                if target.kind == "graph" and call.request.params.n > 1:
+                    raise HTTPProblem(
+                        400,
+                        f"the graph model {target.model!r} answers with one choice: a run "
+                        "is several steps, and n runs are n requests; send n separately or "
+                        "name a backend model",
+                        param="n",
+                    )
                 if call.request.stream:
                     return await self._open_stream(request, call, target, ex)
                 response = await until_disconnect(request.receive, self._answer(call, target))
@@ -255,9 +263,13 @@ class Gateway:
             )
             events = backend_events(call, target, response, ex)
         if call.request.kind == "chat":
-            # The role chunk goes out with the first token, in one write: a write less
-            # before the first token.
-            events = after(chat_chunk(call, target.model, role=True), events)
+            # The role chunk (one per choice, as the engine sends them) goes out with the
+            # first token, in one write: a write less before the first token.
+            roles = b"".join(
+                chat_chunk(call, target.model, role=True, choice=i)
+                for i in range(call.request.params.n)
+            )
+            events = after(roles, events)
         return EventStreamResponse(
             events,
             headers=list(ex.headers.items()),

@@ -10,11 +10,21 @@ exception classes (``openai.BadRequestError``, ``openai.RateLimitError``...).
 
 Internal details (tracebacks, backend URLs) never reach the caller: a backend failure is
 described by kind, the full error goes to the server log with the request id.
+
+Two sources, told apart: an error the **engine** returned for the caller's request (a 4xx:
+a bad parameter, a prompt over the context) reaches the caller as the engine wrote it —
+status, ``message``, ``type``, ``param``, ``code`` and any other field — so a client sees
+what it would have seen talking to the engine directly. Every error **flowopt** makes has
+one of flowopt's own string codes (the table in ``docs/gateway.md``) and an OpenAI
+``type``; the ``x-flowopt-error-source`` header (``engine`` or ``flowopt``) says which one
+answered, without touching the body.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from flowopt.errors import (
     BackendError,
@@ -28,11 +38,19 @@ from flowopt.errors import (
     RejectedError,
 )
 
-__all__ = ["HTTPProblem", "error_kind", "problem_from"]
+__all__ = ["SOURCE_HEADER", "HTTPProblem", "error_kind", "problem_from"]
+
+SOURCE_HEADER = "x-flowopt-error-source"
 
 
 class HTTPProblem(Exception):
-    """An error answer: status, OpenAI error fields and extra headers (``Retry-After``)."""
+    """An error answer: status, OpenAI error fields and extra headers (``Retry-After``).
+
+    ``source`` is ``"flowopt"`` for flowopt's own errors (``code`` defaults to
+    ``invalid_request`` for a 4xx: every flowopt error has a string code) or ``"engine"``
+    for one the engine returned; ``engine`` then holds the engine's whole error object,
+    written back as it came (fields flowopt does not know included).
+    """
 
     def __init__(
         self,
@@ -40,27 +58,29 @@ class HTTPProblem(Exception):
         message: str,
         *,
         type: str = "invalid_request_error",
-        code: str | None = None,
+        code: str | int | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        source: Literal["flowopt", "engine"] = "flowopt",
+        engine: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type
+        if code is None and source == "flowopt" and type == "invalid_request_error":
+            code = "invalid_request"
         self.code = code
         self.param = param
-        self.headers = headers or {}
+        self.source = source
+        self.engine = engine
+        self.headers = {**(headers or {}), SOURCE_HEADER: source}
 
     def body(self) -> dict[str, object]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        own = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        if self.engine is not None:
+            return {"error": {**own, **self.engine}}
+        return {"error": own}
 
 
 def _retry_after(seconds: float | None) -> dict[str, str]:
@@ -72,7 +92,7 @@ def _retry_after(seconds: float | None) -> dict[str, str]:
 def error_kind(exc: BaseException) -> str:
     """A short, bounded label for metrics (``flowopt.backend.timeout`` -> ``backend.timeout``)."""
     if isinstance(exc, HTTPProblem):
-        return exc.code or exc.type
+        return exc.code if isinstance(exc.code, str) else exc.type
     code = getattr(exc, "code", None)
     if isinstance(code, str) and code.startswith("flowopt."):
         return code.removeprefix("flowopt.")
@@ -107,18 +127,11 @@ def problem_from(exc: BaseException) -> HTTPProblem:
             headers=_retry_after(exc.retry_after),
         )
     if isinstance(exc, BackendHTTPError):
-        if exc.status == 429:
-            return HTTPProblem(
-                429,
-                "the model server is rate limiting",
-                type="rate_limit_error",
-                code="backend_rate_limited",
-                headers=_retry_after(exc.retry_after),
-            )
         if 400 <= exc.status < 500 and exc.status not in (401, 403, 404):
-            # The server rejected what the caller sent (context too long, bad parameter):
-            # pass its explanation on, the caller can fix it.
-            return HTTPProblem(exc.status, _backend_message(exc.body), code="backend_rejected")
+            # The engine rejected what the caller sent (context too long, bad parameter) or
+            # is rate limiting it: the caller gets the engine's own answer. 401/403/404 are
+            # about flowopt's credentials or configuration, not the caller: a 502 below.
+            return _engine_problem(exc)
         return HTTPProblem(
             502,
             f"the model server answered HTTP {exc.status}",
@@ -147,18 +160,32 @@ def problem_from(exc: BaseException) -> HTTPProblem:
     return HTTPProblem(500, "internal error", type="api_error", code="internal_error")
 
 
-def _backend_message(body: str) -> str:
-    """The ``error.message`` of an OpenAI-style error body, else its first 300 chars."""
-    import json
-
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body[:300] or "the model server rejected the request"
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return str(err["message"])[:1000]
-        if isinstance(data.get("message"), str):
-            return str(data["message"])[:1000]
-    return body[:300]
+def _engine_problem(exc: BackendHTTPError) -> HTTPProblem:
+    """The engine's 4xx as the engine wrote it; a body that is not an OpenAI error object
+    becomes flowopt's ``backend_rejected`` (429: ``backend_rate_limited``) with the body's
+    first 300 characters as the message."""
+    headers = _retry_after(exc.retry_after)
+    err = exc.engine_error
+    if err is None:
+        if exc.status == 429:
+            return HTTPProblem(
+                429,
+                "the model server is rate limiting",
+                type="rate_limit_error",
+                code="backend_rate_limited",
+                headers=headers,
+            )
+        text = exc.body[:300] or "the model server rejected the request"
+        return HTTPProblem(exc.status, text, code="backend_rejected", headers=headers)
+    param = err.get("param")
+    code = err.get("code")
+    return HTTPProblem(
+        exc.status,
+        str(err["message"]),
+        type=str(err.get("type") or "invalid_request_error"),
+        code=code if isinstance(code, str | int) and not isinstance(code, bool) else None,
+        param=param if isinstance(param, str) else None,
+        headers=headers,
+        source="engine",
+        engine=err,
+    )

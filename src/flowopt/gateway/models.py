@@ -16,6 +16,11 @@ A client names a model; the gateway answers with one of:
 
 Served ids are read from each backend once and cached; when a backend is down at start-up
 the configured model name is used and the lookup is retried at the next request.
+
+``GET /v1/models`` lists a backend's model with the engine's own entry (``owned_by``,
+``root``, ``parent``, ``max_model_len``, ``permission``...: what a client would read from the
+engine directly), then the graph model and the embedding models, which flowopt itself
+serves (``owned_by: flowopt``, and a ``flowopt`` field saying which kind they are).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any, Literal
 from flowopt.backends.base import Backend
 from flowopt.errors import FlowoptError
 from flowopt.gateway.errors import HTTPProblem
+from flowopt.messages import thaw
 
 __all__ = ["ModelTable", "Target"]
 
@@ -65,6 +71,7 @@ class ModelTable:
         self._graph = graph_model
         self._embedding = tuple(embedding_models)
         self._ids: dict[str, str] = {}  # backend name -> served model id
+        self._entries: dict[str, dict[str, Any]] = {}  # backend name -> engine's entry
         self._created = int(time.time())
 
     async def refresh(self) -> None:
@@ -78,6 +85,7 @@ class ModelTable:
                 _log.warning("backend %r did not say which model it serves: %s", name, exc.code)
                 continue
             self._ids[name] = info.id
+            self._entries[name] = thaw(info.entry)
 
     def _served(self, name: str) -> str:
         served = self._ids.get(name) or getattr(self._backends[name], "model", None)
@@ -117,10 +125,30 @@ class ModelTable:
         return out
 
     def listing(self) -> dict[str, Any]:
+        data: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for name in self._backends:
+            served = self._served(name)
+            if served in seen:
+                continue
+            seen.add(served)
+            entry = self._entries.get(name)
+            data.append(
+                {**entry, "id": served}
+                if entry
+                else self._own(served, "backend")  # the engine did not answer yet
+            )
+        if self._graph is not None and self._graph not in seen:
+            seen.add(self._graph)
+            data.append(self._own(self._graph, "graph"))
+        data.extend(self._own(m, "embedding") for m in self._embedding if m not in seen)
+        return {"object": "list", "data": data}
+
+    def _own(self, model: str, kind: str) -> dict[str, Any]:
         return {
-            "object": "list",
-            "data": [
-                {"id": n, "object": "model", "created": self._created, "owned_by": "flowopt"}
-                for n in self.names()
-            ],
+            "id": model,
+            "object": "model",
+            "created": self._created,
+            "owned_by": "flowopt",
+            "flowopt": {"kind": kind},
         }

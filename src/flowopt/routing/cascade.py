@@ -18,9 +18,12 @@ Streaming — the user chooses, with a cost in time to first token (TTFT):
   TTFT of that tier alone, no confidence check, no savings from the cascade.
 
 A pinned request (a step declared on one backend) is not cascaded: it goes to its own
-backend and the decision says ``pinned``. The verifier's yes/no call is a side request
-(``purpose="cascade-verifier"``) sent through the layers below the cascade, so it is
-traced, limited and retried like any hop.
+backend and the decision says ``pinned``. A request for several choices (OpenAI's ``n`` >
+1) is not cascaded either: confidence judges one answer, and accepting a cheap tier's
+choices on the first one's score would pass unjudged answers, so all ``n`` come from the
+strongest tier (decision ``final`` with ``reason: "n"``, streamed live). The verifier's
+yes/no call is a side request (``purpose="cascade-verifier"``) sent through the layers
+below the cascade, so it is traced, limited and retried like any hop.
 """
 
 from __future__ import annotations
@@ -144,6 +147,11 @@ class Cascade(MiddlewareBase):
         if request.pinned:
             response = await call_next(request)
             return response.with_decision(self.decision("pinned", backend=request.route))
+        if request.params.n > 1:
+            tier = self.tiers[-1]
+            response = await call_next(request.routed(tier.backend))
+            why: dict[str, Any] = {"tier": tier.name, "reason": "n", "n": request.params.n}
+            return await self._when_final_account(response, tier, [why])
         if request.stream and self.stream_mode == "final":
             tier = self._tier(request.route or self.stream_tier)
             response = await call_next(request.routed(tier.backend))
