@@ -1,0 +1,193 @@
+"""``flowopt memory eval``: evidence recall@K and recall latency through the middleware.
+
+What it measures, and why this way:
+
+- Each conversation's sessions are fed in order through :meth:`MemoryMiddleware.observe`
+  (the call the middleware makes after each answer), extraction runs in the middleware's
+  own background worker as in production, and the eval waits for the queue to drain.
+  Assistant turns are not fed: by policy they never become memories.
+- Each question goes through :meth:`MemoryMiddleware.recall_into`, the code that runs
+  before every call, timed there (``recall_ms``), so the latency is the production one.
+- **Evidence recall@K**: the share of questions whose evidence turn ids are all among the
+  provenance (source turns) of the K recalled memories.
+- **Baseline, raw turns**: the same question over the raw turns themselves (MiniLM cosine,
+  top K, no extraction), the thing memory extraction must beat.
+
+The file format (one conversation a line) is in docs/memory.md.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowopt.errors import ConfigError
+from flowopt.memory.extract import Turn
+from flowopt.memory.middleware import MemoryMiddleware
+from flowopt.memory.store import MemoryKey
+from flowopt.types import Request
+
+__all__ = ["evaluate", "load_conversations"]
+
+_NOT_FACTS = {"assistant", "system", "tool"}
+
+
+def load_conversations(path: str | Path) -> list[dict[str, Any]]:
+    """Read and check the file; a bad line is a ConfigError naming the line and field."""
+    out: list[dict[str, Any]] = []
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: no such file", hint="pass a .jsonl file, one conversation a line")
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            conv = json.loads(line)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: not JSON ({exc})", hint="one JSON object a line") from None
+        for field in ("id", "sessions", "questions"):
+            if field not in conv:
+                raise ConfigError(
+                    f"{where}: conversation has no {field!r}",
+                    hint='{"id", "speakers", "sessions": [{"id", "date", "turns": [{"id", '
+                    '"speaker", "text"}]}], "questions": [{"question", "answer", "evidence"}]}',
+                )
+        for s in conv["sessions"]:
+            for t in s.get("turns", []):
+                if not {"id", "speaker", "text"} <= set(t):
+                    raise ConfigError(
+                        f"{where}: a turn of session {s.get('id')!r} lacks id/speaker/text",
+                        hint='turns are {"id", "speaker", "text"}',
+                    )
+        out.append(conv)
+    return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    return float(np.percentile(np.array(values), q))
+
+
+def _turns(conv: dict[str, Any]) -> list[list[Turn]]:
+    return [
+        [
+            Turn(str(t["id"]), str(t["speaker"]), str(t["text"]), s.get("date"))
+            for t in s.get("turns", [])
+            if str(t["speaker"]).lower() not in _NOT_FACTS
+        ]
+        for s in conv["sessions"]
+    ]
+
+
+def _user_id(conv: dict[str, Any]) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(conv["id"])) or "conv"
+
+
+async def evaluate(
+    conversations: list[dict[str, Any]],
+    *,
+    k: int = 10,
+    llm_base_url: str,
+    llm_model: str,
+    data_dir: str | None = None,
+    chunk_turns: int = 6,
+    extractor: str = "compact",
+) -> dict[str, Any]:
+    """Run the eval (see the module docstring) and return the report as a dict."""
+    tmp = None
+    if data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="flowopt-memory-eval-")
+        data_dir = tmp.name
+    mw = MemoryMiddleware(
+        long_term=True,
+        data_dir=data_dir,
+        llm_base_url=llm_base_url,
+        llm_model=llm_model,
+        top_k=k,
+        recall_tokens=100_000,
+        min_score=0.0,
+        recall_timeout_s=30.0,
+        debounce_s=0.0,
+        extractor=extractor,
+    )
+    await mw.setup()
+    assert mw.store is not None and mw.queue is not None
+    try:
+        t0 = time.perf_counter()
+        n_turns = 0
+        for conv in conversations:
+            key = MemoryKey("eval", user=_user_id(conv))
+            for si, session in enumerate(_turns(conv)):
+                for ci in range(0, len(session), chunk_turns):
+                    chunk = session[ci : ci + chunk_turns]
+                    n_turns += len(chunk)
+                    mw.observe(key, chunk, conversation=f"{key.scope}#{si}.{ci}")
+        mw.queue.drain()
+        extract_s = time.perf_counter() - t0
+        embed = mw.store.open().embedding_model.langchain_model.inner
+        hits = base_hits = 0
+        latencies: list[float] = []
+        injected: list[int] = []
+        per_q: list[dict[str, Any]] = []
+        n_mem = 0
+        for conv in conversations:
+            key = MemoryKey("eval", user=_user_id(conv))
+            sources = {m.id: set(m.sources) for m in mw.store.list(key)}
+            n_mem += len(sources)
+            raw = [t for session in _turns(conv) for t in session]
+            raw_vecs = embed.embed_many([t.text for t in raw]) if raw else None
+            for q in conv["questions"]:
+                evidence = {str(e) for e in q.get("evidence", [])}
+                req = Request.chat(
+                    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": q["question"]}],
+                    tenant="eval",
+                    user=key.user,
+                )
+                detail: dict[str, Any] = {}
+                await mw.recall_into(req, key, detail)
+                latencies.append(detail["recall_ms"])
+                injected.append(detail["tokens_injected"])
+                got: set[str] = set()
+                for mid in detail["memory_ids"][:k]:
+                    got |= sources.get(mid, set())
+                hit = bool(evidence) and evidence <= got
+                base = False
+                if raw_vecs is not None:
+                    sims = raw_vecs @ embed.embed(q["question"])
+                    top = {raw[j].id for j in np.argsort(-sims)[:k]}
+                    base = bool(evidence) and evidence <= top
+                hits += hit
+                base_hits += base
+                per_q.append(
+                    {"conversation": conv["id"], "question": q["question"], "hit": hit,
+                     "raw_turns_hit": base, "category": q.get("category")}
+                )
+        n = len(per_q)
+        return {
+            "k": k,
+            "questions": n,
+            "conversations": len(conversations),
+            "extractor": extractor,
+            "evidence_recall_at_k": hits / n if n else 0.0,
+            "baseline_raw_turns_recall_at_k": base_hits / n if n else 0.0,
+            "recall_latency_p50_ms": _pct(latencies, 50),
+            "recall_latency_p95_ms": _pct(latencies, 95),
+            "tokens_injected_mean": statistics.fmean(injected) if injected else 0.0,
+            "memories_stored": n_mem,
+            "turns_fed": n_turns,
+            "extraction_s": extract_s,
+            "extraction_turns_per_s": n_turns / extract_s if extract_s > 0 else 0.0,
+            "per_question": per_q,
+        }
+    finally:
+        await mw.aclose()
+        if tmp is not None:
+            tmp.cleanup()
