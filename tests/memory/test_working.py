@@ -25,7 +25,9 @@ def _conversation(rng: random.Random) -> list[Message]:
                 calls.append(ToolCall(f"call_{n_call}", "lookup", '{"q": "a"}'))
             msgs.append(Message("assistant", None, tool_calls=tuple(calls)))
             for c in calls:
-                msgs.append(Message("tool", "result " + "y" * rng.randint(1, 300), tool_call_id=c.id))
+                msgs.append(
+                    Message("tool", "result " + "y" * rng.randint(1, 300), tool_call_id=c.id)
+                )
         if rng.random() < 0.85:
             msgs.append(Message("assistant", "answer " + "z" * rng.randint(1, 200)))
     return msgs

@@ -24,7 +24,9 @@ __all__ = ["command"]
 
 
 def _key_options(f: Any) -> Any:
-    f = click.option("--data-dir", default=None, help="memory data dir (default: the pipeline's)")(f)
+    f = click.option("--data-dir", default=None, help="memory data dir (default: the pipeline's)")(
+        f
+    )
     f = click.option("--user", required=True, help="user id")(f)
     f = click.option("--tenant", required=True, help="tenant id")(f)
     return f
@@ -45,7 +47,9 @@ def _show(items: list[Any], as_json: bool) -> None:
     for m in items:
         score = "" if m.score is None else f" [{m.score:.3f}]"
         click.echo(f"{m.id}{score} {m.text}")
-        click.echo(f"    sources={','.join(m.sources) or '-'} at={m.at or '-'} scope={m.scope or '-'}")
+        click.echo(
+            f"    sources={','.join(m.sources) or '-'} at={m.at or '-'} scope={m.scope or '-'}"
+        )
 
 
 @click.group(name="memory")
@@ -62,7 +66,7 @@ def list_(tenant: str, user: str, data_dir: str | None, as_json: bool) -> None:
 
     store = _store(data_dir)
     try:
-        _show(store.list(MemoryKey(tenant, user=user)), as_json)
+        _show(store.memories(MemoryKey(tenant, user=user)), as_json)
     finally:
         store.close()
 
@@ -95,7 +99,7 @@ def forget(tenant: str, user: str, data_dir: str | None, yes: bool) -> None:
     store = _store(data_dir)
     try:
         n = store.forget(MemoryKey(tenant, user=user))
-        left = len(store.list(MemoryKey(tenant, user=user)))
+        left = len(store.memories(MemoryKey(tenant, user=user)))
         rows = store.history_rows(MemoryKey(tenant, user=user))
     finally:
         store.close()
@@ -106,30 +110,57 @@ def forget(tenant: str, user: str, data_dir: str | None, yes: bool) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--k", default=10, show_default=True, help="memories recalled per question")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-@click.option("--base-url", default="http://127.0.0.1:8001", show_default=True,
-              help="OpenAI-compatible server that extracts")
+@click.option(
+    "--base-url",
+    default="http://127.0.0.1:8001",
+    show_default=True,
+    help="OpenAI-compatible server that extracts",
+)
 @click.option("--model", default="qwen0.5b", show_default=True, help="model name on it")
-@click.option("--extractor", type=click.Choice(["compact", "mem0"]), default="compact",
-              show_default=True, help="flowopt's compact prompt or Mem0's own")
+@click.option(
+    "--extractor",
+    type=click.Choice(["compact", "mem0"]),
+    default="compact",
+    show_default=True,
+    help="flowopt's compact prompt or Mem0's own",
+)
 @click.option("--data-dir", default=None, help="keep the store here (default: a temp dir)")
 def eval_(
-    file: str, k: int, as_json: bool, base_url: str, model: str, extractor: str, data_dir: str | None
+    file: str,
+    k: int,
+    as_json: bool,
+    base_url: str,
+    model: str,
+    extractor: str,
+    data_dir: str | None,
 ) -> None:
     """Evidence recall@K and recall latency on FILE (see docs/memory.md for the format)."""
     from flowopt.memory.evaluation import evaluate, load_conversations
 
     convs = load_conversations(file)
     report = asyncio.run(
-        evaluate(convs, k=k, llm_base_url=base_url, llm_model=model, extractor=extractor,
-                 data_dir=data_dir)
+        evaluate(
+            convs,
+            k=k,
+            llm_base_url=base_url,
+            llm_model=model,
+            extractor=extractor,
+            data_dir=data_dir,
+        )
     )
     if as_json:
         click.echo(json.dumps(report))
         return
     click.echo(f"{report['questions']} questions, {report['conversations']} conversations, k={k}")
-    click.echo(f"evidence recall@{k}: {report['evidence_recall_at_k']:.3f} "
-               f"(raw-turn retrieval baseline {report['baseline_raw_turns_recall_at_k']:.3f})")
-    click.echo(f"recall latency p50 {report['recall_latency_p50_ms']:.1f} ms, "
-               f"p95 {report['recall_latency_p95_ms']:.1f} ms")
-    click.echo(f"memories stored {report['memories_stored']} from {report['turns_fed']} turns; "
-               f"extraction {report['extraction_turns_per_s']:.2f} turns/s")
+    click.echo(
+        f"evidence recall@{k}: {report['evidence_recall_at_k']:.3f} "
+        f"(raw-turn retrieval baseline {report['baseline_raw_turns_recall_at_k']:.3f})"
+    )
+    click.echo(
+        f"recall latency p50 {report['recall_latency_p50_ms']:.1f} ms, "
+        f"p95 {report['recall_latency_p95_ms']:.1f} ms"
+    )
+    click.echo(
+        f"memories stored {report['memories_stored']} from {report['turns_fed']} turns; "
+        f"extraction {report['extraction_turns_per_s']:.2f} turns/s"
+    )

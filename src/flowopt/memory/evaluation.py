@@ -43,7 +43,9 @@ def load_conversations(path: str | Path) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{path}: no such file", hint="pass a .jsonl file, one conversation a line")
+        raise ConfigError(
+            f"{path}: no such file", hint="pass a .jsonl file, one conversation a line"
+        )
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -140,14 +142,17 @@ async def evaluate(
         n_mem = 0
         for conv in conversations:
             key = MemoryKey("eval", user=_user_id(conv))
-            sources = {m.id: set(m.sources) for m in mw.store.list(key)}
+            sources = {m.id: set(m.sources) for m in mw.store.memories(key)}
             n_mem += len(sources)
             raw = [t for session in _turns(conv) for t in session]
             raw_vecs = embed.embed_many([t.text for t in raw]) if raw else None
             for q in conv["questions"]:
                 evidence = {str(e) for e in q.get("evidence", [])}
                 req = Request.chat(
-                    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": q["question"]}],
+                    [
+                        {"role": "system", "content": "Answer briefly."},
+                        {"role": "user", "content": q["question"]},
+                    ],
                     tenant="eval",
                     user=key.user,
                 )
@@ -167,8 +172,13 @@ async def evaluate(
                 hits += hit
                 base_hits += base
                 per_q.append(
-                    {"conversation": conv["id"], "question": q["question"], "hit": hit,
-                     "raw_turns_hit": base, "category": q.get("category")}
+                    {
+                        "conversation": conv["id"],
+                        "question": q["question"],
+                        "hit": hit,
+                        "raw_turns_hit": base,
+                        "category": q.get("category"),
+                    }
                 )
         n = len(per_q)
         return {

@@ -93,7 +93,9 @@ class MemoryMiddleware(MiddlewareBase):
         count_tokens: TokenCounter | None = None,
         **options: Any,
     ) -> None:
-        self.options = self.config = cfg = make_options(MemoryConfig, config, options, name=self.name)
+        self.options = self.config = cfg = make_options(
+            MemoryConfig, config, options, name=self.name
+        )
         self.store = store
         self.queue: ExtractionQueue | None = None
         detectors: list[PIIDetector] = [] if cfg.allow_pii else [RegexPIIDetector()]
@@ -123,7 +125,10 @@ class MemoryMiddleware(MiddlewareBase):
                     url = url or (urls[0] if urls else None)
                     model = model or getattr(ctx.backend, "model", None)
                 self.store = LongTermStore(
-                    self.data_dir, llm_base_url=url, llm_model=model, collection=self.config.collection
+                    self.data_dir,
+                    llm_base_url=url,
+                    llm_model=model,
+                    collection=self.config.collection,
                 )
             self.queue = ExtractionQueue(
                 self.data_dir / "queue.db",
@@ -145,7 +150,12 @@ class MemoryMiddleware(MiddlewareBase):
             await asyncio.to_thread(self.store.close)
 
     def forget(
-        self, *, tenant: str, user: str | None = None, agent: str | None = None, run: str | None = None
+        self,
+        *,
+        tenant: str,
+        user: str | None = None,
+        agent: str | None = None,
+        run: str | None = None,
     ) -> int:
         """Remove the key's memories from the vector store and Mem0's history."""
         if self.store is None:
@@ -239,7 +249,9 @@ class MemoryMiddleware(MiddlewareBase):
 
     def _search(self, key: MemoryKey, query: str) -> list[Recalled]:
         assert self.store is not None
-        found = self.store.search(key, query, top_k=self.config.top_k, min_score=self.config.min_score)
+        found = self.store.search(
+            key, query, top_k=self.config.top_k, min_score=self.config.min_score
+        )
         self._store_error = None
         return found
 
@@ -288,13 +300,13 @@ class MemoryMiddleware(MiddlewareBase):
         links = []
         for p in job.payloads:
             if "link" in p:
-                ctx = SpanContext(
-                    int(p["link"][0], 16), int(p["link"][1], 16), True, TraceFlags(1)
-                )
+                ctx = SpanContext(int(p["link"][0], 16), int(p["link"][1], 16), True, TraceFlags(1))
                 links.append(Link(ctx))
         tracer = get_tracer()
         root = otel_context.Context()  # a trace of its own, linked to the requests
-        with tracer.start_as_current_span("flowopt.memory.extract", context=root, links=links) as span:
+        with tracer.start_as_current_span(
+            "flowopt.memory.extract", context=root, links=links
+        ) as span:
             span.set_attribute(_ATTR + "turns", len(turns))
             start = time.perf_counter()
             now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -325,5 +337,3 @@ class MemoryMiddleware(MiddlewareBase):
 def _conv(request: Request, key: MemoryKey) -> str:
     conv = request.metadata.get("memory.conversation")
     return f"{key.scope}#{conv}" if conv else key.scope
-
-

@@ -179,7 +179,10 @@ class LongTermStore:
             from mem0 import Memory
         except ImportError as exc:
             raise MissingDependencyError("mem0", "memory", _PURPOSE) from exc
-        llm: dict[str, Any] = {"provider": "vllm", "config": {"temperature": 0.0, "max_tokens": 256}}
+        llm: dict[str, Any] = {
+            "provider": "vllm",
+            "config": {"temperature": 0.0, "max_tokens": 256},
+        }
         if self.llm_base_url:
             base = self.llm_base_url.rstrip("/")
             llm["config"]["vllm_base_url"] = base if base.endswith("/v1") else base + "/v1"
@@ -213,7 +216,8 @@ class LongTermStore:
         found = mem.search(query, top_k=top_k, filters=key.mem0_ids(), threshold=min_score)
         return [Recalled.from_mem0(r) for r in found.get("results", [])]
 
-    def list(self, key: MemoryKey, *, limit: int = 1000) -> list[Recalled]:
+    def memories(self, key: MemoryKey, *, limit: int = 1000) -> list[Recalled]:
+        """All of the key's memories (Mem0's ``get_all``)."""
         mem = self.open()
         found = mem.get_all(filters=key.mem0_ids(), top_k=limit)
         return [Recalled.from_mem0(r) for r in found.get("results", [])]
@@ -253,7 +257,7 @@ class LongTermStore:
                 [{"role": "user", "content": fact}], infer=False, metadata=meta, **key.mem0_ids()
             )
             ids.extend(str(r["id"]) for r in out.get("results", []))
-            self._remember_ids(key, ids)
+        self._remember_ids(key, ids)
         return ids
 
     def add_with_mem0(
@@ -276,7 +280,7 @@ class LongTermStore:
         """Delete the key's memories from the vector store, and every trace of them from
         Mem0's history and message tables. Returns how many memories were deleted."""
         mem = self.open()
-        listed = self.list(key, limit=100_000)
+        listed = self.memories(key, limit=100_000)
         ids = {r.id for r in listed} | set(self._ids_seen(key))
         if listed:
             mem.delete_all(**key.mem0_ids())
@@ -286,11 +290,12 @@ class LongTermStore:
             if ids:
                 marks = ",".join("?" * len(ids))
                 conn.execute(f"DELETE FROM history WHERE memory_id IN ({marks})", tuple(ids))
-            for part in scope_parts:
-                conn.execute("DELETE FROM messages WHERE session_scope LIKE ?", (f"%{part}%",))
-            conn.execute(
-                "DELETE FROM flowopt_ids WHERE scope = ?", (key.scope,)
-            ) if self._has_ids_table(conn) else None
+            scopes = [r[0] for r in conn.execute("SELECT DISTINCT session_scope FROM messages")]
+            for scope in scopes:  # exact parts: "user_id=t/u" must not match "user_id=t/u2"
+                if set(scope_parts) & set(str(scope).split("&")):
+                    conn.execute("DELETE FROM messages WHERE session_scope = ?", (scope,))
+            self._has_ids_table(conn)
+            conn.execute("DELETE FROM flowopt_ids WHERE scope = ?", (key.scope,))
             conn.commit()
         return len(listed)
 

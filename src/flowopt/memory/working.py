@@ -80,7 +80,9 @@ def _to_langchain(i: int, m: Message) -> BaseMessage:
     if m.role == "user":
         return HumanMessage(content="", id=mid)
     if m.role == "assistant":
-        calls = [{"name": c.name, "args": {}, "id": c.id, "type": "tool_call"} for c in m.tool_calls]
+        calls = [
+            {"name": c.name, "args": {}, "id": c.id, "type": "tool_call"} for c in m.tool_calls
+        ]
         return AIMessage(content="", id=mid, tool_calls=calls)
     if m.role == "tool":
         return ToolMessage(content="", id=mid, tool_call_id=m.tool_call_id or "")
