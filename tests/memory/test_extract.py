@@ -46,7 +46,7 @@ def test_attribution_picks_the_closest_turn() -> None:
 
 def test_block_respects_its_token_budget() -> None:
     mems = [
-        Recalled(str(i), "User fact number %d is here." % i, 0.9, (), None, None) for i in range(50)
+        Recalled(str(i), f"User fact number {i} is here.", 0.9, (), None, None) for i in range(50)
     ]
     text, kept, tokens = render_block(mems, 60)
     assert text.startswith("<memory>") and text.endswith("</memory>")
