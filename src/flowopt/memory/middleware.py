@@ -56,6 +56,8 @@ _log = logging.getLogger(__name__)
 _ATTR = "flowopt.memory."
 MEMORY_OPEN = "<memory>"
 MEMORY_CLOSE = "</memory>"
+_RETRY_S = 30.0
+"""After the store fails to open, requests go on without it for this long before a retry."""
 _HEADER = "What you remember about the user from earlier conversations (may be outdated):"
 
 
@@ -104,6 +106,7 @@ class MemoryMiddleware(MiddlewareBase):
         self.count_tokens = count_tokens or approx_tokens
         self._setup_lock = asyncio.Lock()
         self._store_error: str | None = None
+        self._retry_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -114,6 +117,8 @@ class MemoryMiddleware(MiddlewareBase):
         """Open the store and start the extraction worker (once). Without ``ctx`` the LLM
         must be given in the options."""
         if not self.config.long_term or self.queue is not None:
+            return
+        if time.monotonic() < self._retry_at:  # the store failed recently: do not hammer it
             return
         async with self._setup_lock:
             if self.queue is not None:
@@ -130,16 +135,18 @@ class MemoryMiddleware(MiddlewareBase):
                     llm_model=model,
                     collection=self.config.collection,
                 )
-            self.queue = ExtractionQueue(
-                self.data_dir / "queue.db",
-                self._extract,
-                debounce_s=self.config.debounce_s,
-                max_pending=self.config.max_pending,
-            )
             try:
                 await asyncio.to_thread(self.store.open)
-            except Exception as exc:  # a broken store: no recall, answers go on
+                self.queue = ExtractionQueue(
+                    self.data_dir / "queue.db",
+                    self._extract,
+                    debounce_s=self.config.debounce_s,
+                    max_pending=self.config.max_pending,
+                )
+            except Exception as exc:  # a broken store: no recall, no extraction, answers go on
                 self._note_store_error(exc)
+                self._retry_at = time.monotonic() + _RETRY_S
+                return
             self.queue.start()
 
     async def aclose(self) -> None:
@@ -225,6 +232,8 @@ class MemoryMiddleware(MiddlewareBase):
         with tracer.start_as_current_span("flowopt.memory.recall") as span:
             memories: list[Recalled] = []
             try:
+                if self.queue is None:  # setup could not open the store
+                    raise _StoreDown(self._store_error or "unavailable")
                 memories = await asyncio.wait_for(
                     asyncio.to_thread(self._search, key, query), self.config.recall_timeout_s
                 )
@@ -256,6 +265,8 @@ class MemoryMiddleware(MiddlewareBase):
         return found
 
     def _note_store_error(self, exc: BaseException) -> str:
+        if isinstance(exc, _StoreDown):
+            return str(exc)
         err = type(exc).__name__ if not isinstance(exc, TimeoutError) else "timeout"
         if self._store_error != err:
             _log.warning("memory store unavailable (%s): answering without recall", err)
@@ -332,6 +343,10 @@ class MemoryMiddleware(MiddlewareBase):
 
     def _flagged(self, text: str) -> bool:
         return any(d.detect(text) for d in self.pii_detectors)
+
+
+class _StoreDown(Exception):
+    """The store could not be opened at setup; the message is the recorded error."""
 
 
 def _conv(request: Request, key: MemoryKey) -> str:
