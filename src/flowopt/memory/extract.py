@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SYSTEM_PROMPT", "Turn", "attribute", "build_messages", "parse_facts"]
+__all__ = ["RESPONSE_FORMAT", "SYSTEM_PROMPT", "Turn", "attribute", "build_messages", "parse_facts"]
 
 SYSTEM_PROMPT = """You extract long-term memories from a conversation.
 Write down every durable fact the speakers state about themselves or the people, places,
@@ -37,6 +37,20 @@ Rules:
 - When a speaker changes or corrects something, write the new fact.
 - Skip greetings, small talk, thanks, questions and anything not about the speakers.
 Answer with JSON only: {"facts": ["...", "..."]}. If there is nothing to keep: {"facts": []}."""
+
+RESPONSE_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "facts",
+        "schema": {
+            "type": "object",
+            "properties": {"facts": {"type": "array", "items": {"type": "string"}, "maxItems": 12}},
+            "required": ["facts"],
+        },
+    },
+}
+"""vLLM constrains the reply to this schema (a list of strings): small models otherwise
+invent their own JSON shapes."""
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 from flowopt.cache.policy import PIIDetector, RegexPIIDetector
 from flowopt.memory._queue import ExtractionJob, ExtractionQueue
 from flowopt.memory.config import MemoryConfig
-from flowopt.memory.extract import Turn, attribute, build_messages, parse_facts
+from flowopt.memory.extract import RESPONSE_FORMAT, Turn, attribute, build_messages, parse_facts
 from flowopt.memory.store import LongTermStore, MemoryKey, Recalled, default_data_dir
 from flowopt.memory.working import TokenCounter, approx_tokens, split_static_prefix, trim_history
 from flowopt.messages import Message
@@ -328,7 +328,7 @@ class MemoryMiddleware(MiddlewareBase):
                 return
             mem = self.store.open()
             raw = mem.llm.generate_response(
-                messages=build_messages(turns), response_format={"type": "json_object"}
+                messages=build_messages(turns), response_format=RESPONSE_FORMAT
             )
             facts = [f for f in parse_facts(str(raw or "")) if not self._flagged(f)]
             span.set_attribute(_ATTR + "facts", len(facts))
