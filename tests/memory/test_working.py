@@ -99,3 +99,29 @@ def test_current_turn_over_budget_is_kept_and_flagged() -> None:
     result = trim_history(conv, 50)
     assert result.over_budget
     assert result.messages == (conv[0], conv[-1])
+
+
+async def test_the_middleware_trims_and_records_it() -> None:
+    from flowopt.memory import MemoryMiddleware
+    from flowopt.types import Request, Response
+
+    mw = MemoryMiddleware(working_tokens=80)
+    sent: list[Request] = []
+
+    async def recording_terminal(request: Request) -> Response:  # no model: trimming only
+        sent.append(request)
+        return Response(text="ok", model="none")
+
+    chat = [{"role": "system", "content": "Be brief."}]
+    for i in range(20):
+        chat += [
+            {"role": "user", "content": f"question {i} " + "q" * 30},
+            {"role": "assistant", "content": f"answer {i} " + "a" * 30},
+        ]
+    chat.append({"role": "user", "content": "last question"})
+    response = await mw(Request.chat(chat, user="u"), recording_terminal)
+    (d,) = response.decisions
+    assert d.detail["trimmed"] > 0 and d.detail["tokens_after"] <= 80
+    (got,) = sent
+    assert got.messages[0].text == "Be brief." and got.messages[-1].text == "last question"
+    assert got.messages[1].role == "user"
