@@ -125,6 +125,11 @@ def forget(tenant: str, user: str, data_dir: str | None, yes: bool) -> None:
     help="flowopt's compact prompt or Mem0's own",
 )
 @click.option("--data-dir", default=None, help="keep the store here (default: a temp dir)")
+@click.option(
+    "--answers",
+    is_flag=True,
+    help="also answer each question (memory vs full history) and judge it",
+)
 def eval_(
     file: str,
     k: int,
@@ -133,6 +138,7 @@ def eval_(
     model: str,
     extractor: str,
     data_dir: str | None,
+    answers: bool,
 ) -> None:
     """Evidence recall@K and recall latency on FILE (see docs/memory.md for the format)."""
     from flowopt.memory.evaluation import evaluate, load_conversations
@@ -146,6 +152,7 @@ def eval_(
             llm_model=model,
             extractor=extractor,
             data_dir=data_dir,
+            answers=answers,
         )
     )
     if as_json:
@@ -160,6 +167,11 @@ def eval_(
         f"recall latency p50 {report['recall_latency_p50_ms']:.1f} ms, "
         f"p95 {report['recall_latency_p95_ms']:.1f} ms"
     )
+    for cond, acc in report.get("answers", {}).items():
+        click.echo(
+            f"answers with {cond}: judge {acc['judge_accuracy']:.3f}, lexical "
+            f"{acc['lexical_accuracy']:.3f}, prompt tokens {acc['prompt_tokens_mean']:.0f}"
+        )
     click.echo(
         f"memories stored {report['memories_stored']} from {report['turns_fed']} turns; "
         f"extraction {report['extraction_turns_per_s']:.2f} turns/s"

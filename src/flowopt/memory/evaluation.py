@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from flowopt.backends.vllm import VLLMBackend
 from flowopt.errors import ConfigError
+from flowopt.memory._answers import JUDGE_PROMPT, answer_and_judge
 from flowopt.memory.extract import Turn
 from flowopt.memory.middleware import MemoryMiddleware
 from flowopt.memory.store import MemoryKey
@@ -72,6 +74,19 @@ def load_conversations(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def _accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for cond in ("memory", "full_history"):
+        got = [r["answers"][cond] for r in rows if "answers" in r]
+        if got:
+            out[cond] = {
+                "judge_accuracy": sum(g["judge"] for g in got) / len(got),
+                "lexical_accuracy": sum(g["lexical"] for g in got) / len(got),
+                "prompt_tokens_mean": statistics.fmean(g["prompt_tokens"] for g in got),
+            }
+    return out
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -102,6 +117,8 @@ async def evaluate(
     data_dir: str | None = None,
     chunk_turns: int = 6,
     extractor: str = "compact",
+    answers: bool = False,
+    window_chars: int = 12_000,
 ) -> dict[str, Any]:
     """Run the eval (see the module docstring) and return the report as a dict."""
     tmp = None
@@ -122,6 +139,7 @@ async def evaluate(
     )
     await mw.setup()
     assert mw.store is not None and mw.queue is not None
+    backend = VLLMBackend(llm_base_url, model=llm_model) if answers else None
     try:
         t0 = time.perf_counter()
         n_turns = 0
@@ -171,17 +189,24 @@ async def evaluate(
                     base = bool(evidence) and evidence <= top
                 hits += hit
                 base_hits += base
-                per_q.append(
-                    {
-                        "conversation": conv["id"],
-                        "question": q["question"],
-                        "hit": hit,
-                        "raw_turns_hit": base,
-                        "category": q.get("category"),
-                    }
-                )
+                row = {
+                    "conversation": conv["id"],
+                    "question": q["question"],
+                    "hit": hit,
+                    "raw_turns_hit": base,
+                    "category": q.get("category"),
+                }
+                if backend is not None:
+                    row["answers"] = await answer_and_judge(
+                        mw, backend, conv, q, str(key.user), window_chars=window_chars
+                    )
+                per_q.append(row)
         n = len(per_q)
-        return {
+        report: dict[str, Any] = {}
+        if backend is not None:
+            report["answers"] = _accuracy(per_q)
+            report["judge_prompt"] = JUDGE_PROMPT
+        return report | {
             "k": k,
             "questions": n,
             "conversations": len(conversations),
@@ -198,6 +223,8 @@ async def evaluate(
             "per_question": per_q,
         }
     finally:
+        if backend is not None:
+            await backend.aclose()
         await mw.aclose()
         if tmp is not None:
             tmp.cleanup()

@@ -16,7 +16,8 @@ Failures never fail the request: a store that cannot be opened or searched means
 recall, a ``store_error`` in the decision, a span event and a logged warning (without any
 content). Identity: the key is the request's tenant (``default`` when unset) plus its
 ``user`` (``scope: user``), ``metadata['memory.agent']`` or ``metadata['memory.run']``.
-Request metadata: ``memory`` (False: bypass), ``memory.turn_id`` (the app's id of the new
+Request metadata: ``memory`` (False: bypass), ``memory.extract`` (False: recall
+only), ``memory.turn_id`` (the app's id of the new
 turn; else ``<request_id>``), ``memory.conversation`` (debounce group), ``memory.date``.
 
 Privacy: memory text is content; it is never logged or put on spans (counts and timings
@@ -192,7 +193,7 @@ class MemoryMiddleware(MiddlewareBase):
             request = await self.recall_into(request, key, detail)
         response = await call_next(request)
         decision = self.decision("memory", **detail)
-        if key is None:
+        if key is None or request.metadata.get("memory.extract", True) is False:
             return response.with_decision(decision)
         turn = self._new_turn(request)
         link = trace.get_current_span().get_span_context()
