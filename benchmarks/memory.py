@@ -8,10 +8,11 @@
    MiniLM) in a temporary directory.
 2. Recall latency through :meth:`MemoryMiddleware.recall_into` (the code every request
    runs), p50/p95, over ``requests`` questions of random users.
-3. Answer latency of the same requests, one at a time, through a pipeline-shaped call with
-   the middleware off (baseline, first) and on (recall + queueing; the queue is paused so
-   the worker takes no CPU during the run): the difference should be the recall alone.
-   Printed as ratios against the baseline of the same run.
+3. Answer latency of the same requests, one at a time: ``off`` (the bare request, the
+   baseline), ``block`` (the prompt with the recalled memories, sent directly: what the
+   longer prompt costs) and ``on`` (through the middleware: recall + queueing; the queue is
+   paused so the worker takes no CPU during the run). ``on - block`` is what the middleware
+   adds on the request path: the recall, and no extraction. Ratios against ``off``.
 """
 
 from __future__ import annotations
@@ -103,28 +104,36 @@ async def main() -> None:
         ]
         recall_ms: list[float] = []
         injected: list[int] = []
+        prepared: list[Request] = []
         for r in reqs:
             detail: dict[str, Any] = {}
             key = mw.key_for(r)
             assert key is not None
-            await mw.recall_into(r, key, detail)
+            prepared.append(await mw.recall_into(r, key, detail))
             recall_ms.append(detail["recall_ms"])
             injected.append(detail["tokens_injected"])
         await backend.generate(reqs[0])  # warm the server's prefix cache for both runs
 
-        async def run(with_memory: bool) -> list[float]:
+        on_recalled: list[int] = []
+        on_errors: list[str] = []
+
+        async def run(mode: str) -> list[float]:
             out = []
-            for r in reqs:
+            for r, p in zip(reqs, prepared, strict=True):
                 t = time.perf_counter()
-                if with_memory:
-                    await mw(r.replace(params=r.params), backend.generate)
-                else:
-                    await backend.generate(r)
+                if mode == "on":
+                    resp = await mw(r, backend.generate)
+                    d = next(d for d in resp.decisions if d.middleware == "memory")
+                    on_recalled.append(int(d.detail["recalled"]))
+                    on_errors.append(str(d.detail.get("store_error", "")))
+                else:  # "off": the bare request; "block": the recalled prompt, sent directly
+                    await backend.generate(r if mode == "off" else p)
                 out.append((time.perf_counter() - t) * 1000)
             return out
 
-        off = await run(False)
-        on = await run(True)
+        off = await run("off")
+        block = await run("block")
+        on = await run("on")
         report = {
             "memories": args.users * args.memories,
             "seed_s": round(seed_s, 1),
@@ -135,7 +144,13 @@ async def main() -> None:
             "answer_on_p50_ms": round(_pct(on, 50), 1),
             "answer_on_over_off_p50": round(_pct(on, 50) / _pct(off, 50), 3),
             "answer_on_minus_off_mean_ms": round(statistics.fmean(on) - statistics.fmean(off), 1),
+            "answer_block_p50_ms": round(_pct(block, 50), 1),
+            "answer_on_minus_block_mean_ms": round(
+                statistics.fmean(on) - statistics.fmean(block), 1
+            ),
             "queued_turns": mw.queue.stats().pending,
+            "on_run_recalled_mean": round(statistics.fmean(on_recalled), 2),
+            "on_run_recall_errors": [e for e in on_errors if e],
         }
         await mw.aclose()
     await backend.aclose()
