@@ -205,7 +205,10 @@ class LongTermStore:
             },
             "history_db_path": str(self.data_dir / "history.db"),
         }
-        return Memory.from_config(config)
+        memory = Memory.from_config(config)
+        # load the embedding model now, not on the first request's recall (its timeout)
+        config["embedder"]["config"]["model"].inner.load()
+        return memory
 
     # -- reads ------------------------------------------------------------------------
     def search(
