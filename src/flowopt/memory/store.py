@@ -188,11 +188,12 @@ class LongTermStore:
             llm["config"]["vllm_base_url"] = base if base.endswith("/v1") else base + "/v1"
         if self.llm_model:
             llm["config"]["model"] = self.llm_model
+        embeddings = _embeddings_adapter(self._runtime)
         config = {
             "llm": llm,
             "embedder": {
                 "provider": "langchain",
-                "config": {"model": _embeddings_adapter(self._runtime), "embedding_dims": 384},
+                "config": {"model": embeddings, "embedding_dims": 384},
             },
             "vector_store": {
                 "provider": "qdrant",
@@ -207,7 +208,7 @@ class LongTermStore:
         }
         memory = Memory.from_config(config)
         # load the embedding model now, not on the first request's recall (its timeout)
-        config["embedder"]["config"]["model"].inner.load()
+        embeddings.inner.load()
         return memory
 
     # -- reads ------------------------------------------------------------------------
