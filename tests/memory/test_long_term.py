@@ -18,6 +18,8 @@ import pytest
 from flowopt.backends.vllm import VLLMBackend
 from flowopt.memory import MemoryKey, MemoryMiddleware, forget
 from flowopt.middleware.base import PipelineContext
+from flowopt.testing.spans import SpanCapture
+from flowopt.tracing import get_tracer
 from flowopt.types import Request, Response
 
 SYSTEM = "You are a helpful assistant. Answer in one short sentence."
@@ -68,7 +70,10 @@ async def test_extraction_runs_after_the_answer_and_survives_a_restart(
     assert mw.queue is not None and mw.store is not None
     mw.queue.pause()  # the worker takes nothing: extraction cannot have run before the answer
     said = "My dog is a beagle called Biscuit and I live in Leeds."
-    response = await mw(_ask(said, "alice", **{"memory.turn_id": "turn-1"}), backend.generate)
+    spans = SpanCapture()
+    with get_tracer().start_as_current_span("app request") as parent:
+        response = await mw(_ask(said, "alice", **{"memory.turn_id": "turn-1"}), backend.generate)
+    request_ctx = parent.get_span_context()
     assert response.text.strip()
     assert _decision(response)["queued"] is True
     key = MemoryKey("t1", user="alice")
@@ -86,6 +91,14 @@ async def test_extraction_runs_after_the_answer_and_survives_a_restart(
         assert m.sources == ("turn-1",)
         assert m.at and m.scope == "user_id=t1/alice"
     assert not any(SYSTEM.lower() in m.text.lower() for m in stored)
+    # the extraction is a trace of its own, linked to the request that caused it
+    (extract,) = spans.by_name("flowopt.memory.extract")
+    assert extract.context.trace_id != request_ctx.trace_id
+    assert [(lk.context.trace_id, lk.context.span_id) for lk in extract.links] == [
+        (request_ctx.trace_id, request_ctx.span_id)
+    ]
+    recall_attrs = json.dumps(dict(spans.by_name("flowopt.memory.recall")[0].attributes or {}))
+    assert "biscuit" not in recall_attrs.lower()  # counts and timings only, never content
 
     asked = await mw2(_ask("What is my dog's name?", "alice"), backend.generate)
     assert _decision(asked)["recalled"] >= 1
