@@ -163,6 +163,9 @@ def eval_(
         f"evidence recall@{k}: {report['evidence_recall_at_k']:.3f} "
         f"(raw-turn retrieval baseline {report['baseline_raw_turns_recall_at_k']:.3f})"
     )
+    for kk, v in report["evidence_recall_at"].items():
+        base = report["baseline_raw_turns_recall_at"][kk]
+        click.echo(f"  recall@{kk}: {v:.3f} (raw turns {base:.3f})")
     click.echo(
         f"recall latency p50 {report['recall_latency_p50_ms']:.1f} ms, "
         f"p95 {report['recall_latency_p95_ms']:.1f} ms"

@@ -158,6 +158,7 @@ async def evaluate(
         injected: list[int] = []
         per_q: list[dict[str, Any]] = []
         n_mem = 0
+        at_k: dict[int, list[int]] = {kk: [0, 0] for kk in {1, 3, 5, k} if kk <= k}
         for conv in conversations:
             key = MemoryKey("eval", user=_user_id(conv))
             sources = {m.id: set(m.sources) for m in mw.store.memories(key)}
@@ -178,15 +179,19 @@ async def evaluate(
                 await mw.recall_into(req, key, detail)
                 latencies.append(detail["recall_ms"])
                 injected.append(detail["tokens_injected"])
-                got: set[str] = set()
-                for mid in detail["memory_ids"][:k]:
-                    got |= sources.get(mid, set())
-                hit = bool(evidence) and evidence <= got
-                base = False
+                ranked = [sources.get(mid, set()) for mid in detail["memory_ids"][:k]]
+                order: list[str] = []
                 if raw_vecs is not None:
                     sims = raw_vecs @ embed.embed(q["question"])
-                    top = {raw[j].id for j in np.argsort(-sims)[:k]}
-                    base = bool(evidence) and evidence <= top
+                    order = [raw[j].id for j in np.argsort(-sims)[:k]]
+                for kk in sorted({1, 3, 5, k}):
+                    if kk > k:
+                        continue
+                    got_k = set().union(*ranked[:kk]) if ranked[:kk] else set()
+                    at_k[kk][0] += bool(evidence) and evidence <= got_k
+                    at_k[kk][1] += bool(evidence) and evidence <= set(order[:kk])
+                hit = bool(evidence) and evidence <= set().union(*ranked) if ranked else False
+                base = bool(evidence) and evidence <= set(order)
                 hits += hit
                 base_hits += base
                 row = {
@@ -213,6 +218,12 @@ async def evaluate(
             "extractor": extractor,
             "evidence_recall_at_k": hits / n if n else 0.0,
             "baseline_raw_turns_recall_at_k": base_hits / n if n else 0.0,
+            "evidence_recall_at": {str(kk): v[0] / n for kk, v in sorted(at_k.items())}
+            if n
+            else {},
+            "baseline_raw_turns_recall_at": {str(kk): v[1] / n for kk, v in sorted(at_k.items())}
+            if n
+            else {},
             "recall_latency_p50_ms": _pct(latencies, 50),
             "recall_latency_p95_ms": _pct(latencies, 95),
             "tokens_injected_mean": statistics.fmean(injected) if injected else 0.0,
