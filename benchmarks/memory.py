@@ -8,11 +8,12 @@
    MiniLM) in a temporary directory.
 2. Recall latency through :meth:`MemoryMiddleware.recall_into` (the code every request
    runs), p50/p95, over ``requests`` questions of random users.
-3. Answer latency of the same requests, one at a time: ``off`` (the bare request, the
-   baseline), ``block`` (the prompt with the recalled memories, sent directly: what the
-   longer prompt costs) and ``on`` (through the middleware: recall + queueing; the queue is
-   paused so the worker takes no CPU during the run). ``on - block`` is what the middleware
-   adds on the request path: the recall, and no extraction. Ratios against ``off``.
+3. Answer latency of the same requests, one at a time, three modes interleaved: ``off``
+   (the bare request, the baseline), ``block`` (the prompt with the recalled memories,
+   sent directly: what the longer prompt costs) and ``on`` (through the middleware:
+   recall + queueing; the queue is paused so the worker takes no CPU during the run).
+   ``on - block`` is what the middleware adds on the request path: the recall, and no
+   extraction. Ratios against ``off``.
 """
 
 from __future__ import annotations
@@ -117,23 +118,24 @@ async def main() -> None:
         on_recalled: list[int] = []
         on_errors: list[str] = []
 
-        async def run(mode: str) -> list[float]:
-            out = []
-            for r, p in zip(reqs, prepared, strict=True):
-                t = time.perf_counter()
-                if mode == "on":
-                    resp = await mw(r, backend.generate)
-                    d = next(d for d in resp.decisions if d.middleware == "memory")
-                    on_recalled.append(int(d.detail["recalled"]))
-                    on_errors.append(str(d.detail.get("store_error", "")))
-                else:  # "off": the bare request; "block": the recalled prompt, sent directly
-                    await backend.generate(r if mode == "off" else p)
-                out.append((time.perf_counter() - t) * 1000)
-            return out
+        async def one(mode: str, r: Request, p: Request) -> float:
+            t = time.perf_counter()
+            if mode == "on":
+                resp = await mw(r, backend.generate)
+                d = next(d for d in resp.decisions if d.middleware == "memory")
+                on_recalled.append(int(d.detail["recalled"]))
+                on_errors.append(str(d.detail.get("store_error", "")))
+            else:  # "off": the bare request; "block": the recalled prompt, sent directly
+                await backend.generate(r if mode == "off" else p)
+            return (time.perf_counter() - t) * 1000
 
-        off = await run("off")
-        block = await run("block")
-        on = await run("on")
+        # interleaved, in a rotating order, so load from other processes hits all three alike
+        times: dict[str, list[float]] = {"off": [], "block": [], "on": []}
+        modes = ["off", "block", "on"]
+        for i, (r, p) in enumerate(zip(reqs, prepared, strict=True)):
+            for mode in modes[i % 3 :] + modes[: i % 3]:
+                times[mode].append(await one(mode, r, p))
+        off, block, on = times["off"], times["block"], times["on"]
         report = {
             "memories": args.users * args.memories,
             "seed_s": round(seed_s, 1),
