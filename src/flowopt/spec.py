@@ -25,7 +25,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -34,6 +33,7 @@ from pydantic_core import InitErrorDetails
 
 from flowopt import registry
 from flowopt._envsubst import expand_env
+from flowopt._gateway_spec import DEFAULT_MAX_BODY_BYTES, GatewaySpec
 from flowopt.errors import ConfigError, SpecError
 from flowopt.middleware.base import Use
 from flowopt.middleware.options import describe_error, spec_options_errors
@@ -51,11 +51,6 @@ __all__ = [
     "registered_class",
     "resolve_function",
 ]
-
-# 4 MiB: a 128k-token conversation is ~0.5 MB of text (~4 bytes a token), so this holds
-# one several times over, even JSON-escaped, yet bounds what a single request can make the
-# gateway hold in memory. See docs/gateway.md.
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _RESERVED = {"input", "user", "tenant"}
@@ -250,62 +245,6 @@ class TracingSpec(_Frozen):
         "process default (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT), else off.",
     )
     middleware_spans: bool = Field(True, description="One span per middleware hop.")
-
-
-class GatewaySpec(_Frozen):
-    """How ``flowopt serve`` exposes the pipeline over the OpenAI-compatible HTTP API.
-
-    Keys are secrets: they are held as ``SecretStr`` so a spec's repr, a log line or a
-    traceback never shows them, and :meth:`PipelineSpec.to_yaml` writes an environment
-    reference (``${FLOWOPT_API_KEY_<TENANT>}``) in their place instead of the value.
-    """
-
-    api_keys: dict[str, SecretStr] = Field(
-        default_factory=dict,
-        description="tenant -> API key (write ${ENV_VAR}). When set, every request needs "
-        "'Authorization: Bearer <key>' and the key decides the tenant.",
-    )
-    host: str = Field(
-        default="127.0.0.1", description="Interface `flowopt serve` binds by default."
-    )
-    port: int = Field(
-        default=8000, ge=0, le=65535, description="Port `flowopt serve` binds by default."
-    )
-    expose_graph: bool = Field(
-        default=True, description="Also serve the multi-step graph as a model (named graph_model)."
-    )
-    graph_model: str | None = Field(
-        default=None,
-        description="Model name that runs the whole graph (default: the pipeline name).",
-    )
-    max_body_bytes: int = Field(
-        default=DEFAULT_MAX_BODY_BYTES,
-        ge=1,
-        description="Largest request body accepted, in bytes; a larger one is refused with "
-        "413 request_too_large before it is read (`flowopt serve --max-body-bytes`).",
-    )
-
-    @field_validator("api_keys")
-    @classmethod
-    def _keys(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        seen: set[str] = set()
-        for tenant, key in v.items():
-            raw = key.get_secret_value()
-            if len(raw) < 8:
-                raise ValueError(f"the API key of tenant {tenant!r} is shorter than 8 characters")
-            if raw in seen:
-                raise ValueError("two tenants share one API key; each tenant needs its own")
-            seen.add(raw)
-        return v
-
-    def to_dict(self) -> dict[str, Any]:
-        out = self.model_dump(exclude_defaults=True, exclude={"api_keys"})
-        if self.api_keys:
-            out["api_keys"] = {
-                t: "${FLOWOPT_API_KEY_" + re.sub(r"[^A-Za-z0-9]", "_", t).upper() + "}"
-                for t in self.api_keys
-            }
-        return out
 
 
 def _parse_use(value: Any, where: str) -> Use:

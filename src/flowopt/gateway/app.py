@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -39,6 +39,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from flowopt.errors import RejectedError
+from flowopt.gateway._body import read_body, read_json
 from flowopt.gateway._disconnect import ClientLeft, EventStreamResponse, until_disconnect
 from flowopt.gateway._embeddings import Embeddings
 from flowopt.gateway._events import (
@@ -54,7 +55,6 @@ from flowopt.gateway._wire import (
     chat_json,
     completion_json,
     dumps,
-    loads,
     parse_call,
 )
 from flowopt.gateway.auth import KeyRing
@@ -70,59 +70,6 @@ __all__ = ["Gateway", "GatewayApp", "create_app", "read_body"]
 
 _log = logging.getLogger("flowopt.gateway")
 _JSON = "application/json"
-
-
-async def read_body(
-    receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-    content_length: str | None,
-    limit: int,
-) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes.
-
-    A ``Content-Length`` over the limit is refused before anything is read; without one
-    (chunked) or with one under it, bytes are counted as ASGI delivers them and reading
-    stops at the first message past the limit, so at most one message (the server's read
-    size, 64 KiB for uvicorn) beyond it is ever held. A body under the limit that arrives
-    in one message (the usual case) is returned as is, without a copy. A client that
-    disconnects mid-body raises :class:`ClientLeft`.
-    """
-    if content_length is not None:
-        try:
-            declared = int(content_length)
-        except ValueError:
-            declared = -1  # the server validates framing; count what arrives instead
-        if declared > limit:
-            raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        kind = message["type"]
-        if kind == "http.request":
-            body: bytes = message.get("body", b"")
-            if body:
-                size += len(body)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(body)
-            if not message.get("more_body", False):
-                break
-        elif kind == "http.disconnect":
-            raise ClientLeft()
-    if len(chunks) == 1:
-        return chunks[0]
-    return b"".join(chunks)
-
-
-def _too_large(limit: int) -> HTTPProblem:
-    # `Connection: close`: the rest of the body is never read, so the connection cannot
-    # carry another request (uvicorn closes it after this answer).
-    return HTTPProblem(
-        413,
-        f"the request body is larger than this server's limit of {limit} bytes",
-        code="request_too_large",
-        headers={"Connection": "close"},
-    )
 
 
 class Gateway:
@@ -181,13 +128,7 @@ class Gateway:
         try:
             with trace.use_span(span, end_on_exit=False):
                 tenant = self.keys.tenant_for(request.headers.get("authorization"))
-                raw = await read_body(
-                    request.receive, request.headers.get("content-length"), self._max_body
-                )
-                try:
-                    body = loads(raw)
-                except ValueError:
-                    raise HTTPProblem(400, "the request body is not valid JSON") from None
+                body = await read_json(request, self._max_body, self.settings.body_timeout)
                 call = parse_call(body, kind=kind, tenant=tenant, request_id=rid)
                 target = self.models.resolve(call.model)
                 ex.model = target.model
