@@ -33,13 +33,14 @@ from typing import Any
 
 from opentelemetry import trace
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response as HTTPResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from flowopt.errors import RejectedError
-from flowopt.gateway._body import read_body, read_json
+from flowopt.gateway._body import clip, read_body, read_json
 from flowopt.gateway._disconnect import ClientLeft, EventStreamResponse, until_disconnect
 from flowopt.gateway._embeddings import Embeddings
 from flowopt.gateway._events import (
@@ -49,6 +50,7 @@ from flowopt.gateway._events import (
     graph_events,
     graph_response,
 )
+from flowopt.gateway._redact import install_redaction
 from flowopt.gateway._wire import (
     Call,
     chat_chunk,
@@ -58,7 +60,7 @@ from flowopt.gateway._wire import (
     parse_call,
 )
 from flowopt.gateway.auth import KeyRing
-from flowopt.gateway.errors import HTTPProblem
+from flowopt.gateway.errors import HTTPProblem, problem_from
 from flowopt.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from flowopt.gateway.models import ModelTable, Target
 from flowopt.gateway.tracing import server_span
@@ -229,26 +231,69 @@ def _problem_response(problem: HTTPProblem, headers: dict[str, str]) -> HTTPResp
 
 
 class GatewayApp(Starlette):
-    """Starlette with a short way in for the generation routes.
+    """Starlette with a short way in for the generation routes, and a cap on the work.
 
     ``POST /v1/chat/completions`` and ``POST /v1/completions`` go straight to their
     handlers (which turn every failure into an OpenAI-shaped error themselves); everything
-    else, lifespan included, takes Starlette's usual path.
+    else, lifespan included, takes Starlette's usual path, where unknown routes, wrong
+    methods and any unexpected error get OpenAI-shaped 404/405/500 answers too
+    (:func:`_http_error`). A POST to a ``/v1/`` route past ``gateway.max_in_flight``
+    requests being answered is refused with 503 ``overloaded`` and ``Retry-After`` at once,
+    before its body is read.
     """
 
     def __init__(self, gw: Gateway, routes: list[Route], **kw: Any) -> None:
         super().__init__(routes=routes, **kw)
         self._direct = {"/v1/chat/completions": gw.chat, "/v1/completions": gw.completions}
+        self._cap = gw.settings.max_in_flight
+        self._busy = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self._direct.get(scope["path"])
-            if handler is not None:
-                scope["app"] = self
-                response = await handler(HTTPRequest(scope, receive))
-                await response(scope, receive, send)
+            if self._busy >= self._cap and scope["path"].startswith("/v1/"):
+                await _problem_response(_overloaded(self._cap), {})(scope, receive, send)
                 return
+            self._busy += 1
+            try:
+                handler = self._direct.get(scope["path"])
+                if handler is not None:
+                    scope["app"] = self
+                    response = await handler(HTTPRequest(scope, receive))
+                    await response(scope, receive, send)
+                    return
+                await super().__call__(scope, receive, send)
+            finally:
+                self._busy -= 1
+            return
         await super().__call__(scope, receive, send)
+
+
+def _overloaded(cap: int) -> HTTPProblem:
+    return HTTPProblem(
+        503,
+        f"the gateway is answering its maximum of {cap} requests; retry shortly",
+        type="service_unavailable",
+        code="overloaded",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _http_error(request: HTTPRequest, exc: Exception) -> HTTPResponse:
+    """Starlette's own errors (unknown route, wrong method, an unexpected exception) in
+    OpenAI's error shape, never a text page or a traceback."""
+    if isinstance(exc, StarletteHTTPException) and exc.status_code in (404, 405):
+        if exc.status_code == 404:
+            problem = HTTPProblem(404, f"no route {clip(request.url.path, 100)}", code="not_found")
+        else:
+            problem = HTTPProblem(
+                405,
+                f"{clip(request.method, 20)} is not allowed on {clip(request.url.path, 100)}",
+                code="method_not_allowed",
+                headers=dict(exc.headers or {}),
+            )
+        return _problem_response(problem, {})
+    _log.error("unexpected error on %s: %s", request.url.path[:100], type(exc).__name__)
+    return _problem_response(problem_from(exc), {})
 
 
 def create_app(pipe: Pipeline, settings: GatewaySpec | None = None) -> Starlette:
@@ -257,6 +302,7 @@ def create_app(pipe: Pipeline, settings: GatewaySpec | None = None) -> Starlette
     The app owns the pipeline's lifecycle: it starts it on ASGI start-up and closes it on
     shutdown. ``app.state.gateway`` is the :class:`Gateway` (tests read its metrics).
     """
+    install_redaction()  # no secret from a query string reaches the access log
     gw = Gateway(pipe, settings)
     app = GatewayApp(
         gw,
@@ -269,6 +315,7 @@ def create_app(pipe: Pipeline, settings: GatewaySpec | None = None) -> Starlette
             Route("/metrics", gw.metrics_text, methods=["GET"]),
         ],
         lifespan=gw.lifespan,
+        exception_handlers={404: _http_error, 405: _http_error, Exception: _http_error},
     )
     app.state.gateway = gw
     return app
