@@ -34,6 +34,7 @@ from pydantic_core import InitErrorDetails
 from flowopt import registry
 from flowopt._envsubst import expand_env
 from flowopt._gateway_spec import DEFAULT_MAX_BODY_BYTES, GatewaySpec
+from flowopt._spec_yaml import read_yaml
 from flowopt.errors import ConfigError, SpecError
 from flowopt.middleware.base import Use
 from flowopt.middleware.options import describe_error, spec_options_errors
@@ -318,6 +319,8 @@ class PipelineSpec(_Frozen):
             return ()
         if isinstance(v, str | Mapping):
             v = [v]
+        if not isinstance(v, list | tuple):
+            raise ValueError("middleware must be a list of {name: {options}} or names")
         uses = tuple(_parse_use(m, f"middleware[{i}]") for i, m in enumerate(v))
         _check_middleware_options(uses)
         return uses
@@ -413,20 +416,15 @@ def parse_spec(data: Any, *, source: str | None = None) -> PipelineSpec:
         raise _spec_error(exc, source) from None
 
 
-# Innermost first: a default may itself be ``${OTHER:-...}``.
-def load_spec(path: str | Path) -> PipelineSpec:
-    """Read and validate a YAML (or JSON) spec file; ``${VAR:-default}`` is expanded."""
+def load_spec(path: str | Path, *, max_bytes: int | None = None) -> PipelineSpec:
+    """Read and validate a YAML (or JSON) spec file; ``${VAR:-default}`` is expanded.
+
+    The file is read within bounds (size, nesting, alias expansion:
+    :mod:`flowopt._spec_yaml`; ``max_bytes`` overrides the size limit), and every failure,
+    from a missing file to a wrong option type, is a :class:`SpecError` naming the file.
+    """
     p = Path(path)
     if not p.exists():
         raise SpecError(f"no such file: {p}", source=str(p), hint="check the path")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(
-            f"not valid YAML{where}: {getattr(exc, 'problem', exc)}",
-            source=str(p),
-            hint="check indentation and quoting around that line",
-        ) from None
+    data = read_yaml(p, max_bytes=max_bytes)
     return parse_spec(expand_env(data, source=str(p)), source=str(p))
