@@ -357,7 +357,13 @@ class PipelineSpec(_Frozen):
             for n in (a, b):
                 if n not in known and n not in ("START", "END"):
                     raise ValueError(f"edge [{a}, {b}] names unknown step {n!r}")
+        sources = [r.source for r in self.routes]
         for r in self.routes:
+            if sources.count(r.source) > 1:
+                raise ValueError(
+                    f"two routes leave step {r.source!r}; a step has at most one route "
+                    "(put every case in it)"
+                )
             if r.source not in known:
                 raise ValueError(f"route from unknown step {r.source!r}")
             for t in [*r.cases.values(), *([r.default] if r.default else [])]:
