@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import struct
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from flowopt import pipeline
-from flowopt.gateway._background import BackgroundServer
+from flowopt.gateway._background import BackgroundServer, free_port
 from flowopt.gateway.app import create_app
 from flowopt.spec import GatewaySpec
 from flowopt.testing import FakeBackend
@@ -195,3 +201,38 @@ def test_keys_in_the_query_string_never_reach_the_access_log(served: tuple, leve
         assert len(collect.lines) == 5
     else:
         assert collect.lines == []
+
+
+def test_the_limits_hold_in_every_worker_of_flowopt_serve(tmp_path: Path) -> None:
+    """``--workers 2``: uvicorn imports the guarded protocol by name in each worker
+    (``flowopt.gateway.server:WorkerProtocol``), built from the spec's limits."""
+    spec = tmp_path / "gw.yaml"
+    spec.write_text(
+        "name: workers\nbackend: fake\nsteps: [{name: a, prompt: '{input}'}]\n"
+        "gateway: {header_timeout: 1, max_headers: 20}\n"
+    )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    cmd = [sys.executable, "-m", "flowopt.cli", "serve", str(spec), "--port", str(port)]
+    proc = subprocess.Popen(
+        [*cmd, "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        for _ in range(600):  # until a worker answers (start-up: imports, two processes)
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:] if proc.stdout else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        extra = b"".join(b"X-H%d: v\r\n" % i for i in range(30))
+        for _ in range(4):  # more than one connection: both workers are likely to answer
+            with _connect(port) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: gw\r\n" + extra + b"\r\n")
+                assert _status(_read_all(sock)) == 431
+        with _connect(port) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\n")
+            assert _status(_read_all(sock)) == 408
+    finally:
+        proc.terminate()
+        proc.wait(30)
