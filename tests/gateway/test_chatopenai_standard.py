@@ -92,6 +92,23 @@ class _OnQwen(ChatModelIntegrationTests):
     def test_agent_loop(self, model: BaseChatModel) -> None:
         super().test_agent_loop(model)
 
+    @pytest.mark.xfail(
+        reason="model limit: for a tool that takes no arguments the 0.5B model fills the "
+        "arguments with a copy of the schema ({'properties': {}, 'type': 'object'}); the test "
+        "binds the tool without strict=True, so nothing guides it (same direct and through "
+        "the gateway)"
+    )
+    def test_tool_calling_with_no_arguments(self, model: BaseChatModel) -> None:
+        super().test_tool_calling_with_no_arguments(model)
+
+    @pytest.mark.xfail(
+        reason="model limit: the structured answer with an optional field runs past "
+        "max_tokens=128 (the 0.5B model repeats itself inside the JSON), so the openai client "
+        "raises LengthFinishReasonError (same direct and through the gateway)"
+    )
+    def test_structured_output_optional_param(self, model: BaseChatModel) -> None:
+        super().test_structured_output_optional_param(model)
+
 
 class TestChatOpenAIDirect(_OnQwen):
     @pytest.fixture(autouse=True)
