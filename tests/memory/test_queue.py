@@ -4,6 +4,7 @@ a restart, debounced per conversation, bounded, and a failing processor never ki
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from flowopt.memory._queue import ExtractionJob, ExtractionQueue
@@ -81,3 +82,48 @@ def test_processing_happens_in_the_worker_not_the_caller(tmp_path: Path) -> None
     assert q.drain(timeout=30)
     q.close()
     assert threads == ["flowopt-memory-extract"]
+
+
+def test_the_worker_waits_while_requests_are_in_flight(tmp_path: Path) -> None:
+    """``busy`` true: the worker looks, finds requests first, and extracts nothing; once
+    the requests are done the turn is extracted."""
+    consulted = threading.Event()
+    done = threading.Event()
+    busy = [True]
+
+    def is_busy() -> bool:
+        consulted.set()
+        return busy[0]
+
+    seen: list[ExtractionJob] = []
+
+    def process(job: ExtractionJob) -> None:
+        seen.append(job)
+        done.set()
+
+    q = ExtractionQueue(tmp_path / "q.db", process, debounce_s=0, busy=is_busy)
+    q.put("c", {"n": 1})
+    q.start()
+    assert consulted.wait(30)
+    assert seen == [] and q.stats().pending == 1  # held back while busy
+    busy[0] = False
+    assert done.wait(30)
+    q.close()
+    assert [j.payloads for j in seen] == [[{"n": 1}]]
+
+
+def test_the_per_minute_budget_spaces_extractions(tmp_path: Path) -> None:
+    seen: list[ExtractionJob] = []
+    q = ExtractionQueue(tmp_path / "q.db", seen.append, debounce_s=0, per_minute=0.5)
+    q.put("a", {"n": 1})
+    q.put("b", {"n": 1})
+    # One extraction call, then the budget (one call per 120 s) holds the second back.
+    q._last_start = None
+    conv, wait = q._next()
+    assert conv == "a" and wait is None
+    q._last_start = time.monotonic()
+    conv, wait = q._next()
+    assert conv is None and wait is not None and 100 < wait <= 120
+    assert q.drain(timeout=30)  # an explicit drain ignores the budget
+    q.close()
+    assert sorted(j.conv for j in seen) == ["a", "b"]

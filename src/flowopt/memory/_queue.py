@@ -10,8 +10,10 @@ Why each property:
 - **Debounced per conversation.** A conversation is taken only once it has been quiet for
   ``debounce_s``; then all its pending turns go to one extraction call.
 - **Bounded, first to be shed.** Beyond ``max_pending`` rows a new turn is refused
-  (counted in ``shed``) instead of growing without limit; :meth:`pause` stops the worker
-  under load, and the requests go on.
+  (counted in ``shed``) instead of growing without limit; :meth:`pause` stops the worker,
+  ``busy`` (a callable, e.g. "this process has N requests in flight") makes it wait while
+  requests are being answered, and ``per_minute`` caps extraction calls a minute: under
+  load extraction falls behind and its turns are shed, never a request.
 - **Lag is visible.** :meth:`stats` reports pending rows, the age of the oldest one, and
   counts of processed, shed and failed jobs.
 
@@ -34,6 +36,9 @@ from typing import Any
 __all__ = ["ExtractionJob", "ExtractionQueue", "QueueStats"]
 
 _log = logging.getLogger(__name__)
+
+# How often a worker held back by ``busy`` looks again (nothing signals "no longer busy").
+_BUSY_RECHECK_S = 0.05
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -78,6 +83,8 @@ class ExtractionQueue:
         debounce_s: float = 2.0,
         max_pending: int = 1000,
         max_attempts: int = 3,
+        per_minute: float | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +92,9 @@ class ExtractionQueue:
         self.debounce_s = debounce_s
         self.max_pending = max_pending
         self.max_attempts = max_attempts
+        self.per_minute = per_minute
+        self._busy_now = busy
+        self._last_start: float | None = None  # monotonic start of the last extraction
         self._db = sqlite3.connect(str(self.path), check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
@@ -177,6 +187,13 @@ class ExtractionQueue:
         ).fetchall()
         if not rows:
             return None, None
+        if not self._draining:
+            if self._busy_now is not None and self._busy_now():
+                return None, _BUSY_RECHECK_S  # requests first: look again shortly
+            if self.per_minute and self._last_start is not None:
+                left = self._last_start + 60.0 / self.per_minute - time.monotonic()
+                if left > 0:
+                    return None, left
         now = time.time()
         wait: float | None = None
         for conv, last in rows:
@@ -201,6 +218,7 @@ class ExtractionQueue:
                     "SELECT id, payload FROM jobs WHERE conv = ? ORDER BY id", (conv,)
                 ).fetchall()
                 self._busy = True
+                self._last_start = time.monotonic()
             ids = [r[0] for r in rows]
             job = ExtractionJob(conv, [json.loads(r[1]) for r in rows])
             ok = True

@@ -67,5 +67,13 @@ class MemoryConfig(MiddlewareOptions):
     """Bound of the extraction queue; beyond it new turns are shed (and counted), never
     the request."""
 
+    extract_per_minute: float | None = Field(None, gt=0)
+    """At most this many extraction calls a minute (the LLM budget of memory). None: no cap.
+    Turns wait in the queue meanwhile (bounded by ``max_pending``)."""
+
+    defer_at_in_flight: int | None = Field(4, ge=1)
+    """Extraction waits while this process answers at least this many requests through the
+    middleware: answers first, memory is the first thing shed under load. None: never wait."""
+
     allow_pii: bool = False
     """Store facts that the PII detectors flag. Off: they are never stored."""

@@ -108,6 +108,11 @@ class MemoryMiddleware(MiddlewareBase):
         self._setup_lock = asyncio.Lock()
         self._store_error: str | None = None
         self._retry_at = 0.0
+        self._in_flight = 0  # requests inside this middleware now (read by the worker)
+
+    def _under_load(self) -> bool:
+        limit = self.config.defer_at_in_flight
+        return limit is not None and self._in_flight >= limit
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -143,6 +148,8 @@ class MemoryMiddleware(MiddlewareBase):
                     self._extract,
                     debounce_s=self.config.debounce_s,
                     max_pending=self.config.max_pending,
+                    per_minute=self.config.extract_per_minute,
+                    busy=self._under_load,
                 )
             except Exception as exc:  # a broken store: no recall, no extraction, answers go on
                 self._note_store_error(exc)
@@ -185,6 +192,13 @@ class MemoryMiddleware(MiddlewareBase):
     async def __call__(self, request: Request, call_next: CallNext) -> Response:
         if request.kind != "chat" or request.metadata.get("memory", True) is False:
             return await call_next(request)
+        self._in_flight += 1
+        try:
+            return await self._remember(request, call_next)
+        finally:
+            self._in_flight -= 1
+
+    async def _remember(self, request: Request, call_next: CallNext) -> Response:
         detail: dict[str, Any] = {}
         if self.config.working_tokens is not None:
             request = self._trim(request, detail)
