@@ -34,7 +34,7 @@ class PrefillModel:
         prior_tps: float = 1000.0,
         prior_decode_tps: float = 30.0,
         *,
-        strength: float = 3.0,
+        strength: float = 1.0,
         window: int = 128,
     ) -> None:
         self._prior = np.array([0.05, 1.0 / prior_tps, 1.0 / prior_decode_tps])
