@@ -320,3 +320,27 @@ def test_prefill_model_learns_speed() -> None:
     for n in (100, 500, 1000, 2000, 3000, 1500):
         model.observe(n, 10, 0.1 + n / 200.0 + 10 / 30.0, ttft=False)
     assert 150 < model.prefill_tps < 260
+
+
+async def test_cache_outside_compression_keys_on_the_uncompressed_request() -> None:
+    from flowopt.cache import CacheMiddleware, MemoryStore
+    from flowopt.middleware.base import PipelineContext, traced_backend
+    from flowopt.testing.fakes import FakeBackend
+
+    backend = FakeBackend(answer=lambda r: "Farmers grew it.")
+    cache = CacheMiddleware(store=MemoryStore(), semantic=False)
+    await cache.setup(PipelineContext("t", backend))
+    compress = Compress(scorer=FakeWordScorer(), when="always")
+    handler = build_stack(
+        [("cache", cache), ("compress", compress)], traced_backend(backend, name="fake")
+    )
+    req = _rag(_passages(8)).with_params(temperature=0.0)
+    first = await (await handler(req)).complete()
+    assert _decision(first).action == "compressed"
+    sent = backend.calls[0].messages[1].text
+    assert len(sent) < len(req.messages[1].text)
+    # the same uncompressed prompt, not even marked: a hit, so the key is the original text
+    unmarked = req.replace(metadata={}, request_id="second")
+    second = await (await handler(unmarked)).complete()
+    assert second.cached and second.text == first.text
+    assert len(backend.calls) == 1
