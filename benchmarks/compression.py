@@ -57,7 +57,8 @@ def make_request(
         total += scorer.count_tokens(p)
         i += 1
     body = "\n\n".join(chosen)
-    user = f"Request {uuid.uuid4().hex[:8]}.\nSearch results:\n\n{body}\n\nQuestion: {question}\nAnswer:"
+    nonce = uuid.uuid4().hex[:8]
+    user = f"Request {nonce}.\nSearch results:\n\n{body}\n\nQuestion: {question}\nAnswer:"
     req = Request(
         messages=(Message("system", SYSTEM), Message("user", user)),
         params=Params(temperature=0.0, max_tokens=16),
@@ -65,7 +66,7 @@ def make_request(
     return mark(req, chosen, question=question)
 
 
-async def main() -> None:
+async def main() -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base-url", default="http://127.0.0.1:8021")
     ap.add_argument("--model", default="qwen0.5b")
@@ -94,7 +95,7 @@ async def main() -> None:
     for length in lengths:
         times: dict[str, list[float]] = {m: [] for m in mws}
         actions: dict[str, list[str]] = {m: [] for m in mws}
-        for rep in range(args.reps):
+        for _rep in range(args.reps):
             for mode in ("off", "on", "auto"):
                 k += 1
                 req = make_request(pool, questions[k % len(questions)], length, scorer, 7 * k)
@@ -125,9 +126,10 @@ async def main() -> None:
         f"{results['compressor_ms_per_token']} ms/token"
     )
     await backend.aclose()
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    return results
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    out = asyncio.run(main())
+    if "--json" in sys.argv:
+        Path(sys.argv[sys.argv.index("--json") + 1]).write_text(json.dumps(out, indent=1) + "\n")
