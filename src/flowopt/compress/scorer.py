@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -107,13 +108,18 @@ class LLMLinguaScorer:
 
     ``model_path``: a Hugging Face checkpoint directory (default: the converted SmolLM2).
     The tokenizer alone is loaded for counting (fast); the model when scoring starts.
+    Token surprises are computed with the model directly, in padded batches (``batch_size``
+    texts per forward pass), and cached per text so a passage ranked by :meth:`rank` is not
+    scored twice.
     """
 
-    def __init__(self, model_path: str | Path | None = None) -> None:
+    def __init__(self, model_path: str | Path | None = None, *, batch_size: int = 8) -> None:
         self._path = Path(model_path) if model_path is not None else None
         self._compressor: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()
+        self._scores: OrderedDict[str, list[TokenScore]] = OrderedDict()
+        self.batch_size = batch_size
         self.name = "llmlingua:" + (self._path.name if self._path else "smollm2")
 
     @property
@@ -158,40 +164,61 @@ class LLMLinguaScorer:
         return len(self._tok()(text, add_special_tokens=False).input_ids)
 
     def token_scores(self, text: str) -> list[TokenScore]:
+        cached = self._scores.get(text)
+        if cached is not None:
+            return cached
+        return self._score([text], None)[0][0]
+
+    def rank(self, passages: list[str], question: str) -> list[float]:
+        # LongLLMLingua's coarse signal: perplexity of the question given the passage (the
+        # question after it, as get_rank_results(..., "longllmlingua", "after") does). The
+        # same forward pass yields the passage's own token surprises (causal: the question
+        # after it cannot change them), cached for the fine step: one pass per passage.
+        suffix = question + " We can get the answer to this question in the given documents."
+        return [-ppl for _, ppl in self._score(passages, suffix)]
+
+    def _score(self, texts: list[str], suffix: str | None) -> list[tuple[list[TokenScore], float]]:
+        """Token surprises of each text and the mean surprise of ``suffix`` after it, in
+        padded batches (one forward per batch: far cheaper on a CPU than one per text)."""
         import torch
 
         pc = self.compressor()
-        enc = pc.tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt"
-        )
-        offsets = enc["offset_mapping"][0].tolist()
-        if not offsets:
-            return []
-        limit = pc.max_position_embeddings
-        losses: list[float] = [float("inf")]
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        for start in range(0, ids.shape[1], limit):
-            # windows of the model's context; each window's first token is scored by the
-            # previous one's last logits only through the +inf default (kept, the safe way)
-            end = min(start + limit, ids.shape[1])
+        tok = pc.tokenizer
+        tail = tok(suffix, add_special_tokens=False).input_ids if suffix else []
+        limit = int(pc.max_position_embeddings) - len(tail)
+        encoded = []
+        for text in texts:
+            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            encoded.append((enc.input_ids[:limit], enc.offset_mapping[:limit]))
+        out: list[tuple[list[TokenScore], float]] = [([], 0.0)] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i][0]))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b : b + self.batch_size]
+            seqs = [encoded[i][0] + tail for i in idx]
+            width = max(len(q) for q in seqs)
+            if width == 0:
+                continue
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for r, q in enumerate(seqs):
+                ids[r, : len(q)] = torch.tensor(q, dtype=torch.long)
+                mask[r, : len(q)] = 1
             with torch.no_grad():
-                loss = pc.get_ppl(
-                    "",
-                    granularity="token",
-                    input_ids=ids[:, start:end],
-                    attention_mask=mask[:, start:end],
-                )
-            losses.extend(float(x) for x in loss.tolist())
-            if end < ids.shape[1]:
-                losses.append(float("inf"))
-        return [(int(s), int(e), losses[i]) for i, (s, e) in enumerate(offsets)]
+                logits = pc.model(input_ids=ids, attention_mask=mask).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            nll = -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            for r, i in enumerate(idx):
+                n = len(encoded[i][0])
+                losses = [float("inf")] + [float(x) for x in nll[r, : max(0, n - 1)]]
+                scores = [(int(s), int(e), losses[k]) for k, (s, e) in enumerate(encoded[i][1])]
+                q_loss = nll[r, max(0, n - 1) : n - 1 + len(tail)]
+                ppl = float(q_loss.mean()) if len(tail) and q_loss.numel() else 0.0
+                out[i] = (scores, ppl)
+                self._remember(texts[i], scores)
+        return out
 
-    def rank(self, passages: list[str], question: str) -> list[float]:
-        pc = self.compressor()
-        lengths = [self.count_tokens(p) for p in passages]
-        ranked = pc.get_rank_results(passages, question, "longllmlingua", "after", lengths)
-        # ascending perplexity of the question given the passage: lower is more relevant
-        scores = [0.0] * len(passages)
-        for idx, ppl in ranked:
-            scores[int(idx)] = -float(ppl)
-        return scores
+    def _remember(self, text: str, scores: list[TokenScore]) -> None:
+        self._scores[text] = scores
+        while len(self._scores) > 512:
+            self._scores.popitem(last=False)
