@@ -106,7 +106,8 @@ def select(
         if not keep[p]:
             continue
         prot = protected_ranges(text, anchors)
-        toks = scorer.token_scores(text)
+        covered = sum(e - s for s, e in prot) >= len("".join(text.split()))
+        toks = [] if covered else scorer.token_scores(text)  # all protected: nothing to score
         ti = 0
         for m in _WORD.finditer(text):
             start, end = m.span()
