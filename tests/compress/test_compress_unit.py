@@ -159,7 +159,7 @@ def test_protected_ranges_finds_json_and_numbers() -> None:
 # -- the middleware ----------------------------------------------------------------------------
 async def test_static_prefix_and_question_are_byte_identical() -> None:
     terminal = FakeScriptedTerminal()
-    mw = Compress(scorer=FakeWordScorer(), when="always", ratio=3.0)
+    mw = Compress(ranker="lm", scorer=FakeWordScorer(), when="always", ratio=3.0)
     req = _rag(_passages(8))
     resp = await mw(req, terminal)
     sent = terminal.requests[0]
@@ -179,7 +179,9 @@ async def test_static_prefix_and_question_are_byte_identical() -> None:
 async def test_decision_flips_with_measured_prefill_speed() -> None:
     scorer = FakeWordScorer()
     # prior: a fast GPU-like prefill (20k tokens/s) and a slow compressor: not worth it
-    mw = Compress(scorer=scorer, prior_prefill_tps=20000.0, prior_cost_ms_per_token=0.5)
+    mw = Compress(
+        ranker="lm", scorer=scorer, prior_prefill_tps=20000.0, prior_cost_ms_per_token=0.5
+    )
     req = _rag(_passages(10))
     fast = FakeScriptedTerminal(tps=20000.0)
     first = _decision(await mw(req, fast))
@@ -196,7 +198,7 @@ async def test_decision_flips_with_measured_prefill_speed() -> None:
 
 async def test_short_and_unmarked_and_repeated_requests_are_skipped() -> None:
     terminal = FakeScriptedTerminal()
-    mw = Compress(scorer=FakeWordScorer(), prior_prefill_tps=20000.0)
+    mw = Compress(ranker="lm", scorer=FakeWordScorer(), prior_prefill_tps=20000.0)
     assert _decision(await mw(Request.chat("hi"), terminal)).detail["reason"] == "unmarked"
     short = _decision(await mw(_rag(_passages(1, words=20)), terminal))
     assert short.detail["reason"] == "short"
@@ -213,7 +215,7 @@ async def test_key_value_data_is_declined_not_lost() -> None:
     ]
     blob = json.dumps(dict(pairs), indent=1)
     terminal = FakeScriptedTerminal()
-    mw = Compress(scorer=FakeWordScorer(), when="always")
+    mw = Compress(ranker="lm", scorer=FakeWordScorer(), when="always")
     req = _rag([blob], question="What is the value of key 00000003-aaaa-4bbb-8ccc-000000000003?")
     d = _decision(await mw(req, terminal))
     assert (d.action, d.detail["reason"]) == ("skipped", "incompressible")
@@ -232,7 +234,7 @@ async def test_tool_results_and_old_turns_by_options() -> None:
     spans = find_spans(req, roles=("tool",), keep_turns=1)
     assert sorted(s.message for s in spans) == [1, 2, 3]
     terminal = FakeScriptedTerminal()
-    mw = Compress(scorer=FakeWordScorer(), when="always", keep_turns=1)
+    mw = Compress(ranker="lm", scorer=FakeWordScorer(), when="always", keep_turns=1)
     await mw(req, terminal)
     sent = terminal.requests[0].messages
     assert sent[0] == msgs[0] and sent[4] == msgs[4]
@@ -242,19 +244,19 @@ async def test_tool_results_and_old_turns_by_options() -> None:
 async def test_a_mark_that_matches_nothing_is_a_typed_error() -> None:
     req = mark(Request.chat("hello"), ["not in the prompt"])
     with pytest.raises(InvalidRequestError, match="not in any"):
-        await Compress(scorer=FakeWordScorer())(req, FakeScriptedTerminal())
+        await Compress(ranker="lm", scorer=FakeWordScorer())(req, FakeScriptedTerminal())
 
 
 def test_bad_options_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="ratio"):
-        Compress(scorer=FakeWordScorer(), ratio=0.5)
+        Compress(ranker="lm", scorer=FakeWordScorer(), ratio=0.5)
     with pytest.raises(ConfigError, match="overflow"):
-        Compress(scorer=FakeWordScorer(), overflow="truncate")
+        Compress(ranker="lm", scorer=FakeWordScorer(), overflow="truncate")
 
 
 # -- the window ------------------------------------------------------------------------------
 async def test_over_long_prompt_error_says_by_how_much() -> None:
-    mw = Compress(scorer=FakeWordScorer(), max_model_len=1000, overflow="error")
+    mw = Compress(ranker="lm", scorer=FakeWordScorer(), max_model_len=1000, overflow="error")
     with pytest.raises(PromptTooLongError) as info:
         await mw(_rag(_passages(12)), FakeScriptedTerminal())
     assert info.value.over_by > 0 and info.value.window == 1000
@@ -263,7 +265,7 @@ async def test_over_long_prompt_error_says_by_how_much() -> None:
 
 async def test_over_long_prompt_is_compressed_to_fit() -> None:
     terminal = FakeScriptedTerminal()
-    mw = Compress(scorer=FakeWordScorer(), max_model_len=1000, when="never")
+    mw = Compress(ranker="lm", scorer=FakeWordScorer(), max_model_len=1000, when="never")
     resp = await mw(_rag(_passages(12)), terminal)
     d = _decision(resp)
     assert (d.action, d.detail["reason"]) == ("compressed", "fit")
@@ -272,14 +274,14 @@ async def test_over_long_prompt_is_compressed_to_fit() -> None:
 
 
 async def test_over_long_prompt_beyond_the_floor_is_refused() -> None:
-    mw = Compress(scorer=FakeWordScorer(), max_model_len=600, max_ratio=2.0)
+    mw = Compress(ranker="lm", scorer=FakeWordScorer(), max_model_len=600, max_ratio=2.0)
     with pytest.raises(PromptTooLongError):
         await mw(_rag(_passages(12)), FakeScriptedTerminal())
 
 
 async def test_over_long_prompt_is_map_reduced_concurrently() -> None:
     terminal = FakeScriptedTerminal()
-    mw = Compress(scorer=FakeWordScorer(), max_model_len=1000, overflow="map_reduce")
+    mw = Compress(ranker="lm", scorer=FakeWordScorer(), max_model_len=1000, overflow="map_reduce")
     resp = await mw(_rag(_passages(12)), terminal)
     d = _decision(resp)
     assert d.action == "map_reduce" and d.detail["chunks"] >= 2
@@ -298,7 +300,7 @@ async def test_over_long_prompt_is_map_reduced_concurrently() -> None:
 async def test_span_records_the_decision_and_no_content() -> None:
     capture = SpanCapture()
     capture.clear()
-    mw = Compress(scorer=FakeWordScorer(), when="always")
+    mw = Compress(ranker="lm", scorer=FakeWordScorer(), when="always")
     handler = build_stack([("compress", mw)], FakeScriptedTerminal())
     await handler(_rag(_passages(8)))
     (span,) = capture.by_name("middleware compress")
@@ -330,7 +332,7 @@ async def test_cache_outside_compression_keys_on_the_uncompressed_request() -> N
     backend = FakeBackend(answer=lambda r: "Farmers grew it.")
     cache = CacheMiddleware(store=MemoryStore(), semantic=False)
     await cache.setup(PipelineContext("t", backend))
-    compress = Compress(scorer=FakeWordScorer(), when="always")
+    compress = Compress(ranker="lm", scorer=FakeWordScorer(), when="always")
     handler = build_stack(
         [("cache", cache), ("compress", compress)], traced_backend(backend, name="fake")
     )

@@ -14,11 +14,13 @@ same bytes (a prefix-cache hit on the compressed form).
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from dataclasses import dataclass
 
 from flowopt.compress._protect import protected_ranges
+from flowopt.compress.ranker import Ranker
 from flowopt.compress.scorer import Scorer
 
 __all__ = ["Selection", "select"]
@@ -55,7 +57,7 @@ def question_words(question: str) -> tuple[str, ...]:
 
 
 def _coarse(
-    scorer: Scorer,
+    rank: Ranker,
     passages: list[str],
     counts: list[int],
     question: str,
@@ -66,7 +68,7 @@ def _coarse(
     keep = [True] * len(passages)
     if len(passages) < 2 or sum(counts) <= budget * slack:
         return keep
-    scores = scorer.rank(passages, question) if question else [0.0] * len(passages)
+    scores = rank(passages, question) if question else [0.0] * len(passages)
     order = sorted(range(len(passages)), key=lambda i: (-scores[i], i))
     keep = [False] * len(passages)
     total = 0
@@ -88,6 +90,7 @@ def select(
     coarse: bool = True,
     coarse_slack: float = 1.3,
     min_passages: int = 1,
+    ranker: Ranker | None = None,
 ) -> Selection:
     """Compress ``passages`` to ``target_tokens`` (or their tokens / ``ratio``)."""
     counts = [scorer.count_tokens(p) for p in passages]
@@ -95,7 +98,9 @@ def select(
     budget = float(target_tokens) if target_tokens is not None else before / (ratio or 1.0)
     anchors = question_words(question)
     keep = (
-        _coarse(scorer, passages, counts, question, budget, coarse_slack, min_passages)
+        _coarse(
+            ranker or scorer.rank, passages, counts, question, budget, coarse_slack, min_passages
+        )
         if coarse
         else [True] * len(passages)
     )
@@ -108,20 +113,21 @@ def select(
         prot = protected_ranges(text, anchors)
         covered = sum(e - s for s, e in prot) >= len("".join(text.split()))
         toks = [] if covered else scorer.token_scores(text)  # all protected: nothing to score
-        ti = 0
-        for m in _WORD.finditer(text):
-            start, end = m.span()
-            word_end = start + len(m.group().rstrip())
-            n, total = 0, 0.0
-            while ti < len(toks) and toks[ti][0] < end:
-                if toks[ti][1] > start:
-                    n += 1
-                    total += toks[ti][2]
-                ti += 1
-            # a token straddling the word boundary counts for both words
-            if ti > 0 and toks[ti - 1][1] > end:
-                ti -= 1
-            score = total / n if n else math.inf
+        spans = [m.span() for m in _WORD.finditer(text)]
+        starts = [a for a, _ in spans]
+        sums = [0.0] * len(spans)
+        ns = [0] * len(spans)
+        for ts, te, loss in toks:  # a token belongs to the word of its first visible char
+            piece = text[ts:te]
+            anchor = ts + (len(piece) - len(piece.lstrip()))
+            w = bisect.bisect_right(starts, min(anchor, max(ts, te - 1))) - 1
+            if 0 <= w < len(spans):
+                sums[w] += loss
+                ns[w] += 1
+        for w, (start, end) in enumerate(spans):
+            word_end = start + len(text[start:end].rstrip())
+            n = ns[w]
+            score = sums[w] / n if n else math.inf
             forced = any(s < word_end and e > start for s, e in prot)
             n = max(n, 1)
             words.append((p, start, end, score, n, forced))

@@ -28,6 +28,7 @@ from flowopt.compress._select import Selection, select
 from flowopt.compress.decide import CostModel, Forecast, PrefillModel, RecentPrefixes, predict
 from flowopt.compress.marks import Span, find_spans, question_of
 from flowopt.compress.options import CompressOptions
+from flowopt.compress.ranker import MiniLMRanker, Ranker
 from flowopt.compress.scorer import LLMLinguaScorer, Scorer
 from flowopt.errors import InvalidRequestError
 from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
@@ -70,6 +71,7 @@ class Compress(MiddlewareBase):
         self._recent = RecentPrefixes()
         self._done: OrderedDict[str, Selection] = OrderedDict()
         self._windows: dict[str, int | None] = {}
+        self.ranker: Ranker | None = MiniLMRanker() if opts.ranker == "minilm" else None
 
     async def setup(self, ctx: PipelineContext) -> None:
         self._ctx = ctx
@@ -157,6 +159,7 @@ class Compress(MiddlewareBase):
                 question=question,
                 target_tokens=max(1, int(budget)),
                 coarse=opts.coarse,
+                ranker=self.ranker,
             )
             self._remember(key, sel)
             self.cost.observe(tokens, time.perf_counter() - started)

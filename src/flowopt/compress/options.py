@@ -36,6 +36,9 @@ class CompressOptions(MiddlewareOptions):
     """When set: user/assistant turns older than the last ``keep_turns`` are compressible."""
     coarse: bool = True
     """Drop whole passages least relevant to the question before pruning tokens."""
+    ranker: Literal["minilm", "lm"] = "minilm"
+    """Who ranks passages for the coarse step: all-MiniLM-L6-v2 cosine (the cache's
+    embedder), or LongLLMLingua's question perplexity under the scorer LM."""
     overflow: Literal["compress", "map_reduce", "error"] = "compress"
     """A prompt over the model's window: compress it to fit, answer over chunks and merge
     (map-reduce), or refuse with a typed error that says by how much it is over."""
