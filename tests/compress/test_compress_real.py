@@ -64,7 +64,7 @@ def test_eval_cli_reports_survival_on_nq(scorer: LLMLinguaScorer) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    out = json.loads(result.output)
+    out = json.loads(result.stdout)
     assert out["n"] == 2
     assert out["achieved_ratio"] >= 2.5
     assert out["answer_survival"] >= 0.5

@@ -64,20 +64,30 @@ def _coarse(
     budget: float,
     slack: float,
     min_passages: int,
-) -> list[bool]:
-    keep = [True] * len(passages)
-    if len(passages) < 2 or sum(counts) <= budget * slack:
-        return keep
-    scores = rank(passages, question) if question else [0.0] * len(passages)
-    order = sorted(range(len(passages)), key=lambda i: (-scores[i], i))
-    keep = [False] * len(passages)
-    total = 0
-    for n, i in enumerate(order):
-        if n >= min_passages and total >= budget * slack:
-            break
-        keep[i] = True
-        total += counts[i]
-    return keep
+    coarse: bool,
+) -> tuple[list[bool], list[float]]:
+    """Which passages to keep, and each one's bonus for the fine step: LongLLMLingua's
+    dynamic ratio, a linear bonus from the best-ranked kept passage (+1) to the worst (0),
+    so the passages most likely to hold the answer are pruned least."""
+    n = len(passages)
+    if n < 2 or not question:
+        return [True] * n, [0.0] * n
+    scores = rank(passages, question)
+    order = sorted(range(n), key=lambda i: (-scores[i], i))
+    keep = [True] * n
+    if coarse and sum(counts) > budget * slack:
+        keep = [False] * n
+        total = 0
+        for k, i in enumerate(order):
+            if k >= min_passages and total >= budget * slack:
+                break
+            keep[i] = True
+            total += counts[i]
+    kept = [i for i in order if keep[i]]
+    bonus = [0.0] * n
+    for k, i in enumerate(kept):
+        bonus[i] = 1.0 - k / max(1, len(kept) - 1)
+    return keep, bonus
 
 
 def select(
@@ -91,18 +101,24 @@ def select(
     coarse_slack: float = 1.3,
     min_passages: int = 1,
     ranker: Ranker | None = None,
+    dynamic: float = 4.0,
 ) -> Selection:
-    """Compress ``passages`` to ``target_tokens`` (or their tokens / ``ratio``)."""
+    """Compress ``passages`` to ``target_tokens`` (or their tokens / ``ratio``).
+    ``dynamic``: nats of surprise added to the words of the best-ranked passage (scaled
+    down linearly to 0 for the worst kept one)."""
     counts = [scorer.count_tokens(p) for p in passages]
     before = sum(counts)
     budget = float(target_tokens) if target_tokens is not None else before / (ratio or 1.0)
     anchors = question_words(question)
-    keep = (
-        _coarse(
-            ranker or scorer.rank, passages, counts, question, budget, coarse_slack, min_passages
-        )
-        if coarse
-        else [True] * len(passages)
+    keep, bonus = _coarse(
+        ranker or scorer.rank,
+        passages,
+        counts,
+        question,
+        budget,
+        coarse_slack,
+        min_passages,
+        coarse,
     )
     # fine: words of every kept passage, with (passage, score, tokens, forced)
     words: list[tuple[int, int, int, float, int, bool]] = []  # (p, start, end, score, n, forced)
@@ -127,7 +143,7 @@ def select(
         for w, (start, end) in enumerate(spans):
             word_end = start + len(text[start:end].rstrip())
             n = ns[w]
-            score = sums[w] / n if n else math.inf
+            score = (sums[w] / n if n else math.inf) + dynamic * bonus[p]
             forced = any(s < word_end and e > start for s, e in prot)
             n = max(n, 1)
             words.append((p, start, end, score, n, forced))
