@@ -47,9 +47,7 @@ async def main() -> None:
     resp = await rag.acall(req)
     d = decision(resp)
     print(f"8 passages: {d['action']} ({d['reason']}), {d['tokens_before']} marked tokens,")
-    print(
-        f"  predicted saving {d['predicted_saving_ms']} ms at {d['prefill_tps']} prefill tok/s"
-    )
+    print(f"  predicted saving {d['predicted_saving_ms']} ms at {d['prefill_tps']} prefill tok/s")
     print(f"  answer: {resp.text.strip()[:80]!r}")
 
     req, _, _ = build_request(row)
