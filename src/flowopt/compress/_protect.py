@@ -21,6 +21,9 @@ _PATTERNS = (
     re.compile(r"`[^`\n]+`"),  # inline code
     re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+"),  # URLs
     re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"),  # e-mail addresses
+    # multi-word names (two or more capitalised words): "Theodore Roosevelt" must not lose
+    # its predictable second half
+    re.compile(r"\b[A-Z][a-z]+(?:[ \t]+(?:[A-Z][a-z]+|[A-Z]\.))+"),
     # UUIDs, hex digests, and IDs mixing letters with digits or joined by - _ / : .
     re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"),
     re.compile(r"\b(?=[\w./:-]*\d)[A-Za-z_][\w]*(?:[-_/:.][\w]+)+\b"),
