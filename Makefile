@@ -9,6 +9,8 @@
 #   make demo          install, then `flowopt demo`
 #   make test          install-test, then the whole test suite (PYTEST_ARGS="-k foo" to narrow it)
 #   make lint          install-test, then ruff + mypy --strict
+#   make fuzz          install-test, then the fuzz suite in rounds for FUZZ_SECONDS (default 600),
+#                      every input tried written to FUZZ_LOG (docs/security.md)
 #
 # The two installs add up: install-test after install adds only the test part, and a
 # later `make demo` finds everything in place.
@@ -17,7 +19,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo test lint
+.PHONY: install install-test demo test lint fuzz
 
 install:
 	bash scripts/install.sh
@@ -40,3 +42,8 @@ lint: install-test
 	$(VENV)/bin/ruff check src tests plugins
 	$(VENV)/bin/ruff format --check src tests plugins benchmarks scripts examples
 	$(VENV)/bin/mypy
+
+# The fuzz suite runs in `make test` with a fixed seed and a small budget; this runs it
+# for as long as asked, from fresh seeds (scripts/fuzz.sh).
+fuzz: install-test
+	bash scripts/fuzz.sh

@@ -25,7 +25,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -34,6 +33,8 @@ from pydantic_core import InitErrorDetails
 
 from flowopt import registry
 from flowopt._envsubst import expand_env
+from flowopt._gateway_spec import DEFAULT_MAX_BODY_BYTES, GatewaySpec
+from flowopt._spec_yaml import read_yaml
 from flowopt.errors import ConfigError, SpecError
 from flowopt.middleware.base import Use
 from flowopt.middleware.options import describe_error, spec_options_errors
@@ -51,11 +52,6 @@ __all__ = [
     "registered_class",
     "resolve_function",
 ]
-
-# 4 MiB: a 128k-token conversation is ~0.5 MB of text (~4 bytes a token), so this holds
-# one several times over, even JSON-escaped, yet bounds what a single request can make the
-# gateway hold in memory. See docs/gateway.md.
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _RESERVED = {"input", "user", "tenant"}
@@ -252,62 +248,6 @@ class TracingSpec(_Frozen):
     middleware_spans: bool = Field(True, description="One span per middleware hop.")
 
 
-class GatewaySpec(_Frozen):
-    """How ``flowopt serve`` exposes the pipeline over the OpenAI-compatible HTTP API.
-
-    Keys are secrets: they are held as ``SecretStr`` so a spec's repr, a log line or a
-    traceback never shows them, and :meth:`PipelineSpec.to_yaml` writes an environment
-    reference (``${FLOWOPT_API_KEY_<TENANT>}``) in their place instead of the value.
-    """
-
-    api_keys: dict[str, SecretStr] = Field(
-        default_factory=dict,
-        description="tenant -> API key (write ${ENV_VAR}). When set, every request needs "
-        "'Authorization: Bearer <key>' and the key decides the tenant.",
-    )
-    host: str = Field(
-        default="127.0.0.1", description="Interface `flowopt serve` binds by default."
-    )
-    port: int = Field(
-        default=8000, ge=0, le=65535, description="Port `flowopt serve` binds by default."
-    )
-    expose_graph: bool = Field(
-        default=True, description="Also serve the multi-step graph as a model (named graph_model)."
-    )
-    graph_model: str | None = Field(
-        default=None,
-        description="Model name that runs the whole graph (default: the pipeline name).",
-    )
-    max_body_bytes: int = Field(
-        default=DEFAULT_MAX_BODY_BYTES,
-        ge=1,
-        description="Largest request body accepted, in bytes; a larger one is refused with "
-        "413 request_too_large before it is read (`flowopt serve --max-body-bytes`).",
-    )
-
-    @field_validator("api_keys")
-    @classmethod
-    def _keys(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        seen: set[str] = set()
-        for tenant, key in v.items():
-            raw = key.get_secret_value()
-            if len(raw) < 8:
-                raise ValueError(f"the API key of tenant {tenant!r} is shorter than 8 characters")
-            if raw in seen:
-                raise ValueError("two tenants share one API key; each tenant needs its own")
-            seen.add(raw)
-        return v
-
-    def to_dict(self) -> dict[str, Any]:
-        out = self.model_dump(exclude_defaults=True, exclude={"api_keys"})
-        if self.api_keys:
-            out["api_keys"] = {
-                t: "${FLOWOPT_API_KEY_" + re.sub(r"[^A-Za-z0-9]", "_", t).upper() + "}"
-                for t in self.api_keys
-            }
-        return out
-
-
 def _parse_use(value: Any, where: str) -> Use:
     try:
         return Use.parse(value, where=where)
@@ -379,6 +319,8 @@ class PipelineSpec(_Frozen):
             return ()
         if isinstance(v, str | Mapping):
             v = [v]
+        if not isinstance(v, list | tuple):
+            raise ValueError("middleware must be a list of {name: {options}} or names")
         uses = tuple(_parse_use(m, f"middleware[{i}]") for i, m in enumerate(v))
         _check_middleware_options(uses)
         return uses
@@ -415,7 +357,13 @@ class PipelineSpec(_Frozen):
             for n in (a, b):
                 if n not in known and n not in ("START", "END"):
                     raise ValueError(f"edge [{a}, {b}] names unknown step {n!r}")
+        sources = [r.source for r in self.routes]
         for r in self.routes:
+            if sources.count(r.source) > 1:
+                raise ValueError(
+                    f"two routes leave step {r.source!r}; a step has at most one route "
+                    "(put every case in it)"
+                )
             if r.source not in known:
                 raise ValueError(f"route from unknown step {r.source!r}")
             for t in [*r.cases.values(), *([r.default] if r.default else [])]:
@@ -474,20 +422,15 @@ def parse_spec(data: Any, *, source: str | None = None) -> PipelineSpec:
         raise _spec_error(exc, source) from None
 
 
-# Innermost first: a default may itself be ``${OTHER:-...}``.
-def load_spec(path: str | Path) -> PipelineSpec:
-    """Read and validate a YAML (or JSON) spec file; ``${VAR:-default}`` is expanded."""
+def load_spec(path: str | Path, *, max_bytes: int | None = None) -> PipelineSpec:
+    """Read and validate a YAML (or JSON) spec file; ``${VAR:-default}`` is expanded.
+
+    The file is read within bounds (size, nesting, alias expansion:
+    :mod:`flowopt._spec_yaml`; ``max_bytes`` overrides the size limit), and every failure,
+    from a missing file to a wrong option type, is a :class:`SpecError` naming the file.
+    """
     p = Path(path)
     if not p.exists():
         raise SpecError(f"no such file: {p}", source=str(p), hint="check the path")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(
-            f"not valid YAML{where}: {getattr(exc, 'problem', exc)}",
-            source=str(p),
-            hint="check indentation and quoting around that line",
-        ) from None
+    data = read_yaml(p, max_bytes=max_bytes)
     return parse_spec(expand_env(data, source=str(p)), source=str(p))

@@ -126,8 +126,14 @@ async def test_eight_tenants_five_hundred_requests_no_cross_tenant_hit(
         (d,) = [d for d in hop.response.decisions if d.middleware == "cache"]
         outcomes.append((tenant, d.action))
 
-    await asyncio.gather(*(one(t, q) for t, q in jobs))
-    await pipe.aclose()
+    # A TaskGroup, not gather: if one request fails, the rest are cancelled here rather
+    # than left running into later tests (where their spans would land in other captures).
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for t, q in jobs:
+                tg.create_task(one(t, q))
+    finally:
+        await pipe.aclose()
 
     assert len(outcomes) == 8 * 500
     hits = [o for o in outcomes if o[1] == "hit"]

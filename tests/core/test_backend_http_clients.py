@@ -235,3 +235,34 @@ async def test_stream_whole_then_cut(
         async for c in r.stream:  # type: ignore[union-attr]
             seen.append(c.text)
     assert seen == ["he"] and err.value.partial_text == "he"
+
+
+async def test_aiohttp_resends_once_after_a_clean_close_without_answer(
+    serve: Callable[[Handler], Awaitable[str]], make: Callable[..., VLLMBackend]
+) -> None:
+    """The keep-alive race: the server closes a pooled connection (a clean FIN, no answer)
+    just as the client sends on it. The request goes once more on a new connection; a
+    server that closes every time gives a typed error after exactly two sends."""
+    sends: list[int] = []
+
+    def closes_first(n: int) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await _read_request(reader)
+            sends.append(1)
+            if len(sends) <= n:
+                writer.close()  # clean close, nothing answered
+                return
+            writer.write(_http(200, _ok()))
+            await writer.drain()
+
+        return handle
+
+    b = make(await serve(closes_first(1)), http="aiohttp")
+    r = await b.generate(Request.chat("hi"))
+    assert r.text == "hello" and len(sends) == 2
+
+    sends.clear()
+    b = make(await serve(closes_first(10)), http="aiohttp")
+    with pytest.raises(BackendUnavailable, match="ServerDisconnected"):
+        await b.generate(Request.chat("hi"))
+    assert len(sends) == 2

@@ -279,7 +279,7 @@ async def test_disconnect_closes_the_backend_stream(stream: bool) -> None:
         "raw_path": b"/v1/chat/completions",
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"gw")],
+        "headers": [(b"host", b"gw"), (b"content-type", b"application/json")],
         "client": ("127.0.0.1", 1),
         "server": ("gw", 80),
         "state": {},

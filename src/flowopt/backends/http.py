@@ -15,6 +15,7 @@ flowopt's typed errors does not depend on which library carried the bytes.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from functools import partial
 from typing import Any, Protocol
 
 import httpx
@@ -263,15 +264,23 @@ class AiohttpClient:
         aiohttp = self._aiohttp
         # Without a deadline the prebuilt default applies: no new ClientTimeout per call.
         per_call = (timeout, connect_timeout)
+        client_timeout = (
+            self._default_timeout if per_call == self._default else self._timeout(*per_call)
+        )
+        send = partial(
+            self._session.post, url, data=body, headers=_JSON_HEADERS, timeout=client_timeout
+        )
         try:
-            resp = await self._session.post(
-                url,
-                data=body,
-                headers=_JSON_HEADERS,
-                timeout=(
-                    self._default_timeout if per_call == self._default else self._timeout(*per_call)
-                ),
-            )
+            try:
+                resp = await send()
+            except aiohttp.ServerDisconnectedError:
+                # A clean close before any response byte is, in practice, the keep-alive
+                # race: the server closed an idle pooled connection just as it was handed
+                # out (a loaded client releases connections late, so its idle clock runs
+                # behind the server's) and never read the request. Sent once more, on
+                # another connection. A reset (RST) or a second disconnect is not retried;
+                # a server that died is refused at connect on the second try.
+                resp = await send()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _aiohttp_error(exc, aiohttp) from None
         return _AiohttpResponse(resp, aiohttp)

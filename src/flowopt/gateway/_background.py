@@ -13,8 +13,9 @@ import threading
 from types import TracebackType
 from typing import Any
 
+from flowopt._gateway_spec import GatewaySpec
 from flowopt.errors import ConfigError
-from flowopt.gateway.server import _uvicorn
+from flowopt.gateway.server import _uvicorn, limits
 
 __all__ = ["BackgroundServer", "free_port"]
 
@@ -25,8 +26,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _settings_of(app: Any) -> GatewaySpec:
+    """The gateway settings of a gateway app (its connection limits apply); defaults for
+    any other ASGI app."""
+    gw = getattr(getattr(app, "state", None), "gateway", None)
+    settings = getattr(gw, "settings", None)
+    return settings if isinstance(settings, GatewaySpec) else GatewaySpec()
+
+
 class BackgroundServer:
-    """``with BackgroundServer(app) as srv: srv.base_url`` -> ``http://127.0.0.1:P``."""
+    """``with BackgroundServer(app) as srv: srv.base_url`` -> ``http://127.0.0.1:P``.
+
+    Served as ``flowopt serve`` serves: with the app's connection limits
+    (:func:`flowopt.gateway.server.limits`)."""
 
     def __init__(
         self,
@@ -35,6 +47,7 @@ class BackgroundServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         start_timeout: float = 60.0,
+        access_log: bool = False,
     ) -> None:
         uvicorn = _uvicorn()
         self.host = host
@@ -49,7 +62,13 @@ class BackgroundServer:
                 ready.set()
 
         config = uvicorn.Config(
-            app, host=host, port=self.port, log_level="warning", access_log=False, lifespan="on"
+            app,
+            host=host,
+            port=self.port,
+            log_level="warning",
+            access_log=access_log,
+            lifespan="on",
+            **limits(_settings_of(app)),
         )
         self._server = _Server(config)
 

@@ -40,8 +40,9 @@ from opentelemetry.trace import Span, SpanKind
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response as HTTPResponse
 
+from flowopt.gateway._body import read_json
 from flowopt.gateway._disconnect import ClientLeft, until_disconnect
-from flowopt.gateway._wire import dumps, loads
+from flowopt.gateway._wire import dumps
 from flowopt.gateway.errors import HTTPProblem, error_kind, problem_from
 from flowopt.gateway.tracing import TRACE_HEADER, end_span, server_span
 from flowopt.tracing import GenAI, record_error
@@ -203,10 +204,7 @@ class Embeddings:
     """The route's handler (``handle``) and its state, one per :class:`Gateway`."""
 
     def __init__(self, gw: Gateway) -> None:
-        from flowopt.gateway.app import read_body
-
         self._gw = gw
-        self._read_body = read_body
         self.models: tuple[str, ...] = (EMBEDDING_MODEL,) if available() else ()
         self._turn: asyncio.Semaphore | None = None  # made in the serving loop
 
@@ -252,15 +250,9 @@ class Embeddings:
         try:
             with trace.use_span(span, end_on_exit=False):
                 tenant = gw.keys.tenant_for(request.headers.get("authorization"))
-                raw = await self._read_body(
-                    request.receive,
-                    request.headers.get("content-length"),
-                    gw.settings.max_body_bytes,
+                body = await read_json(
+                    request, gw.settings.max_body_bytes, gw.settings.body_timeout
                 )
-                try:
-                    body = loads(raw)
-                except ValueError:
-                    raise HTTPProblem(400, "the request body is not valid JSON") from None
                 call = parse_embedding(body)
                 model = EMBEDDING_MODEL
                 if not self.models:

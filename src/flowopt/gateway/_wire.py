@@ -26,6 +26,7 @@ from flowopt.gateway._answers import (
     usage_chunk,
     usage_dict,
 )
+from flowopt.gateway._fields import check_fields
 from flowopt.gateway._json import dumps, loads
 from flowopt.gateway.errors import HTTPProblem
 from flowopt.messages import check_tool_turns
@@ -165,17 +166,15 @@ def _params(body: Mapping[str, Any], kind: str) -> Params:
 def parse_call(body: Any, *, kind: str, tenant: str | None, request_id: str) -> Call:
     """Validate a ``/v1/chat/completions`` or ``/v1/completions`` body.
 
-    Raises a 400 :class:`HTTPProblem` naming the field; type errors inside flowopt's
-    value types surface as ``InvalidRequestError`` (also 400).
+    Raises a 400 :class:`HTTPProblem` naming the field (the types of every field read here
+    are checked first, once: :func:`~flowopt.gateway._fields.check_fields`); range errors
+    inside flowopt's value types surface as ``InvalidRequestError`` (also 400).
     """
     if not isinstance(body, Mapping):
         raise HTTPProblem(400, "the request body must be a JSON object")
+    check_fields(body, kind)  # every field read below has the type OpenAI documents
     model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise HTTPProblem(400, "'model' must be a string", param="model")
     user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise HTTPProblem(400, "'user' must be a string", param="user")
     stream = bool(body.get("stream", False))
     opts = body.get("stream_options") or {}
     include_usage = bool(isinstance(opts, Mapping) and opts.get("include_usage"))

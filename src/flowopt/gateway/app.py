@@ -27,18 +27,20 @@ from __future__ import annotations
 import contextvars
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from opentelemetry import trace
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response as HTTPResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from flowopt.errors import RejectedError
+from flowopt.gateway._body import clip, read_body, read_json
 from flowopt.gateway._disconnect import ClientLeft, EventStreamResponse, until_disconnect
 from flowopt.gateway._embeddings import Embeddings
 from flowopt.gateway._events import (
@@ -48,17 +50,17 @@ from flowopt.gateway._events import (
     graph_events,
     graph_response,
 )
+from flowopt.gateway._redact import install_redaction
 from flowopt.gateway._wire import (
     Call,
     chat_chunk,
     chat_json,
     completion_json,
     dumps,
-    loads,
     parse_call,
 )
 from flowopt.gateway.auth import KeyRing
-from flowopt.gateway.errors import HTTPProblem
+from flowopt.gateway.errors import HTTPProblem, problem_from
 from flowopt.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from flowopt.gateway.models import ModelTable, Target
 from flowopt.gateway.tracing import server_span
@@ -70,59 +72,6 @@ __all__ = ["Gateway", "GatewayApp", "create_app", "read_body"]
 
 _log = logging.getLogger("flowopt.gateway")
 _JSON = "application/json"
-
-
-async def read_body(
-    receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-    content_length: str | None,
-    limit: int,
-) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes.
-
-    A ``Content-Length`` over the limit is refused before anything is read; without one
-    (chunked) or with one under it, bytes are counted as ASGI delivers them and reading
-    stops at the first message past the limit, so at most one message (the server's read
-    size, 64 KiB for uvicorn) beyond it is ever held. A body under the limit that arrives
-    in one message (the usual case) is returned as is, without a copy. A client that
-    disconnects mid-body raises :class:`ClientLeft`.
-    """
-    if content_length is not None:
-        try:
-            declared = int(content_length)
-        except ValueError:
-            declared = -1  # the server validates framing; count what arrives instead
-        if declared > limit:
-            raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        kind = message["type"]
-        if kind == "http.request":
-            body: bytes = message.get("body", b"")
-            if body:
-                size += len(body)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(body)
-            if not message.get("more_body", False):
-                break
-        elif kind == "http.disconnect":
-            raise ClientLeft()
-    if len(chunks) == 1:
-        return chunks[0]
-    return b"".join(chunks)
-
-
-def _too_large(limit: int) -> HTTPProblem:
-    # `Connection: close`: the rest of the body is never read, so the connection cannot
-    # carry another request (uvicorn closes it after this answer).
-    return HTTPProblem(
-        413,
-        f"the request body is larger than this server's limit of {limit} bytes",
-        code="request_too_large",
-        headers={"Connection": "close"},
-    )
 
 
 class Gateway:
@@ -181,13 +130,7 @@ class Gateway:
         try:
             with trace.use_span(span, end_on_exit=False):
                 tenant = self.keys.tenant_for(request.headers.get("authorization"))
-                raw = await read_body(
-                    request.receive, request.headers.get("content-length"), self._max_body
-                )
-                try:
-                    body = loads(raw)
-                except ValueError:
-                    raise HTTPProblem(400, "the request body is not valid JSON") from None
+                body = await read_json(request, self._max_body, self.settings.body_timeout)
                 call = parse_call(body, kind=kind, tenant=tenant, request_id=rid)
                 target = self.models.resolve(call.model)
                 ex.model = target.model
@@ -288,26 +231,69 @@ def _problem_response(problem: HTTPProblem, headers: dict[str, str]) -> HTTPResp
 
 
 class GatewayApp(Starlette):
-    """Starlette with a short way in for the generation routes.
+    """Starlette with a short way in for the generation routes, and a cap on the work.
 
     ``POST /v1/chat/completions`` and ``POST /v1/completions`` go straight to their
     handlers (which turn every failure into an OpenAI-shaped error themselves); everything
-    else, lifespan included, takes Starlette's usual path.
+    else, lifespan included, takes Starlette's usual path, where unknown routes, wrong
+    methods and any unexpected error get OpenAI-shaped 404/405/500 answers too
+    (:func:`_http_error`). A POST to a ``/v1/`` route past ``gateway.max_in_flight``
+    requests being answered is refused with 503 ``overloaded`` and ``Retry-After`` at once,
+    before its body is read.
     """
 
     def __init__(self, gw: Gateway, routes: list[Route], **kw: Any) -> None:
         super().__init__(routes=routes, **kw)
         self._direct = {"/v1/chat/completions": gw.chat, "/v1/completions": gw.completions}
+        self._cap = gw.settings.max_in_flight
+        self._busy = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self._direct.get(scope["path"])
-            if handler is not None:
-                scope["app"] = self
-                response = await handler(HTTPRequest(scope, receive))
-                await response(scope, receive, send)
+            if self._busy >= self._cap and scope["path"].startswith("/v1/"):
+                await _problem_response(_overloaded(self._cap), {})(scope, receive, send)
                 return
+            self._busy += 1
+            try:
+                handler = self._direct.get(scope["path"])
+                if handler is not None:
+                    scope["app"] = self
+                    response = await handler(HTTPRequest(scope, receive))
+                    await response(scope, receive, send)
+                    return
+                await super().__call__(scope, receive, send)
+            finally:
+                self._busy -= 1
+            return
         await super().__call__(scope, receive, send)
+
+
+def _overloaded(cap: int) -> HTTPProblem:
+    return HTTPProblem(
+        503,
+        f"the gateway is answering its maximum of {cap} requests; retry shortly",
+        type="service_unavailable",
+        code="overloaded",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _http_error(request: HTTPRequest, exc: Exception) -> HTTPResponse:
+    """Starlette's own errors (unknown route, wrong method, an unexpected exception) in
+    OpenAI's error shape, never a text page or a traceback."""
+    if isinstance(exc, StarletteHTTPException) and exc.status_code in (404, 405):
+        if exc.status_code == 404:
+            problem = HTTPProblem(404, f"no route {clip(request.url.path, 100)}", code="not_found")
+        else:
+            problem = HTTPProblem(
+                405,
+                f"{clip(request.method, 20)} is not allowed on {clip(request.url.path, 100)}",
+                code="method_not_allowed",
+                headers=dict(exc.headers or {}),
+            )
+        return _problem_response(problem, {})
+    _log.error("unexpected error on %s: %s", request.url.path[:100], type(exc).__name__)
+    return _problem_response(problem_from(exc), {})
 
 
 def create_app(pipe: Pipeline, settings: GatewaySpec | None = None) -> Starlette:
@@ -316,6 +302,7 @@ def create_app(pipe: Pipeline, settings: GatewaySpec | None = None) -> Starlette
     The app owns the pipeline's lifecycle: it starts it on ASGI start-up and closes it on
     shutdown. ``app.state.gateway`` is the :class:`Gateway` (tests read its metrics).
     """
+    install_redaction()  # no secret from a query string reaches the access log
     gw = Gateway(pipe, settings)
     app = GatewayApp(
         gw,
@@ -328,6 +315,7 @@ def create_app(pipe: Pipeline, settings: GatewaySpec | None = None) -> Starlette
             Route("/metrics", gw.metrics_text, methods=["GET"]),
         ],
         lifespan=gw.lifespan,
+        exception_handlers={404: _http_error, 405: _http_error, Exception: _http_error},
     )
     app.state.gateway = gw
     return app

@@ -64,6 +64,10 @@ class HTTPProblem(Exception):
         source: Literal["flowopt", "engine"] = "flowopt",
         engine: Mapping[str, Any] | None = None,
     ) -> None:
+        if source == "flowopt":
+            # a message may quote the client's values: never echo a megabyte back
+            message = _clip(message, _MAX_MESSAGE)
+            param = None if param is None else _clip(param, _MAX_PARAM)
         super().__init__(message)
         self.status = status
         self.message = message
@@ -81,6 +85,14 @@ class HTTPProblem(Exception):
         if self.engine is not None:
             return {"error": {**own, **self.engine}}
         return {"error": own}
+
+
+_MAX_MESSAGE = 1000  # characters of a flowopt error message
+_MAX_PARAM = 200
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _retry_after(seconds: float | None) -> dict[str, str]:

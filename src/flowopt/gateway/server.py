@@ -12,6 +12,7 @@ per-request cost of the HTTP layer, which is most of the gateway's overhead budg
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -22,7 +23,7 @@ from flowopt.errors import MissingDependencyError
 if TYPE_CHECKING:
     from flowopt.spec import GatewaySpec, PipelineSpec
 
-__all__ = ["MAX_BODY_ENV", "SPEC_ENV", "app_from_env", "serve"]
+__all__ = ["MAX_BODY_ENV", "SPEC_ENV", "app_from_env", "limits", "serve"]
 
 SPEC_ENV = "FLOWOPT_GATEWAY_SPEC"
 MAX_BODY_ENV = "FLOWOPT_GATEWAY_MAX_BODY_BYTES"  # --max-body-bytes, for the workers
@@ -50,6 +51,41 @@ def _settings(spec: PipelineSpec, max_body_bytes: int | None) -> GatewaySpec:
             f"max_body_bytes must be >= 1, got {max_body_bytes}", hint="a size in bytes"
         )
     return settings.model_copy(update={"max_body_bytes": max_body_bytes})
+
+
+def limits(settings: GatewaySpec) -> dict[str, Any]:
+    """uvicorn settings for the gateway's connection limits: the guarded protocol (header
+    size, count and time; connection cap: :mod:`flowopt.gateway._protocol`) and the
+    keep-alive idle timeout."""
+    from flowopt.gateway._protocol import guarded_protocol
+
+    return {
+        "http": guarded_protocol(settings),
+        "timeout_keep_alive": settings.keep_alive_timeout,
+    }
+
+
+@functools.cache
+def _env_settings() -> GatewaySpec:
+    from flowopt.spec import load_spec
+
+    path = os.environ.get(SPEC_ENV)
+    if not path:
+        from flowopt.errors import ConfigError
+
+        raise ConfigError(
+            f"{SPEC_ENV} is not set", hint="start the gateway with `flowopt serve SPEC`"
+        )
+    limit = os.environ.get(MAX_BODY_ENV)
+    return _settings(load_spec(path), int(limit) if limit else None)
+
+
+def __getattr__(name: str) -> Any:
+    # With workers, uvicorn imports the protocol class by name in each worker process
+    # (a class built from settings cannot be pickled to it): built here from the spec.
+    if name == "WorkerProtocol":
+        return limits(_env_settings())["http"]
+    raise AttributeError(name)
 
 
 def app_from_env() -> Any:
@@ -105,6 +141,8 @@ def serve(
             workers=workers,
             log_level=log_level,
             access_log=access_log,
+            http="flowopt.gateway.server:WorkerProtocol",
+            timeout_keep_alive=settings.keep_alive_timeout,
         )
         return
     from flowopt.gateway.app import create_app
@@ -118,4 +156,5 @@ def serve(
         port=port,
         log_level=log_level,
         access_log=access_log,
+        **limits(settings),
     )

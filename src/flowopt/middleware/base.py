@@ -183,9 +183,19 @@ class Use:
                     hint=f"write '{self.name}: {{option: value}}'",
                 )
             options[key] = options.pop("__positional__")
+        from flowopt.middleware._signature import option_type_error
+        from flowopt.middleware.options import options_model_of
+
+        if options_model_of(cls) is None:  # a model validates in the constructor
+            wrong = option_type_error(cls, options)
+            if wrong is not None:
+                raise ConfigError(
+                    f"{where}: {self.name}.{wrong[0]}: {wrong[1]}",
+                    hint=f"see the docs of {self.name!r} for its options",
+                )
         try:
             return cls(**options)
-        except TypeError as exc:
+        except (TypeError, AttributeError) as exc:
             raise ConfigError(
                 f"{where}: {self.name!r} rejected its options {sorted(options)}: {exc}",
                 hint=f"see the docs of {self.name!r} for its options",
