@@ -27,6 +27,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("flowopt.cli.triage", "triage"),
     ("flowopt.cli.cache", "command"),
     ("flowopt.cli.memory", "command"),
+    ("flowopt.cli.compress", "command"),
 )
 
 
