@@ -286,7 +286,12 @@ def main() -> None:
         help="plain-paraphrase dev pairs (paraphrases-dev.jsonl); without it the verifier "
         "learns QQP alone and refuses most plain paraphrases",
     )
-    ap.add_argument("--paraphrase-weight", type=float, default=0.1)
+    ap.add_argument("--paraphrase-weight", type=float, default=1.0)
+    ap.add_argument(
+        "--hand-only",
+        action="store_true",
+        help="fit on the interpretable features only, not the embedding products",
+    )
     ap.add_argument("--paraphrase-holdout", type=float, default=1 / 3)
     ap.add_argument(
         "--paraphrase-holdout-out", type=Path, default=Path("/tmp/flowopt-paraphrase-holdout.jsonl")
@@ -346,13 +351,18 @@ def main() -> None:
         # Weigh the paraphrase rows as a share of the QQP rows, whatever their count.
         share = args.paraphrase_weight * len(w_fit) / max(1, len(para["y_fit"]))
         w_fit = np.concatenate([w_fit, np.full(len(para["y_fit"]), share)])
+    if args.hand_only:
+        # Trees over the first columns only: their feature indices are the same in the full
+        # run-time vector, so nothing changes at serving time.
+        x_fit = x_fit[:, : len(HAND_FEATURES)]
     t0 = time.perf_counter()
     fitter = fit_gbm if args.model == "gbm" else fit_mlp
     arrays, raw_score = fitter(x_fit, y_fit, args, w_fit)
     print(f"fitted {args.model} in {time.perf_counter() - t0:.0f} s")
 
     def prob(x: np.ndarray) -> np.ndarray:
-        p = 1.0 / (1.0 + np.exp(-np.clip(raw_score(x), -35, 35)))
+        cols = x[:, : len(HAND_FEATURES)] if args.hand_only else x
+        p = 1.0 / (1.0 + np.exp(-np.clip(raw_score(cols), -35, 35)))
         # Candidates under min_cosine never reach the verifier at run time.
         return np.where(x[:, 0] >= args.min_cosine, p, 0.0)
 
@@ -397,7 +407,15 @@ def main() -> None:
         "kind": args.model,
         "hyperparameters": {
             k: getattr(args, k)
-            for k in ("trees", "learning_rate", "leaves", "hidden", "alpha", "paraphrase_weight")
+            for k in (
+                "trees",
+                "learning_rate",
+                "leaves",
+                "hidden",
+                "alpha",
+                "paraphrase_weight",
+                "hand_only",
+            )
         },
         "report": report,
     }

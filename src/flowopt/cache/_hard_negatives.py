@@ -34,8 +34,9 @@ _AUX = re.compile(
 _NOT = re.compile(r"\b(not|never) ")
 _WORD = re.compile(r"\b[a-z]{5,}\b")
 _ANTONYM_OF: dict[str, str] = {}
-for _pair in ANTONYMS:
-    _x, _y = sorted(_pair)
+# Sorted: a word with two antonyms ("increase") must get the same one in every process
+# (set order changes with PYTHONHASHSEED), or training is not reproducible.
+for _x, _y in sorted(tuple(sorted(pair)) for pair in ANTONYMS):
     _ANTONYM_OF.setdefault(_x, _y)
     _ANTONYM_OF.setdefault(_y, _x)
 
