@@ -61,7 +61,7 @@ class CacheConfig(MiddlewareOptions):
 
     operating_point: str = "default"
     """Named operating point recorded with the verifier weights: ``strict`` (99% precise on
-    the calibration pairs), ``default`` (97%), ``lenient`` (90%), or ``pNN``. Measured
+    the calibration pairs), ``default`` (95%), ``lenient`` (90%), or ``pNN``. Measured
     precision and recall of each, on both kinds of data, are in ``docs/cache.md``."""
 
     target_precision: float | None = Field(None, gt=0.5, lt=1)
