@@ -79,7 +79,7 @@ def test_eval_cli_json_and_plot(tmp_path: Path) -> None:
     assert set(points) == {"strict", "default", "lenient"}
     assert all(pt["pairwise"]["false_hits"] == 0 for pt in points.values())
     assert points["lenient"]["pairwise"]["true_hits"] >= 1
-    loose = {pt["threshold"]: pt for pt in pw["curve"]}[0.8]
+    loose = {pt["threshold"]: pt for pt in pw["curve"]}[0.6]
     assert loose["recall"] == 1.0  # a looser operating point serves every paraphrase here
     assert cr["lookups"] == len(PAIRS)
     assert pw["curve"] and all("precision" in pt for pt in pw["curve"])
