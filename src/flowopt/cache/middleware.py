@@ -162,7 +162,9 @@ class CacheMiddleware(MiddlewareBase):
                 loader()
             if cfg.verify and verifier is None:
                 verifier = LearnedVerifier(
-                    threshold=cfg.threshold, operating_point=cfg.operating_point
+                    threshold=cfg.threshold,
+                    operating_point=cfg.operating_point,
+                    target_precision=cfg.target_precision,
                 )
         self.engine = CacheEngine(
             cfg, store, exact_store=exact, embedder=embedder, verifier=verifier
