@@ -51,31 +51,22 @@ def load_pairs(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def embed_texts(texts: list[str], cache: Path) -> np.ndarray:
-    """MiniLM vectors of ``texts`` (cached in ``cache`` under a digest of the texts)."""
-    digest = hashlib.blake2b("\n".join(texts).encode(), digest_size=8).hexdigest()
+def embed_all(rows: list[dict[str, Any]], cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    digest = hashlib.blake2b(
+        "\n".join(r["a"] + "\t" + r["b"] for r in rows).encode(), digest_size=8
+    ).hexdigest()
     if cache.exists():
         with np.load(cache) as data:
             if str(data["digest"]) == digest:
-                return np.asarray(data["v"])
+                return data["a"], data["b"]
     emb = MiniLMEmbedder(threads=max(1, (os.cpu_count() or 2) // 2))
     t0 = time.perf_counter()
-    vecs = emb.embed_many(texts)
-    print(f"embedded {len(texts)} texts in {time.perf_counter() - t0:.0f} s")
+    a = emb.embed_many([r["a"] for r in rows])
+    b = emb.embed_many([r["b"] for r in rows])
+    print(f"embedded {2 * len(rows)} questions in {time.perf_counter() - t0:.0f} s")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, v=vecs, digest=digest)
-    return vecs
-
-
-def embed_all(rows: list[dict[str, Any]], cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Vectors of every row's ``a`` and ``b`` (unique texts embedded once)."""
-    texts = sorted({r["a"] for r in rows} | {r["b"] for r in rows})
-    vecs = embed_texts(texts, cache)
-    index = {t: i for i, t in enumerate(texts)}
-    return (
-        vecs[[index[r["a"]] for r in rows]],
-        vecs[[index[r["b"]] for r in rows]],
-    )
+    np.savez(cache, a=a, b=b, digest=digest)
+    return a, b
 
 
 def curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -124,108 +115,19 @@ def summarise(
     return out
 
 
-PRECISIONS = (0.90, 0.95, 0.97, 0.98, 0.99)
-"""Calibration precisions recorded as ``pNN`` operating points."""
-
-NAMED = {"lenient": "p90", "default": "p95", "strict": "p99"}
-"""The named operating points and the calibrated precision each one stands for."""
-
-
-def calibration_curve(scores: np.ndarray, labels: np.ndarray) -> list[list[float]]:
-    """``[precision, threshold]`` pairs for precision targets 0.80..0.995: what a user's
-    ``target_precision`` is looked up in."""
-    out = []
-    for target in np.round(np.arange(0.80, 0.996, 0.005), 3):
-        out.append([float(target), threshold_for(scores, labels, float(target))])
-    return out
-
-
-def paraphrase_sets(args: argparse.Namespace, rows_of: list[dict[str, Any]]) -> dict[str, Any]:
-    """Fit rows from the plain-paraphrase dev file: its pairs as positives (both ways) and
-    fact-changing rewrites of them as negatives; a seeded third of it is held out."""
-    from flowopt.cache._hard_negatives import fact_changes
-
-    rng = np.random.default_rng(args.seed + 1)
-    idx = rng.permutation(len(rows_of))
-    n_hold = int(len(rows_of) * args.paraphrase_holdout)
-    hold, fit = idx[:n_hold], idx[n_hold:]
-    with args.paraphrase_holdout_out.open("w") as fh:
-        for i in hold:
-            fh.write(json.dumps(rows_of[i]) + "\n")
-    changes = fact_changes([r["b"] for r in rows_of], seed=args.seed)
-    texts = sorted({r["a"] for r in rows_of} | {r["b"] for r in rows_of} | {c for *_, c in changes})
-    vecs = embed_texts(texts, args.embeddings.with_name("paraphrases-dev-embeddings.npz"))
-    index = {t: i for i, t in enumerate(texts)}
-
-    def mat(queries: list[str], cached: list[str]) -> np.ndarray:
-        qv = vecs[[index[t] for t in queries]]
-        cv = vecs[[index[t] for t in cached]]
-        return pair_matrix(queries, cached, qv, cv)
-
-    fit_set = set(int(i) for i in fit)
-    a = [r["a"] for r in rows_of]
-    b = [r["b"] for r in rows_of]
-    pos = mat([b[i] for i in fit], [a[i] for i in fit])
-    pos_rev = mat([a[i] for i in fit], [b[i] for i in fit])
-    neg_fit = [(i, c) for i, _, c in changes if i in fit_set]
-    neg_hold = [(i, c) for i, _, c in changes if i not in fit_set]
-    neg = mat([c for _, c in neg_fit], [a[i] for i, _ in neg_fit])
-    x_fit = np.vstack([pos, pos_rev, neg])
-    y_fit = np.concatenate([np.ones(2 * len(pos)), np.zeros(len(neg))])
-    return {
-        "x_fit": x_fit,
-        "y_fit": y_fit,
-        "x_fit_pos": pos,
-        "x_hold": mat([b[i] for i in hold], [a[i] for i in hold]),
-        "x_hold_neg": mat([c for _, c in neg_hold], [a[i] for i, _ in neg_hold]),
-        "split": {
-            "fit": len(fit),
-            "holdout": len(hold),
-            "fact_changes_fit": len(neg_fit),
-            "fact_changes_holdout": len(neg_hold),
-        },
-    }
-
-
-MONOTONIC = {
-    "cos": 1,
-    "cos_sq": 1,
-    "token_jaccard": 1,
-    "content_jaccard": 1,
-    "trigram_jaccard": 1,
-    "negation_mismatch": -1,
-    "number_mismatch": -1,
-    "entity_mismatch": -1,
-    "antonym": -1,
-    "swap": -1,
-    "unmatched_digit": -1,
-}
-"""Direction each interpretable feature may move the probability (``--monotonic``)."""
-
-
 def fit_gbm(
-    x: np.ndarray, y: np.ndarray, args: argparse.Namespace, weight: np.ndarray
+    x: np.ndarray, y: np.ndarray, args: argparse.Namespace
 ) -> tuple[dict[str, np.ndarray], Any]:
     """Histogram GBM, flattened into arrays the runtime walks with numpy."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    monotonic = None
-    if args.monotonic:
-        # More similarity never lowers the probability, a changed fact never raises it:
-        # the shape a rule would have, which keeps the trees from memorising pairs.
-        signs = {name: sign for name, sign in MONOTONIC.items() if name in HAND_FEATURES}
-        monotonic = [signs.get(name, 0) for name in HAND_FEATURES]
-        monotonic += [0] * (x.shape[1] - len(monotonic))
     model = HistGradientBoostingClassifier(
         max_iter=args.trees,
         learning_rate=args.learning_rate,
         max_leaf_nodes=args.leaves,
-        min_samples_leaf=args.min_leaf,
-        l2_regularization=args.l2,
-        monotonic_cst=monotonic,
         early_stopping=False,
         random_state=args.seed,
-    ).fit(x, y, sample_weight=weight)
+    ).fit(x, y)
     feature, threshold, left, right, leaf, value, roots = [], [], [], [], [], [], []
     depth = 0
     offset = 0
@@ -255,9 +157,8 @@ def fit_gbm(
 
 
 def fit_mlp(
-    x: np.ndarray, y: np.ndarray, args: argparse.Namespace, weight: np.ndarray
+    x: np.ndarray, y: np.ndarray, args: argparse.Namespace
 ) -> tuple[dict[str, np.ndarray], Any]:
-    del weight  # scikit-learn's MLP takes no sample weights
     from sklearn.neural_network import MLPClassifier
     from sklearn.preprocessing import StandardScaler
 
@@ -304,34 +205,12 @@ def main() -> None:
         default=Path.home() / ".cache" / "flowopt" / "qqp-dev-embeddings.npz",
     )
     ap.add_argument("--holdout-out", type=Path, default=Path("/tmp/flowopt-qqp-holdout.jsonl"))
-    ap.add_argument(
-        "--paraphrases",
-        type=Path,
-        default=os.environ.get("FLOWOPT_PARAPHRASE_PAIRS"),
-        help="plain-paraphrase dev pairs (paraphrases-dev.jsonl); without it the verifier "
-        "learns QQP alone and refuses most plain paraphrases",
-    )
-    ap.add_argument("--paraphrase-weight", type=float, default=1.0)
-    ap.add_argument(
-        "--hand-only",
-        action="store_true",
-        help="fit on the interpretable features only, not the embedding products",
-    )
-    ap.add_argument("--paraphrase-holdout", type=float, default=1 / 3)
-    ap.add_argument(
-        "--paraphrase-holdout-out", type=Path, default=Path("/tmp/flowopt-paraphrase-holdout.jsonl")
-    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--holdout", type=float, default=0.2)
     ap.add_argument("--model", choices=["gbm", "mlp"], default="gbm")
-    ap.add_argument("--trees", type=int, default=200)
-    ap.add_argument("--learning-rate", type=float, default=0.15)
+    ap.add_argument("--trees", type=int, default=800)
+    ap.add_argument("--learning-rate", type=float, default=0.05)
     ap.add_argument("--leaves", type=int, default=31)
-    ap.add_argument("--min-leaf", type=int, default=20)
-    ap.add_argument("--l2", type=float, default=0.0)
-    ap.add_argument(
-        "--monotonic", action="store_true", help="monotonic constraints (see MONOTONIC)"
-    )
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--alpha", type=float, default=3.0)
     ap.add_argument("--min-cosine", type=float, default=0.72)
@@ -360,8 +239,6 @@ def main() -> None:
             fh.write(json.dumps(rows[i]) + "\n")
 
     ea, eb = embed_all(rows, args.embeddings)
-    if args.paraphrases is not None:
-        args.paraphrases = Path(args.paraphrases)
     qa = [r["a"] for r in rows]
     qb = [r["b"] for r in rows]
     t0 = time.perf_counter()
@@ -372,83 +249,41 @@ def main() -> None:
 
     x_fit = np.vstack([x_ba[fit], x_ab[fit]])
     y_fit = np.concatenate([y[fit], y[fit]])
-    w_fit = np.ones(len(y_fit))
-    para = None
-    if args.paraphrases is not None:
-        para = paraphrase_sets(args, rows_of=load_pairs(args.paraphrases))
-        x_fit = np.vstack([x_fit, para["x_fit"]])
-        y_fit = np.concatenate([y_fit, para["y_fit"]])
-        # Weigh the paraphrase rows as a share of the QQP rows, whatever their count.
-        share = args.paraphrase_weight * len(w_fit) / max(1, len(para["y_fit"]))
-        w_fit = np.concatenate([w_fit, np.full(len(para["y_fit"]), share)])
-    if args.hand_only:
-        # Trees over the first columns only: their feature indices are the same in the full
-        # run-time vector, so nothing changes at serving time.
-        x_fit = x_fit[:, : len(HAND_FEATURES)]
     t0 = time.perf_counter()
-    fitter = fit_gbm if args.model == "gbm" else fit_mlp
-    arrays, raw_score = fitter(x_fit, y_fit, args, w_fit)
+    arrays, raw_score = (fit_gbm if args.model == "gbm" else fit_mlp)(x_fit, y_fit, args)
     print(f"fitted {args.model} in {time.perf_counter() - t0:.0f} s")
 
     def prob(x: np.ndarray) -> np.ndarray:
-        cols = x[:, : len(HAND_FEATURES)] if args.hand_only else x
-        p = 1.0 / (1.0 + np.exp(-np.clip(raw_score(cols), -35, 35)))
+        p = 1.0 / (1.0 + np.exp(-np.clip(raw_score(x), -35, 35)))
         # Candidates under min_cosine never reach the verifier at run time.
         return np.where(x[:, 0] >= args.min_cosine, p, 0.0)
 
     p_cal = prob(x_ba[cal])
-    thresholds = {f"p{int(t * 100)}": threshold_for(p_cal, y[cal], t) for t in PRECISIONS}
-    thresholds.update({name: thresholds[p] for name, p in NAMED.items()})
+    thresholds = {
+        "p90": threshold_for(p_cal, y[cal], 0.90),
+        "p95": threshold_for(p_cal, y[cal], 0.95),
+        "p99": threshold_for(p_cal, y[cal], 0.99),
+    }
+    thresholds["default"] = thresholds["p95"]
     p_hold = prob(x_ba[hold])
     cos_hold = np.where(x_ba[hold, 0] >= args.min_cosine, x_ba[hold, 0], 0.0)
-    report: dict[str, Any] = {
+    report = {
         "pairs": str(args.pairs.name),
         "seed": args.seed,
         "split": {"fit": len(fit), "calibration": len(cal), "holdout": len(hold)},
         "verifier_holdout": summarise(p_hold, y[hold], thresholds),
         "cosine_only_holdout": summarise(cos_hold, y[hold], {}),
     }
-    if para is not None:
-        report["paraphrases"] = {
-            "split": para["split"],
-            "recall_holdout": {
-                name: round(float((prob(para["x_hold"]) >= t).mean()), 4)
-                for name, t in thresholds.items()
-            },
-            "recall_fit": {
-                name: round(float((prob(para["x_fit_pos"]) >= t).mean()), 4)
-                for name, t in thresholds.items()
-            },
-            "fact_changes_served_holdout": {
-                name: round(float((prob(para["x_hold_neg"]) >= t).mean()), 4)
-                for name, t in thresholds.items()
-            },
-        }
     meta = {
         "format": "flowopt-cache-verifier/1",
         "features": [*HAND_FEATURES, "abs_diff[384]", "product[384]"],
         "embedder": MiniLMEmbedder.identity,
         "min_cosine": args.min_cosine,
         "operating_points": thresholds,
-        "named_points": NAMED,
-        "calibration_curve": calibration_curve(p_cal, y[cal]),
-        "trained_on": [args.pairs.name]
-        + ([args.paraphrases.name] if args.paraphrases is not None else []),
+        "trained_on": args.pairs.name,
         "kind": args.model,
         "hyperparameters": {
-            k: getattr(args, k)
-            for k in (
-                "trees",
-                "learning_rate",
-                "leaves",
-                "hidden",
-                "alpha",
-                "paraphrase_weight",
-                "hand_only",
-                "monotonic",
-                "min_leaf",
-                "l2",
-            )
+            k: getattr(args, k) for k in ("trees", "learning_rate", "leaves", "hidden", "alpha")
         },
         "report": report,
     }

@@ -49,14 +49,10 @@ def test_shipped_verifier(minilm: Any, verifier: Any) -> None:
     def p(q: str, c: str) -> float:
         return float(verifier.probability(q, c, minilm.embed(q), minilm.embed(c)))
 
-    # Measured with the shipped weights: this plain question paraphrase scores ~0.95, so
-    # it is served at `lenient` (~0.90) but not at `default` (~0.975; docs/cache.md).
-    lenient = verifier.meta["operating_points"]["lenient"]
     same = p("How can I reset my password?", "How do I reset my password?")
     near = p("How do I minimize stray loss?", "What is a stray loss?")
-    assert same > lenient > near
-    assert verifier.threshold >= lenient
-    assert p("Are tigers afraid of cats?", "Are cats afraid of tigers?") < lenient
+    assert same > verifier.threshold > near
+    assert p("Are tigers afraid of cats?", "Are cats afraid of tigers?") < verifier.threshold
 
 
 def write_pairs(tmp_path: Path) -> Path:
@@ -75,11 +71,8 @@ def test_eval_cli_json_and_plot(tmp_path: Path) -> None:
     assert pw["lookups"] == len(PAIRS) and pw["duplicates"] == 5
     op = pw["at_threshold"]
     assert op["false_hits"] == 0  # none of the near misses above is served
-    points = report["operating_points"]
-    assert set(points) == {"strict", "default", "lenient"}
-    assert all(pt["pairwise"]["false_hits"] == 0 for pt in points.values())
-    assert points["lenient"]["pairwise"]["true_hits"] >= 1
-    loose = {pt["threshold"]: pt for pt in pw["curve"]}[0.6]
+    assert op["true_hits"] >= 1
+    loose = {pt["threshold"]: pt for pt in pw["curve"]}[0.8]
     assert loose["recall"] == 1.0  # a looser operating point serves every paraphrase here
     assert cr["lookups"] == len(PAIRS)
     assert pw["curve"] and all("precision" in pt for pt in pw["curve"])

@@ -34,7 +34,6 @@ def _words(text: str) -> frozenset[str]:
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]", re.IGNORECASE)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _CAP = re.compile(r"\b[A-Z][a-zA-Z0-9]+(?:\s+[A-Z][a-zA-Z0-9]+)*")
-_CODE = re.compile(r"`([^`]+)`")
 
 QUESTION_WORDS = _words(
     "what how why when where who whom whose which can could should would will is are "
@@ -106,7 +105,6 @@ class TextInfo:
     n_chars: int
     order: tuple[str, ...]
     deictic: bool
-    lower: str
 
 
 def _stem(word: str) -> str:
@@ -144,8 +142,6 @@ def text_info(text: str) -> TextInfo:
                 entities.add(" ".join(words[1:]).lower())
             continue
         entities.add(match.group(0).lower())
-    # A code identifier (`to_pydict`) names one thing as surely as a capitalised name.
-    entities.update(m.lower() for m in _CODE.findall(text))
     squashed = " " + " ".join(tokens) + " "
     trigrams = frozenset(squashed[i : i + 3] for i in range(max(0, len(squashed) - 2)))
     return TextInfo(
@@ -161,7 +157,6 @@ def text_info(text: str) -> TextInfo:
         n_chars=len(text),
         order=order,
         deictic=deictic,
-        lower=text.lower(),
     )
 
 
@@ -245,7 +240,7 @@ def hand_features(a: TextInfo, b: TextInfo, cos: float) -> list[float]:
     ent_sym = a.entities ^ b.entities
     # A name only one side capitalises ("France" / "france") is not a different name.
     ent_unmatched = any(
-        not set(e.split()) <= set(other.tokens) and e not in other.lower
+        not set(e.split()) <= set(other.tokens)
         for e, other in [(e, b) for e in a.entities - b.entities]
         + [(e, a) for e in b.entities - a.entities]
     )

@@ -60,14 +60,7 @@ class CacheConfig(MiddlewareOptions):
     ``verify=False`` this is a bare cosine cut-off instead."""
 
     operating_point: str = "default"
-    """Named operating point recorded with the verifier weights: ``strict`` (99% precise on
-    the calibration pairs), ``default`` (95%), ``lenient`` (90%), or ``pNN``. Measured
-    precision and recall of each, on both kinds of data, are in ``docs/cache.md``."""
-
-    target_precision: float | None = Field(None, gt=0.5, lt=1)
-    """Instead of a named point: the precision (on the calibration pairs) the threshold
-    must reach, e.g. 0.93; looked up in the curve recorded with the weights. An explicit
-    ``threshold`` wins over both."""
+    """Named operating point recorded with the verifier weights (``default``, ``p99``)."""
 
     verify: bool = True
     """Run the verification stage. Switching it off is only sensible for benchmarks."""

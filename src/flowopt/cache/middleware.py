@@ -162,9 +162,7 @@ class CacheMiddleware(MiddlewareBase):
                 loader()
             if cfg.verify and verifier is None:
                 verifier = LearnedVerifier(
-                    threshold=cfg.threshold,
-                    operating_point=cfg.operating_point,
-                    target_precision=cfg.target_precision,
+                    threshold=cfg.threshold, operating_point=cfg.operating_point
                 )
         self.engine = CacheEngine(
             cfg, store, exact_store=exact, embedder=embedder, verifier=verifier

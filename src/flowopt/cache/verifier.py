@@ -29,14 +29,7 @@ import numpy.typing as npt
 from flowopt.cache._features import pair_vector
 from flowopt.errors import ConfigError
 
-__all__ = [
-    "OPERATING_POINTS",
-    "LearnedVerifier",
-    "Verdict",
-    "Verifier",
-    "default_weights_path",
-    "threshold_for_precision",
-]
+__all__ = ["LearnedVerifier", "Verdict", "Verifier", "default_weights_path"]
 
 Vector = npt.NDArray[np.float32]
 
@@ -96,31 +89,11 @@ class _Trees:
         return out
 
 
-OPERATING_POINTS: tuple[str, ...] = ("strict", "default", "lenient")
-"""The named operating points every shipped verifier records (plus ``pNN`` ones: the lowest
-probability whose hits were NN% precise on the calibration split of the QQP dev pairs)."""
-
-
-def threshold_for_precision(curve: list[list[float]], target: float) -> float:
-    """The threshold recorded for the smallest calibrated precision >= ``target``.
-
-    ``curve`` is the verifier's ``[precision, threshold]`` table (precisions ascending).
-    A target above the table's last row asks for more than calibration could show, so it
-    gets the strictest recorded threshold.
-    """
-    for precision, threshold in curve:
-        if precision >= target - 1e-9:
-            return float(threshold)
-    return float(curve[-1][1]) if curve else 1.0
-
-
 class LearnedVerifier:
     """Gradient-boosted trees (or a small MLP) over pair features.
 
-    ``threshold`` is the minimum probability to accept. Without it, ``target_precision``
-    (e.g. 0.9) looks the threshold up in the calibration curve recorded with the weights,
-    else ``operating_point`` names a recorded one: ``strict``, ``default``, ``lenient``
-    or ``pNN`` (see ``docs/cache.md`` for what each one measured).
+    ``threshold`` is the minimum probability to accept; ``None`` takes the shipped default
+    operating point (``operating_point`` picks another recorded one, e.g. ``"p99"``).
     """
 
     def __init__(
@@ -129,7 +102,6 @@ class LearnedVerifier:
         *,
         threshold: float | None = None,
         operating_point: str = "default",
-        target_precision: float | None = None,
     ) -> None:
         p = Path(path) if path is not None else default_weights_path()
         if not p.exists():
@@ -151,14 +123,6 @@ class LearnedVerifier:
                     for i in range(int(data["n_layers"]))
                 ]
         points: dict[str, float] = self.meta.get("operating_points", {})
-        if threshold is None and target_precision is not None:
-            curve = self.meta.get("calibration_curve")
-            if not curve:
-                raise ConfigError(
-                    "these verifier weights record no calibration curve",
-                    hint="retrain with scripts/train_cache_verifier.py, or pass threshold=",
-                )
-            threshold = threshold_for_precision(curve, target_precision)
         if threshold is None:
             if operating_point not in points:
                 raise ConfigError(

@@ -5,8 +5,7 @@
     flowopt cache stats      [--store gptcache] [--path DIR | --dsn DSN] [--json]
     flowopt cache invalidate [--tenant T] [--model-identity M] [--tag X] [store options]
     flowopt cache clear      [--yes] [store options]
-    flowopt cache eval --pairs FILE.jsonl [--threshold T | --operating-point NAME
-                       | --target-precision P] [--no-verify]
+    flowopt cache eval --pairs FILE.jsonl [--threshold T] [--no-verify]
                        [--protocol pairwise|crowded|both] [--limit N] [--json] [--plot out.png]
 
 ``eval`` runs the pairs-file protocols through the cache engine the middleware uses
@@ -165,12 +164,6 @@ def _plot(results: dict[str, Any], out: Path, threshold: float, verify: bool) ->
 @click.option(
     "--operating-point", default="default", show_default=True, help="shipped threshold name"
 )
-@click.option(
-    "--target-precision",
-    type=float,
-    default=None,
-    help="pick the threshold whose calibrated precision reaches this (e.g. 0.93)",
-)
 @click.option("--no-verify", is_flag=True, help="bare cosine threshold (the baseline)")
 @click.option(
     "--min-cosine", type=float, default=None, help="candidate cut-off before verification"
@@ -188,7 +181,6 @@ def eval_(
     pairs_path: str,
     threshold: float | None,
     operating_point: str,
-    target_precision: float | None,
     no_verify: bool,
     min_cosine: float | None,
     protocol: str,
@@ -202,7 +194,7 @@ def eval_(
     from flowopt.cache.config import CacheConfig
     from flowopt.cache.embedder import MiniLMEmbedder
     from flowopt.cache.evaluation import evaluate, load_pairs
-    from flowopt.cache.verifier import OPERATING_POINTS, LearnedVerifier
+    from flowopt.cache.verifier import LearnedVerifier
 
     pairs = load_pairs(pairs_path)
     if limit:
@@ -210,18 +202,12 @@ def eval_(
     opts: dict[str, Any] = {"verify": not no_verify, "operating_point": operating_point}
     if threshold is not None:
         opts["threshold"] = threshold
-    if target_precision is not None:
-        opts["target_precision"] = target_precision
     if min_cosine is not None:
         opts["min_cosine"] = min_cosine
     config = CacheConfig(store="memory", **opts)
     verifier = None
     if config.verify:
-        verifier = LearnedVerifier(
-            threshold=config.threshold,
-            operating_point=operating_point,
-            target_precision=config.target_precision,
-        )
+        verifier = LearnedVerifier(threshold=config.threshold, operating_point=operating_point)
     embedder = MiniLMEmbedder()
     protocols = ("pairwise", "crowded") if protocol == "both" else (protocol,)
     if not as_json:
@@ -240,17 +226,6 @@ def eval_(
         "threshold": threshold_used,
         **{name: r.to_dict() for name, r in results.items()},
     }
-    if isinstance(verifier, LearnedVerifier):
-        # Every named point from the same pass: served hits only depend on the threshold.
-        points = verifier.meta.get("operating_points", {})
-        report["operating_points"] = {
-            name: {
-                "threshold": points[name],
-                **{proto: r.at(points[name]) for proto, r in results.items()},
-            }
-            for name in OPERATING_POINTS
-            if name in points
-        }
     if plot:
         _plot(results, Path(plot), threshold_used, config.verify)
         report["plot"] = plot
@@ -275,10 +250,5 @@ def eval_(
                 f"  {'':9s} best precision at recall >= 0.5: {best['precision']} "
                 f"(threshold {best['threshold']:.4g})"
             )
-    for name, point in report.get("operating_points", {}).items():
-        cells = "  ".join(
-            f"{proto} P {point[proto]['precision']} R {point[proto]['recall']}" for proto in results
-        )
-        click.echo(f"  point {name:8s} (p >= {point['threshold']:.4g}): {cells}")
     if plot:
         click.echo(f"  curve written to {plot}")
