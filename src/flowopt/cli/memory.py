@@ -119,10 +119,16 @@ def forget(tenant: str, user: str, data_dir: str | None, yes: bool) -> None:
 @click.option("--model", default="qwen0.5b", show_default=True, help="model name on it")
 @click.option(
     "--extractor",
-    type=click.Choice(["compact", "mem0"]),
+    type=click.Choice(["compact", "mem0", "none"]),
     default="compact",
     show_default=True,
-    help="flowopt's compact prompt or Mem0's own",
+    help="flowopt's compact prompt, Mem0's own, or none (no LLM: use with --episodic)",
+)
+@click.option(
+    "--episodic/--no-episodic",
+    default=True,
+    show_default=True,
+    help="also keep every turn verbatim as an episode (the middleware's `episodic: true`)",
 )
 @click.option("--data-dir", default=None, help="keep the store here (default: a temp dir)")
 @click.option(
@@ -139,6 +145,7 @@ def eval_(
     extractor: str,
     data_dir: str | None,
     answers: bool,
+    episodic: bool,
 ) -> None:
     """Evidence recall@K and recall latency on FILE (see docs/memory.md for the format)."""
     from flowopt.memory.evaluation import evaluate, load_conversations
@@ -153,6 +160,7 @@ def eval_(
             extractor=extractor,
             data_dir=data_dir,
             answers=answers,
+            episodic=episodic,
         )
     )
     if as_json:

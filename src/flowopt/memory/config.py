@@ -54,10 +54,16 @@ class MemoryConfig(MiddlewareOptions):
     recall_timeout_s: float = Field(0.5, gt=0)
     """Recall slower than this is abandoned (answered without memories, recorded)."""
 
-    extractor: Literal["compact", "mem0"] = "compact"
+    extractor: Literal["compact", "mem0", "none"] = "compact"
     """``compact``: flowopt's short extraction prompt (static part first, ~300 tokens),
     then Mem0 stores the facts. ``mem0``: Mem0's own ``add(infer=True)`` (~7.7k-token
-    prompt; needs a model with that much context)."""
+    prompt; needs a model with that much context). ``none``: no LLM extraction (with
+    ``episodic``: turns only)."""
+
+    episodic: bool = False
+    """Also keep each turn verbatim as an episode (embedding only, no LLM call; PII-flagged
+    turns are not kept). Recall then ranks facts and episodes together: an exact past
+    statement is found even when extraction missed it. Costs one vector per turn."""
 
     debounce_s: float = Field(2.0, ge=0)
     """A conversation is extracted once it has been quiet this long (a burst of turns is

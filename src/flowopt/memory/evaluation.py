@@ -119,6 +119,7 @@ async def evaluate(
     extractor: str = "compact",
     answers: bool = False,
     window_chars: int = 12_000,
+    episodic: bool = False,
 ) -> dict[str, Any]:
     """Run the eval (see the module docstring) and return the report as a dict."""
     tmp = None
@@ -136,6 +137,7 @@ async def evaluate(
         recall_timeout_s=30.0,
         debounce_s=0.0,
         extractor=extractor,
+        episodic=episodic,
     )
     await mw.setup()
     assert mw.store is not None and mw.queue is not None
@@ -216,6 +218,7 @@ async def evaluate(
             "questions": n,
             "conversations": len(conversations),
             "extractor": extractor,
+            "episodic": episodic,
             "evidence_recall_at_k": hits / n if n else 0.0,
             "baseline_raw_turns_recall_at_k": base_hits / n if n else 0.0,
             "evidence_recall_at": {str(kk): v[0] / n for kk, v in sorted(at_k.items())}

@@ -336,6 +336,20 @@ class MemoryMiddleware(MiddlewareBase):
             span.set_attribute(_ATTR + "turns", len(turns))
             start = time.perf_counter()
             now = datetime.now(UTC).isoformat(timespec="seconds")
+            if self.config.episodic:
+                episodes = [
+                    (
+                        t.id,
+                        t.text if t.speaker == "user" else f"{t.speaker}: {t.text}",
+                        t.date or now,
+                    )
+                    for t in turns
+                    if t.text.strip() and not self._flagged(t.text)
+                ]
+                kept = self.store.add_episodes(key, episodes)
+                span.set_attribute(_ATTR + "episodes", len(kept))
+            if self.config.extractor == "none":
+                return
             if self.config.extractor == "mem0":
                 msgs = [{"role": "user", "content": f"{t.speaker}: {t.text}"} for t in turns]
                 ids = self.store.add_with_mem0(key, msgs, sources=[t.id for t in turns], at=now)
@@ -362,6 +376,12 @@ class MemoryMiddleware(MiddlewareBase):
 
 class _StoreDown(Exception):
     """The store could not be opened at setup; the message is the recorded error."""
+
+
+def _said(turn: Turn) -> str:
+    """An episode's text: the turn, with its speaker's name when it is not the app's user
+    (in a multi-party conversation the name is part of what was said)."""
+    return turn.text if turn.speaker == "user" else f"{turn.speaker}: {turn.text}"
 
 
 def _conv(request: Request, key: MemoryKey) -> str:

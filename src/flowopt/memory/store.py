@@ -264,6 +264,27 @@ class LongTermStore:
         self._remember_ids(key, ids)
         return ids
 
+    def add_episodes(self, key: MemoryKey, episodes: Sequence[tuple[str, str, str]]) -> list[str]:
+        """Store turns verbatim, one memory each (``(turn id, text, time)``), marked
+        ``flowopt_kind: episode``: episodic memory, no LLM involved. Each is its own
+        provenance, so recall of an episode is evidence by construction."""
+        mem = self.open()
+        ids: list[str] = []
+        for turn_id, text, at in episodes:
+            meta = {
+                "flowopt_sources": [turn_id],
+                "flowopt_at": at,
+                "flowopt_scope": key.scope,
+                "flowopt_tenant": key.tenant,
+                "flowopt_kind": "episode",
+            }
+            out = mem.add(
+                [{"role": "user", "content": text}], infer=False, metadata=meta, **key.mem0_ids()
+            )
+            ids.extend(str(r["id"]) for r in out.get("results", []))
+        self._remember_ids(key, ids)
+        return ids
+
     def add_with_mem0(
         self, key: MemoryKey, messages: list[dict[str, str]], *, sources: Sequence[str], at: str
     ) -> list[str]:
