@@ -54,3 +54,41 @@ async def test_turns_become_episodes_with_their_own_provenance(tmp_path: Path) -
     bob_ids = {m.id for m in mw.store.memories(bob)}
     assert not bob_ids & set(ids)  # never another user's episode
     await mw.aclose()
+
+
+async def test_two_processes_share_memories_through_pgvector(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """``postgres_url``: the vectors live in pgvector on a real Postgres, so a second
+    middleware (another process: its own data dir, its own Mem0) recalls what the first
+    stored, and forgetting from the second removes them for both."""
+
+    def make(name: str) -> MemoryMiddleware:
+        return MemoryMiddleware(
+            long_term=True,
+            data_dir=str(tmp_path / name),
+            postgres_url=postgres_dsn,
+            collection="flowopt_memory_shared_test",
+            debounce_s=0,
+            extractor="none",
+            episodic=True,
+            llm_base_url="http://127.0.0.1:9",
+            llm_model="unused",
+        )
+
+    writer, reader = make("a"), make("b")
+    await writer.setup()
+    await reader.setup()
+    assert writer.queue is not None and writer.store is not None and reader.store is not None
+    alice = MemoryKey("t1", user="alice")
+    assert writer.observe(alice, [Turn("w-1", "user", "My sister lives in Lisbon.")])
+    assert writer.queue.drain(timeout=120)
+
+    seen = reader.store.memories(alice)
+    assert [(m.text, m.sources) for m in seen] == [("My sister lives in Lisbon.", ("w-1",))]
+    assert reader.store.memories(MemoryKey("t2", user="alice")) == []  # tenant in the key
+
+    assert reader.forget(tenant="t1", user="alice") == 1
+    assert writer.store.memories(alice) == []
+    await writer.aclose()
+    await reader.aclose()

@@ -27,15 +27,26 @@ def _key_options(f: Any) -> Any:
     f = click.option("--data-dir", default=None, help="memory data dir (default: the pipeline's)")(
         f
     )
+    f = click.option(
+        "--postgres-url",
+        default=None,
+        envvar="FLOWOPT_MEMORY_POSTGRES_URL",
+        help="the pipeline's memory postgres_url, when its vectors live in pgvector",
+    )(f)
     f = click.option("--user", required=True, help="user id")(f)
     f = click.option("--tenant", required=True, help="tenant id")(f)
     return f
 
 
-def _store(data_dir: str | None) -> Any:
+def _store(data_dir: str | None, postgres_url: str | None = None) -> Any:
     from flowopt.memory import LongTermStore, default_data_dir
 
-    return LongTermStore(data_dir or default_data_dir(), llm_base_url=None, llm_model=None)
+    return LongTermStore(
+        data_dir or default_data_dir(),
+        llm_base_url=None,
+        llm_model=None,
+        postgres_url=postgres_url,
+    )
 
 
 def _show(items: list[Any], as_json: bool) -> None:
@@ -60,11 +71,13 @@ def command() -> None:
 @command.command(name="list")
 @_key_options
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def list_(tenant: str, user: str, data_dir: str | None, as_json: bool) -> None:
+def list_(
+    tenant: str, user: str, data_dir: str | None, postgres_url: str | None, as_json: bool
+) -> None:
     """A user's memories with their provenance."""
     from flowopt.memory import MemoryKey
 
-    store = _store(data_dir)
+    store = _store(data_dir, postgres_url)
     try:
         _show(store.memories(MemoryKey(tenant, user=user)), as_json)
     finally:
@@ -76,11 +89,19 @@ def list_(tenant: str, user: str, data_dir: str | None, as_json: bool) -> None:
 @click.argument("query")
 @click.option("--k", default=10, show_default=True, help="how many")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def search(tenant: str, user: str, data_dir: str | None, query: str, k: int, as_json: bool) -> None:
+def search(
+    tenant: str,
+    user: str,
+    data_dir: str | None,
+    postgres_url: str | None,
+    query: str,
+    k: int,
+    as_json: bool,
+) -> None:
     """A user's memories closest to QUERY."""
     from flowopt.memory import MemoryKey
 
-    store = _store(data_dir)
+    store = _store(data_dir, postgres_url)
     try:
         _show(store.search(MemoryKey(tenant, user=user), query, top_k=k), as_json)
     finally:
@@ -90,13 +111,15 @@ def search(tenant: str, user: str, data_dir: str | None, query: str, k: int, as_
 @command.command()
 @_key_options
 @click.option("--yes", is_flag=True, help="do not ask")
-def forget(tenant: str, user: str, data_dir: str | None, yes: bool) -> None:
+def forget(
+    tenant: str, user: str, data_dir: str | None, postgres_url: str | None, yes: bool
+) -> None:
     """Remove a user's memories from the vector store and the history."""
     from flowopt.memory import MemoryKey
 
     if not yes:
         click.confirm(f"forget every memory of user {user!r} in tenant {tenant!r}?", abort=True)
-    store = _store(data_dir)
+    store = _store(data_dir, postgres_url)
     try:
         n = store.forget(MemoryKey(tenant, user=user))
         left = len(store.memories(MemoryKey(tenant, user=user)))

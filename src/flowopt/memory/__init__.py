@@ -40,11 +40,17 @@ def forget(
     run: str | None = None,
     data_dir: str | None = None,
     collection: str = "flowopt_memory",
+    postgres_url: str | None = None,
 ) -> int:
-    """Forget a user's (agent's, run's) memories in the store under ``data_dir``: removed
-    from the vector store and from Mem0's history. Returns how many were deleted."""
+    """Forget a user's (agent's, run's) memories in the store under ``data_dir`` (vectors
+    in pgvector when ``postgres_url`` is given): removed from the vector store and from
+    Mem0's history. Returns how many were deleted."""
     store = LongTermStore(
-        data_dir or default_data_dir(), llm_base_url=None, llm_model=None, collection=collection
+        data_dir or default_data_dir(),
+        llm_base_url=None,
+        llm_model=None,
+        collection=collection,
+        postgres_url=postgres_url,
     )
     try:
         return store.forget(MemoryKey(tenant, user, agent, run))

@@ -28,6 +28,11 @@ class MemoryConfig(MiddlewareOptions):
     """Where the embedded store lives (qdrant on disk, Mem0's sqlite history, the
     extraction queue). None: ``$FLOWOPT_MEMORY_DIR`` or ``~/.cache/flowopt/memory``."""
 
+    postgres_url: str | None = None
+    """Keep the vectors in pgvector on this Postgres (``postgresql://...``) instead of the
+    embedded qdrant, so several processes or hosts share one store. Mem0's change history
+    stays in sqlite under ``data_dir``."""
+
     collection: str = "flowopt_memory"
     """Vector collection name (one per app keeps apps apart)."""
 

@@ -140,6 +140,7 @@ class MemoryMiddleware(MiddlewareBase):
                     llm_base_url=url,
                     llm_model=model,
                     collection=self.config.collection,
+                    postgres_url=self.config.postgres_url,
                 )
             try:
                 await asyncio.to_thread(self.store.open)
@@ -174,7 +175,13 @@ class MemoryMiddleware(MiddlewareBase):
     ) -> int:
         """Remove the key's memories from the vector store and Mem0's history."""
         if self.store is None:
-            self.store = LongTermStore(self.data_dir, llm_base_url=None, llm_model=None)
+            self.store = LongTermStore(
+                self.data_dir,
+                llm_base_url=None,
+                llm_model=None,
+                collection=self.config.collection,
+                postgres_url=self.config.postgres_url,
+            )
         return self.store.forget(MemoryKey(tenant, user, agent, run))
 
     # -- identity ----------------------------------------------------------------------

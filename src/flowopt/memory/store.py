@@ -152,8 +152,10 @@ class LongTermStore:
         llm_model: str | None,
         collection: str = "flowopt_memory",
         embedder_runtime: str = "auto",
+        postgres_url: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.postgres_url = postgres_url
         self.collection = collection
         self.llm_base_url = llm_base_url
         self.llm_model = llm_model
@@ -195,21 +197,40 @@ class LongTermStore:
                 "provider": "langchain",
                 "config": {"model": embeddings, "embedding_dims": 384},
             },
-            "vector_store": {
-                "provider": "qdrant",
-                "config": {
-                    "collection_name": self.collection,
-                    "embedding_model_dims": 384,
-                    "path": str(self.data_dir / "qdrant"),
-                    "on_disk": True,
-                },
-            },
+            "vector_store": self._vector_store(),
             "history_db_path": str(self.data_dir / "history.db"),
         }
         memory = Memory.from_config(config)
         # load the embedding model now, not on the first request's recall (its timeout)
         embeddings.inner.load()
         return memory
+
+    def _vector_store(self) -> dict[str, Any]:
+        """Embedded qdrant on disk (one process), or pgvector on a shared Postgres (many
+        processes and hosts see the same memories; HNSW index, filters inside the query)."""
+        if self.postgres_url:
+            try:
+                import psycopg_pool  # noqa: F401  (Mem0's pgvector store needs the pool)
+            except ImportError as exc:
+                raise MissingDependencyError("psycopg_pool", "memory", _PURPOSE) from exc
+            return {
+                "provider": "pgvector",
+                "config": {
+                    "collection_name": self.collection,
+                    "embedding_model_dims": 384,
+                    "connection_string": self.postgres_url,
+                    "hnsw": True,
+                },
+            }
+        return {
+            "provider": "qdrant",
+            "config": {
+                "collection_name": self.collection,
+                "embedding_model_dims": 384,
+                "path": str(self.data_dir / "qdrant"),
+                "on_disk": True,
+            },
+        }
 
     # -- reads ------------------------------------------------------------------------
     def search(
