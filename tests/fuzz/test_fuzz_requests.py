@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from tests.fuzz.fuzz_budget import budget, record
 
 from flowopt import pipeline
+from flowopt.gateway._wire import _OWN
 from flowopt.gateway.app import create_app
 from flowopt.testing import FakeBackend
 
@@ -40,28 +41,8 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
     max_leaves=16,
 )
-FIELDS = [
-    "model",
-    "messages",
-    "prompt",
-    "stream",
-    "stream_options",
-    "user",
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "max_completion_tokens",
-    "stop",
-    "seed",
-    "logprobs",
-    "top_logprobs",
-    "response_format",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "n",
-    "top_k",
-]
+# Every field the gateway reads itself, plus two it forwards: the ones worth aiming at.
+FIELDS = [*sorted(_OWN), "n", "top_k"]
 MESSAGE_FIELDS = ["role", "content", "name", "tool_calls", "tool_call_id"]
 VALID = {"messages": [{"role": "user", "content": "hi"}], "prompt": "hi", "max_tokens": 4}
 
