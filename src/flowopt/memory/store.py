@@ -120,6 +120,16 @@ class Recalled:
         }
 
 
+def _provenance(key: MemoryKey, sources: Sequence[str], at: str) -> dict[str, Any]:
+    """The metadata every stored memory carries: where it came from, when, whose."""
+    return {
+        "flowopt_sources": list(sources),
+        "flowopt_at": at,
+        "flowopt_scope": key.scope,
+        "flowopt_tenant": key.tenant,
+    }
+
+
 def _embeddings_adapter(runtime: str) -> Any:
     """flowopt's MiniLM embedder as a LangChain ``Embeddings`` (Mem0's ``langchain``
     embedder provider takes one)."""
@@ -268,12 +278,7 @@ class LongTermStore:
         """Store ``facts`` verbatim (no second LLM pass) with their provenance."""
         mem = self.open()
         ids: list[str] = []
-        meta = {
-            "flowopt_sources": list(sources),
-            "flowopt_at": at,
-            "flowopt_scope": key.scope,
-            "flowopt_tenant": key.tenant,
-        }
+        meta = _provenance(key, sources, at)
         existing = {r.text.strip().lower() for r in self.search(key, " ".join(facts), top_k=50)}
         for fact in facts:
             if fact.strip().lower() in existing:
@@ -292,13 +297,7 @@ class LongTermStore:
         mem = self.open()
         ids: list[str] = []
         for turn_id, text, at in episodes:
-            meta = {
-                "flowopt_sources": [turn_id],
-                "flowopt_at": at,
-                "flowopt_scope": key.scope,
-                "flowopt_tenant": key.tenant,
-                "flowopt_kind": "episode",
-            }
+            meta = _provenance(key, [turn_id], at) | {"flowopt_kind": "episode"}
             out = mem.add(
                 [{"role": "user", "content": text}], infer=False, metadata=meta, **key.mem0_ids()
             )
@@ -311,12 +310,7 @@ class LongTermStore:
     ) -> list[str]:
         """Mem0's own extraction (``add(infer=True)``, its ~7.7k-token prompt)."""
         mem = self.open()
-        meta = {
-            "flowopt_sources": list(sources),
-            "flowopt_at": at,
-            "flowopt_scope": key.scope,
-            "flowopt_tenant": key.tenant,
-        }
+        meta = _provenance(key, sources, at)
         out = mem.add(messages, metadata=meta, **key.mem0_ids())
         ids = [str(r["id"]) for r in out.get("results", [])]
         self._remember_ids(key, ids)
