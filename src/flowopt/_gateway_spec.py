@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from flowopt._batch_spec import BatchSettings
+
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "GatewaySpec"]
 
 # 4 MiB: a 128k-token conversation is ~0.5 MB of text (~4 bytes a token), so this holds
@@ -96,6 +98,11 @@ class GatewaySpec(BaseModel):
         ge=1,
         description="Most requests being answered at once (per worker); one more is "
         "503 overloaded with Retry-After.",
+    )
+    batch: BatchSettings = Field(
+        default_factory=BatchSettings,
+        description="Batch jobs (POST /v1/batches, `flowopt batch run`): store, "
+        "concurrency, priority, off-peak windows (docs/batch.md).",
     )
 
     @field_validator("api_keys")

@@ -1,0 +1,594 @@
+"""The durable state of batch jobs: files, jobs, one row per line, and the workers.
+
+Why one row per line, committed one at a time: that row is the whole truth about a line
+(pending, running under a worker, done with its output record, failed with its reason). A
+worker that dies loses nothing committed; a restarted one re-runs only the lines that have
+no result. The output file is written from those rows when the last line lands, in input
+order, so each ``custom_id`` appears in it exactly once by construction — even when a line
+was run twice (its first worker presumed dead, then coming back): completing a line is an
+``UPDATE ... WHERE state = 'running' AND worker = <me>``, so only the current owner's
+answer is kept.
+
+Claims are atomic across processes: sqlite takes its write lock first (``BEGIN
+IMMEDIATE``); Postgres (:mod:`flowopt.batch._postgres`) selects with ``FOR UPDATE SKIP
+LOCKED`` so many workers claim different lines without waiting on each other. A worker
+heartbeats; its running lines go back to pending when its heartbeat is older than the
+lease, or at once when it ran on this host and its process is gone.
+
+The methods are blocking (a database round trip); async callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flowopt._batch_spec import DEFAULT_STORE
+from flowopt.batch._lines import ENDPOINTS, BadLine, error_record, parse_lines
+from flowopt.errors import ConfigError, InvalidRequestError
+
+__all__ = ["Claimed", "JobStore", "SqliteJobStore", "open_store"]
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS flowopt_batch_files (
+        id TEXT PRIMARY KEY, tenant TEXT, filename TEXT NOT NULL, purpose TEXT NOT NULL,
+        bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, data {blob} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS flowopt_batch_jobs (
+        id TEXT PRIMARY KEY, tenant TEXT, endpoint TEXT NOT NULL, input_file_id TEXT NOT NULL,
+        completion_window TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL,
+        expires_at INTEGER, times TEXT NOT NULL, output_file_id TEXT, error_file_id TEXT,
+        metadata TEXT, errors TEXT)""",
+    """CREATE TABLE IF NOT EXISTS flowopt_batch_lines (
+        job_id TEXT NOT NULL, number INTEGER NOT NULL, custom_id TEXT, body TEXT,
+        state TEXT NOT NULL, worker TEXT, attempts INTEGER NOT NULL DEFAULT 0, record TEXT,
+        PRIMARY KEY (job_id, number))""",
+    """CREATE INDEX IF NOT EXISTS flowopt_batch_lines_state
+        ON flowopt_batch_lines (job_id, state)""",
+    """CREATE TABLE IF NOT EXISTS flowopt_batch_workers (
+        id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, heartbeat DOUBLE PRECISION NOT NULL)""",
+)
+_OPEN = ("in_progress", "cancelling")  # job states with work left
+_JOB_COLS = (
+    "id, tenant, endpoint, input_file_id, completion_window, status, created_at, expires_at, "
+    "times, output_file_id, error_file_id, metadata, errors"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A line a worker now owns: run it, then :meth:`JobStore.complete` it."""
+
+    job_id: str
+    number: int
+    custom_id: str
+    body: str
+    attempts: int
+    endpoint: str
+    tenant: str | None
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _window_seconds(window: str) -> int:
+    if not (window.endswith("h") and window[:-1].isdigit() and int(window[:-1]) >= 1):
+        raise InvalidRequestError(
+            f"completion_window must be hours like '24h', got {window[:20]!r}",
+            param="completion_window",
+        )
+    return int(window[:-1]) * 3600
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class JobStore:
+    """Dialect-neutral logic; subclasses give a connection, a transaction and a claim."""
+
+    blob = "BLOB"
+    placeholder = "?"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.host = socket.gethostname()
+
+    # -- the dialect ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+        yield
+
+    def _q(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def _exec(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        cur.execute(self._q(sql), tuple(params))
+        return cur
+
+    def _claim_rows(self, cur: Any, job_id: str, limit: int) -> list[tuple[Any, ...]]:
+        rows = self._exec(
+            cur,
+            "SELECT number, custom_id, body, attempts FROM flowopt_batch_lines "
+            "WHERE job_id = ? AND state = 'pending' ORDER BY number LIMIT ?",
+            (job_id, limit),
+        ).fetchall()
+        return list(rows)
+
+    def close(self) -> None:
+        """Release the connection."""
+
+    # -- schema -----------------------------------------------------------------------------
+    def _create(self) -> None:
+        with self._tx() as cur:
+            for stmt in _SCHEMA:
+                self._exec(cur, stmt.format(blob=self.blob))
+
+    # -- files ------------------------------------------------------------------------------
+    def put_file(
+        self, data: bytes, *, filename: str, purpose: str, tenant: str | None
+    ) -> dict[str, Any]:
+        """Store a file; its OpenAI file object."""
+        fid = "file-" + uuid.uuid4().hex
+        with self._tx() as cur:
+            self._insert_file(cur, fid, data, filename, purpose, tenant)
+        return self.file_info(fid, tenant) or {}
+
+    def _insert_file(
+        self, cur: Any, fid: str, data: bytes, filename: str, purpose: str, tenant: str | None
+    ) -> None:
+        self._exec(
+            cur,
+            "INSERT INTO flowopt_batch_files (id, tenant, filename, purpose, bytes, created_at,"
+            " data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (fid, tenant, filename, purpose, len(data), _now(), data),
+        )
+
+    def file_info(self, fid: str, tenant: str | None) -> dict[str, Any] | None:
+        """The file object, or None when there is no such file for this tenant."""
+        with self._tx() as cur:
+            row = self._exec(
+                cur,
+                "SELECT id, filename, purpose, bytes, created_at FROM flowopt_batch_files "
+                "WHERE id = ? AND tenant IS NOT DISTINCT FROM ?",
+                (fid, tenant),
+            ).fetchone()
+        if row is None:
+            return None
+        return {
+            "id": row[0],
+            "object": "file",
+            "bytes": row[3],
+            "created_at": row[4],
+            "filename": row[1],
+            "purpose": row[2],
+            "status": "processed",
+        }
+
+    def file_content(self, fid: str, tenant: str | None) -> bytes | None:
+        with self._tx() as cur:
+            row = self._exec(
+                cur,
+                "SELECT data FROM flowopt_batch_files WHERE id = ? "
+                "AND tenant IS NOT DISTINCT FROM ?",
+                (fid, tenant),
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    # -- jobs -------------------------------------------------------------------------------
+    def create_job(
+        self,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str = "24h",
+        metadata: dict[str, str] | None = None,
+        tenant: str | None = None,
+        job_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Check and split the input file into lines, all in one transaction; the batch
+        object. Malformed lines are kept as failed lines (the error file names them)."""
+        if endpoint not in ENDPOINTS:
+            raise InvalidRequestError(
+                f"endpoint must be one of {sorted(ENDPOINTS)}, got {endpoint[:60]!r}",
+                param="endpoint",
+            )
+        window = _window_seconds(completion_window)
+        data = self.file_content(input_file_id, tenant)
+        if data is None:
+            raise InvalidRequestError(
+                f"no file {input_file_id[:60]!r}: upload it first (POST /v1/files, "
+                "purpose 'batch')",
+                param="input_file_id",
+            )
+        jid = job_id or "batch_" + uuid.uuid4().hex
+        created = _now()
+        good, bad = 0, []
+        with self._tx() as cur:
+            for line in parse_lines(data, endpoint):
+                if isinstance(line, BadLine):
+                    bad.append(line)
+                    rec = error_record(line.custom_id, "invalid_line", line.message, line.number)
+                    state, body = "invalid", None
+                else:
+                    good += 1
+                    rec, state, body = None, "pending", line.body
+                self._exec(
+                    cur,
+                    "INSERT INTO flowopt_batch_lines (job_id, number, custom_id, body, state,"
+                    " record) VALUES (?, ?, ?, ?, ?, ?)",
+                    (jid, line.number, line.custom_id, body, state, rec),
+                )
+            status, times, errors = "in_progress", {"in_progress_at": created}, None
+            if not good:
+                status, times = "failed", {"failed_at": created}
+                first = bad[:1000]
+                errors = {
+                    "object": "list",
+                    "data": [
+                        {"code": "invalid_line", "message": b.message, "line": b.number}
+                        for b in first
+                    ]
+                    or [{"code": "empty_file", "message": "the input file has no lines"}],
+                }
+            self._exec(
+                cur,
+                f"INSERT INTO flowopt_batch_jobs ({_JOB_COLS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?)",
+                (
+                    jid,
+                    tenant,
+                    endpoint,
+                    input_file_id,
+                    completion_window,
+                    status,
+                    created,
+                    created + window,
+                    json.dumps(times),
+                    json.dumps(metadata) if metadata else None,
+                    json.dumps(errors) if errors else None,
+                ),
+            )
+        job = self.job(jid, tenant)
+        assert job is not None
+        return job
+
+    def _counts(self, cur: Any, job_id: str) -> dict[str, int]:
+        rows = self._exec(
+            cur,
+            "SELECT state, COUNT(*) FROM flowopt_batch_lines WHERE job_id = ? GROUP BY state",
+            (job_id,),
+        ).fetchall()
+        return {str(s): int(n) for s, n in rows}
+
+    def counts(self, job_id: str) -> dict[str, int]:
+        """Lines by state (``pending``, ``running``, ``done``, ``failed``, ``invalid``,
+        ``cancelled``, ``expired``): what is committed now."""
+        with self._tx() as cur:
+            return self._counts(cur, job_id)
+
+    def _job_object(self, row: Sequence[Any], counts: dict[str, int]) -> dict[str, Any]:
+        times = json.loads(row[8])
+        failed = sum(counts.get(s, 0) for s in ("failed", "invalid", "cancelled", "expired"))
+        out: dict[str, Any] = {
+            "id": row[0],
+            "object": "batch",
+            "endpoint": row[2],
+            "errors": json.loads(row[12]) if row[12] else None,
+            "input_file_id": row[3],
+            "completion_window": row[4],
+            "status": row[5],
+            "output_file_id": row[9],
+            "error_file_id": row[10],
+            "created_at": row[6],
+            "expires_at": row[7],
+            "request_counts": {
+                "total": sum(counts.values()),
+                "completed": counts.get("done", 0),
+                "failed": failed,
+            },
+            "metadata": json.loads(row[11]) if row[11] else None,
+        }
+        for key in (
+            "in_progress_at",
+            "finalizing_at",
+            "completed_at",
+            "failed_at",
+            "expired_at",
+            "cancelling_at",
+            "cancelled_at",
+        ):
+            out[key] = times.get(key)
+        return out
+
+    def job(self, job_id: str, tenant: str | None = None, *, any_tenant: bool = False) -> Any:
+        """The batch object (OpenAI's shape), or None."""
+        with self._tx() as cur:
+            sql = f"SELECT {_JOB_COLS} FROM flowopt_batch_jobs WHERE id = ?"
+            params: tuple[Any, ...] = (job_id,)
+            if not any_tenant:
+                sql += " AND tenant IS NOT DISTINCT FROM ?"
+                params += (tenant,)
+            row = self._exec(cur, sql, params).fetchone()
+            if row is None:
+                return None
+            return self._job_object(row, self._counts(cur, job_id))
+
+    def jobs(
+        self, tenant: str | None, *, after: str | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """This tenant's batches, newest first, after the cursor ``after``."""
+        with self._tx() as cur:
+            sql = f"SELECT {_JOB_COLS} FROM flowopt_batch_jobs WHERE tenant IS NOT DISTINCT FROM ?"
+            params: tuple[Any, ...] = (tenant,)
+            if after:
+                sql += (
+                    " AND (created_at, id) < (SELECT created_at, id FROM flowopt_batch_jobs "
+                    "WHERE id = ?)"
+                )
+                params += (after,)
+            sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+            rows = self._exec(cur, sql, (*params, limit)).fetchall()
+            return [self._job_object(r, self._counts(cur, r[0])) for r in rows]
+
+    def open_jobs(self) -> list[str]:
+        """Jobs with work left (any tenant), oldest first."""
+        with self._tx() as cur:
+            rows = self._exec(
+                cur,
+                "SELECT id FROM flowopt_batch_jobs WHERE status IN ('in_progress', "
+                "'cancelling') ORDER BY created_at, id",
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def _set_status(self, cur: Any, job_id: str, status: str, **extra: Any) -> None:
+        row = self._exec(
+            cur, "SELECT times FROM flowopt_batch_jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        times = json.loads(row[0])
+        times[f"{status}_at"] = _now()
+        sets, params = ["status = ?", "times = ?"], [status, json.dumps(times)]
+        for key, value in extra.items():
+            sets.append(f"{key} = ?")
+            params.append(value)
+        self._exec(
+            cur,
+            f"UPDATE flowopt_batch_jobs SET {', '.join(sets)} WHERE id = ?",
+            (*params, job_id),
+        )
+
+    def cancel(self, job_id: str, tenant: str | None) -> dict[str, Any] | None:
+        """Stop taking this job's lines; running ones finish, then the job is cancelled."""
+        with self._tx() as cur:
+            row = self._exec(
+                cur,
+                "SELECT status FROM flowopt_batch_jobs WHERE id = ? "
+                "AND tenant IS NOT DISTINCT FROM ?",
+                (job_id, tenant),
+            ).fetchone()
+            if row is None:
+                return None
+            if row[0] == "in_progress":
+                self._set_status(cur, job_id, "cancelling")
+        self.finish(job_id)
+        return self.job(job_id, tenant)
+
+    # -- workers and lines ------------------------------------------------------------------
+    def register(self, worker_id: str) -> None:
+        with self._tx() as cur:
+            self._exec(cur, "DELETE FROM flowopt_batch_workers WHERE id = ?", (worker_id,))
+            self._exec(
+                cur,
+                "INSERT INTO flowopt_batch_workers (id, host, pid, heartbeat) VALUES (?, ?, ?, ?)",
+                (worker_id, self.host, os.getpid(), time.time()),
+            )
+
+    def heartbeat(self, worker_id: str) -> None:
+        with self._tx() as cur:
+            self._exec(
+                cur,
+                "UPDATE flowopt_batch_workers SET heartbeat = ? WHERE id = ?",
+                (time.time(), worker_id),
+            )
+
+    def unregister(self, worker_id: str) -> None:
+        """A clean stop: this worker's running lines go back to pending at once."""
+        with self._tx() as cur:
+            self._exec(
+                cur,
+                "UPDATE flowopt_batch_lines SET state = 'pending', worker = NULL "
+                "WHERE state = 'running' AND worker = ?",
+                (worker_id,),
+            )
+            self._exec(cur, "DELETE FROM flowopt_batch_workers WHERE id = ?", (worker_id,))
+
+    def reap(self, lease_s: float) -> int:
+        """Give the running lines of dead workers back; how many. Dead: no heartbeat for
+        ``lease_s``, or on this host with its process gone."""
+        with self._tx() as cur:
+            rows = self._exec(
+                cur, "SELECT id, host, pid, heartbeat FROM flowopt_batch_workers"
+            ).fetchall()
+            cutoff = time.time() - lease_s
+            dead = [
+                str(wid)
+                for wid, host, pid, beat in rows
+                if beat < cutoff or (host == self.host and not _pid_alive(int(pid)))
+            ]
+            freed = 0
+            for wid in dead:
+                freed += self._exec(
+                    cur,
+                    "UPDATE flowopt_batch_lines SET state = 'pending', worker = NULL "
+                    "WHERE state = 'running' AND worker = ?",
+                    (wid,),
+                ).rowcount
+                self._exec(cur, "DELETE FROM flowopt_batch_workers WHERE id = ?", (wid,))
+            # lines claimed by a worker that never registered (or was deleted) are orphans
+            freed += self._exec(
+                cur,
+                "UPDATE flowopt_batch_lines SET state = 'pending', worker = NULL "
+                "WHERE state = 'running' AND worker NOT IN (SELECT id FROM flowopt_batch_workers)",
+            ).rowcount
+        return freed
+
+    def claim(self, job_id: str, worker_id: str, limit: int) -> list[Claimed]:
+        """Up to ``limit`` pending lines of a running job, now owned by ``worker_id``."""
+        with self._tx() as cur:
+            job = self._exec(
+                cur,
+                "SELECT status, endpoint, tenant FROM flowopt_batch_jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
+            if job is None or job[0] != "in_progress":
+                return []
+            rows = self._claim_rows(cur, job_id, limit)
+            for number, *_ in rows:
+                self._exec(
+                    cur,
+                    "UPDATE flowopt_batch_lines SET state = 'running', worker = ?, "
+                    "attempts = attempts + 1 WHERE job_id = ? AND number = ?",
+                    (worker_id, job_id, number),
+                )
+        return [Claimed(job_id, int(n), str(c), str(b), int(a) + 1, job[1], job[2]) for n, c, b, a in rows]
+
+    def complete(
+        self, line: Claimed, worker_id: str, *, ok: bool, record: str
+    ) -> bool:
+        """Commit a line's output (``ok``) or error record; False when the line is no
+        longer this worker's (it was presumed dead and the line given to another)."""
+        with self._tx() as cur:
+            n = self._exec(
+                cur,
+                "UPDATE flowopt_batch_lines SET state = ?, record = ?, worker = NULL, body = NULL "
+                "WHERE job_id = ? AND number = ? AND state = 'running' AND worker = ?",
+                ("done" if ok else "failed", record, line.job_id, line.number, worker_id),
+            ).rowcount
+        return bool(n == 1)
+
+    def finish(self, job_id: str) -> bool:
+        """Write the output and error files and close the job, once, when no line is left
+        to run (for a cancelled or expired job: none running). True when it closed now."""
+        with self._tx() as cur:
+            row = self._exec(
+                cur,
+                "SELECT status, expires_at, tenant FROM flowopt_batch_jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
+            if row is None or row[0] not in _OPEN:
+                return False
+            status, expires_at, tenant = row
+            counts = self._counts(cur, job_id)
+            expired = status == "in_progress" and expires_at is not None and _now() > expires_at
+            if counts.get("running", 0) or (
+                status == "in_progress" and counts.get("pending", 0) and not expired
+            ):
+                return False
+            final = "expired" if expired else ("cancelled" if status == "cancelling" else "completed")
+            if counts.get("pending", 0):
+                self._drop_pending(cur, job_id, "batch_expired" if expired else "batch_cancelled")
+            out_id = self._write_file(cur, job_id, tenant, "done", "output")
+            err_id = self._write_file(cur, job_id, tenant, "error", "errors")
+            self._set_status(
+                cur, job_id, "finalizing"
+            )
+            self._set_status(cur, job_id, final, output_file_id=out_id, error_file_id=err_id)
+        return True
+
+    def _drop_pending(self, cur: Any, job_id: str, code: str) -> None:
+        rows = self._exec(
+            cur,
+            "SELECT number, custom_id FROM flowopt_batch_lines WHERE job_id = ? "
+            "AND state = 'pending'",
+            (job_id,),
+        ).fetchall()
+        why = "the batch expired" if code == "batch_expired" else "the batch was cancelled"
+        state = "expired" if code == "batch_expired" else "cancelled"
+        for number, cid in rows:
+            self._exec(
+                cur,
+                "UPDATE flowopt_batch_lines SET state = ?, record = ?, body = NULL "
+                "WHERE job_id = ? AND number = ?",
+                (state, error_record(cid, code, f"{why} before this line ran", number), job_id, number),
+            )
+
+    def _write_file(
+        self, cur: Any, job_id: str, tenant: str | None, which: str, suffix: str
+    ) -> str | None:
+        states = "('done')" if which == "done" else "('failed', 'invalid', 'cancelled', 'expired')"
+        rows = self._exec(
+            cur,
+            f"SELECT record FROM flowopt_batch_lines WHERE job_id = ? AND state IN {states} "
+            "ORDER BY number",
+            (job_id,),
+        ).fetchall()
+        if not rows:
+            return None
+        data = "".join(str(r[0]) + "\n" for r in rows).encode("utf-8")
+        fid = "file-" + uuid.uuid4().hex
+        self._insert_file(cur, fid, data, f"{job_id}_{suffix}.jsonl", "batch_output", tenant)
+        return fid
+
+
+class SqliteJobStore(JobStore):
+    """One sqlite file: any number of workers on one machine (claims take its write lock)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(os.path.expanduser(str(path)))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(
+            self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._create()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def open_store(where: str | Path | None = None) -> JobStore:
+    """The store at ``where``: a ``postgresql://`` URL, else a sqlite file path
+    (``sqlite:///path`` too); None is ``~/.cache/flowopt/batch.sqlite``."""
+    target = str(where) if where is not None else DEFAULT_STORE
+    if target.startswith(("postgresql://", "postgres://")):
+        from flowopt.batch._postgres import PostgresJobStore
+
+        return PostgresJobStore(target)
+    if "://" in target and not target.startswith("sqlite:///"):
+        raise ConfigError(
+            f"unknown batch store {target.split('://')[0]!r}://",
+            hint="a sqlite file path or a postgresql:// URL",
+        )
+    return SqliteJobStore(target.removeprefix("sqlite:///") if "://" in target else target)
