@@ -3,7 +3,8 @@
 Routes: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (JSON, or server-sent
 events with ``stream: true``; usage in the last event with
 ``stream_options: {include_usage: true}``), ``POST /v1/embeddings`` (:mod:`._embeddings`),
-``GET /v1/models``, ``GET /health``, ``GET /metrics``.
+``GET /v1/models``, ``GET /health``, ``GET /metrics``, and OpenAI's Files and Batches API
+(``/v1/files``, ``/v1/batches``: :mod:`._batches`).
 
 Each generation request: authenticate (API key -> tenant), read the body (refusing one
 over ``gateway.max_body_bytes`` with 413 before it is read whole: :func:`read_body`), parse
@@ -40,6 +41,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from flowopt.errors import RejectedError
+from flowopt.gateway._batches import Batches
 from flowopt.gateway._body import clip, read_body, read_json
 from flowopt.gateway._disconnect import ClientLeft, EventStreamResponse, until_disconnect
 from flowopt.gateway._embeddings import Embeddings
@@ -84,6 +86,7 @@ class Gateway:
         self.keys = KeyRing({t: k.get_secret_value() for t, k in settings.api_keys.items()})
         graph = (settings.graph_model or pipe.spec.name) if settings.expose_graph else None
         self.embeddings = Embeddings(self)  # POST /v1/embeddings
+        self.batches = Batches(self)  # /v1/files, /v1/batches
         self.models = ModelTable(pipe.backends, graph, self.embeddings.models)
         self.metrics = GatewayMetrics()
         self._max_body = settings.max_body_bytes
@@ -95,9 +98,11 @@ class Gateway:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.pipe.start()
         await self.models.refresh()
+        await self.batches.start()
         try:
             yield
         finally:
+            await self.batches.stop()
             await self.pipe.aclose()
 
     # -- small routes ---------------------------------------------------------------------
@@ -313,6 +318,7 @@ def create_app(pipe: Pipeline, settings: GatewaySpec | None = None) -> Starlette
             Route("/v1/models", gw.list_models, methods=["GET"]),
             Route("/health", gw.health, methods=["GET"]),
             Route("/metrics", gw.metrics_text, methods=["GET"]),
+            *gw.batches.routes(),
         ],
         lifespan=gw.lifespan,
         exception_handlers={404: _http_error, 405: _http_error, Exception: _http_error},
