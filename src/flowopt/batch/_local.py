@@ -53,27 +53,27 @@ async def run_file(
         job = await asyncio.to_thread(jobs.job, job_id, tenant) if job_id else None
         if job is None:
             path = Path(input_path)
-            if not path.is_file():
-                raise ConfigError(f"no input file {str(path)!r}", hint="a JSONL file of lines")
+            try:
+                data = await asyncio.to_thread(path.read_bytes)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the input file {str(path)!r}: {exc.strerror}",
+                    hint="a JSONL file of batch lines",
+                ) from None
             info = await asyncio.to_thread(
-                jobs.put_file,
-                path.read_bytes(),
-                filename=path.name,
-                purpose="batch",
-                tenant=tenant,
+                jobs.put_file, data, filename=path.name, purpose="batch", tenant=tenant
             )
             job = await asyncio.to_thread(
                 lambda: jobs.create_job(
                     input_file_id=info["id"], endpoint=endpoint, tenant=tenant, job_id=job_id
                 )
             )
+        assert job is not None
         if on_start is not None:
             on_start(job)
         await pipe.start()
         await gw.models.refresh()
-        worker = BatchWorker(
-            jobs, LineExecutor(gw, settings.priority), settings, on_line=on_line
-        )
+        worker = BatchWorker(jobs, LineExecutor(gw, settings.priority), settings, on_line=on_line)
         try:
             await worker.run_job(job["id"])
         finally:

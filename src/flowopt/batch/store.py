@@ -55,7 +55,8 @@ _SCHEMA = (
     """CREATE INDEX IF NOT EXISTS flowopt_batch_lines_state
         ON flowopt_batch_lines (job_id, state)""",
     """CREATE TABLE IF NOT EXISTS flowopt_batch_workers (
-        id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, heartbeat DOUBLE PRECISION NOT NULL)""",
+        id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
+        heartbeat DOUBLE PRECISION NOT NULL)""",
 )
 _OPEN = ("in_progress", "cancelling")  # job states with work left
 _JOB_COLS = (
@@ -318,7 +319,9 @@ class JobStore:
             out[key] = times.get(key)
         return out
 
-    def job(self, job_id: str, tenant: str | None = None, *, any_tenant: bool = False) -> Any:
+    def job(
+        self, job_id: str, tenant: str | None = None, *, any_tenant: bool = False
+    ) -> dict[str, Any] | None:
         """The batch object (OpenAI's shape), or None."""
         with self._tx() as cur:
             sql = f"SELECT {_JOB_COLS} FROM flowopt_batch_jobs WHERE id = ?"
@@ -432,7 +435,7 @@ class JobStore:
                 for wid, host, pid, beat in rows
                 if beat < cutoff or (host == self.host and not _pid_alive(int(pid)))
             ]
-            freed = 0
+            freed: int = 0
             for wid in dead:
                 freed += self._exec(
                     cur,
@@ -447,7 +450,7 @@ class JobStore:
                 "UPDATE flowopt_batch_lines SET state = 'pending', worker = NULL "
                 "WHERE state = 'running' AND worker NOT IN (SELECT id FROM flowopt_batch_workers)",
             ).rowcount
-        return freed
+        return int(freed)
 
     def claim(self, job_id: str, worker_id: str, limit: int) -> list[Claimed]:
         """Up to ``limit`` pending lines of a running job, now owned by ``worker_id``."""
@@ -467,11 +470,12 @@ class JobStore:
                     "attempts = attempts + 1 WHERE job_id = ? AND number = ?",
                     (worker_id, job_id, number),
                 )
-        return [Claimed(job_id, int(n), str(c), str(b), int(a) + 1, job[1], job[2]) for n, c, b, a in rows]
+        return [
+            Claimed(job_id, int(n), str(c), str(b), int(a) + 1, job[1], job[2])
+            for n, c, b, a in rows
+        ]
 
-    def complete(
-        self, line: Claimed, worker_id: str, *, ok: bool, record: str
-    ) -> bool:
+    def complete(self, line: Claimed, worker_id: str, *, ok: bool, record: str) -> bool:
         """Commit a line's output (``ok``) or error record; False when the line is no
         longer this worker's (it was presumed dead and the line given to another)."""
         with self._tx() as cur:
@@ -501,14 +505,14 @@ class JobStore:
                 status == "in_progress" and counts.get("pending", 0) and not expired
             ):
                 return False
-            final = "expired" if expired else ("cancelled" if status == "cancelling" else "completed")
+            final = (
+                "expired" if expired else ("cancelled" if status == "cancelling" else "completed")
+            )
             if counts.get("pending", 0):
                 self._drop_pending(cur, job_id, "batch_expired" if expired else "batch_cancelled")
             out_id = self._write_file(cur, job_id, tenant, "done", "output")
             err_id = self._write_file(cur, job_id, tenant, "error", "errors")
-            self._set_status(
-                cur, job_id, "finalizing"
-            )
+            self._set_status(cur, job_id, "finalizing")
             self._set_status(cur, job_id, final, output_file_id=out_id, error_file_id=err_id)
         return True
 
@@ -526,7 +530,12 @@ class JobStore:
                 cur,
                 "UPDATE flowopt_batch_lines SET state = ?, record = ?, body = NULL "
                 "WHERE job_id = ? AND number = ?",
-                (state, error_record(cid, code, f"{why} before this line ran", number), job_id, number),
+                (
+                    state,
+                    error_record(cid, code, f"{why} before this line ran", number),
+                    job_id,
+                    number,
+                ),
             )
 
     def _write_file(

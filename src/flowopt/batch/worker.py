@@ -61,7 +61,7 @@ def seconds_until_open(windows: Sequence[str], now: dt.datetime | None = None) -
 class BatchWorker:
     """Runs jobs from ``store`` with ``execute`` (a :class:`~.LineExecutor`).
 
-    ``on_line(job_id, done, total)`` is called after each committed line (progress).
+    ``on_line(job_id)`` is called after each committed line (progress).
     """
 
     def __init__(
@@ -73,6 +73,7 @@ class BatchWorker:
         worker_id: str | None = None,
         on_line: Callable[[str], None] | None = None,
         poll_s: float = 1.0,
+        backoff_s: float = 0.5,
     ) -> None:
         self.store = store
         self.execute = execute
@@ -80,6 +81,7 @@ class BatchWorker:
         self.id = worker_id or "worker-" + uuid.uuid4().hex[:12]
         self.on_line = on_line
         self.poll_s = poll_s
+        self.backoff_s = backoff_s  # first retry wait when the error names none
         self._registered = False
         self._beat: asyncio.Task[None] | None = None
 
@@ -154,11 +156,11 @@ class BatchWorker:
         while True:
             outcome = await self.execute(line)
             if outcome.retry and outcome.shed:
-                await asyncio.sleep(min(max(outcome.wait_s, 0.5), _MAX_SHED_WAIT))
+                await asyncio.sleep(min(max(outcome.wait_s, self.backoff_s), _MAX_SHED_WAIT))
                 continue
             attempts += 1
             if outcome.retry and attempts < self.settings.max_attempts:
-                await asyncio.sleep(min(max(outcome.wait_s, 0.5 * 2**attempts), 60.0))
+                await asyncio.sleep(min(max(outcome.wait_s, self.backoff_s * 2**attempts), 60.0))
                 continue
             break
         record = output_record(line.custom_id, outcome.status, outcome.body, outcome.request_id)

@@ -61,7 +61,9 @@ def command() -> None:
     help="Name the job; run again with the same id to resume it (only unfinished lines run).",
 )
 @click.option(
-    "--store", default=None, help="sqlite path or postgresql:// URL (default: the spec's "
+    "--store",
+    default=None,
+    help="sqlite path or postgresql:// URL (default: the spec's "
     "gateway.batch.store, else ~/.cache/flowopt/batch.sqlite).",
 )
 @click.option(

@@ -229,9 +229,7 @@ class Batches:
                 isinstance(metadata, dict)
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
             ):
-                raise HTTPProblem(
-                    400, "'metadata' must map strings to strings", param="metadata"
-                )
+                raise HTTPProblem(400, "'metadata' must map strings to strings", param="metadata")
             job = await asyncio.to_thread(
                 lambda: store.create_job(
                     input_file_id=fields["input_file_id"],
@@ -277,9 +275,7 @@ class Batches:
             limit = 20
 
         async def go(tenant: str | None, store: JobStore) -> Any:
-            jobs = await asyncio.to_thread(
-                lambda: store.jobs(tenant, after=after, limit=limit + 1)
-            )
+            jobs = await asyncio.to_thread(lambda: store.jobs(tenant, after=after, limit=limit + 1))
             page = jobs[:limit]
             return {
                 "object": "list",
