@@ -12,7 +12,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from flowopt.batch.store import _SCHEMA, JobStore
+from flowopt.batch._base import SCHEMA as _SCHEMA
+from flowopt.batch.store import JobStore
 from flowopt.errors import MissingDependencyError, StoreError
 
 __all__ = ["PostgresJobStore"]

@@ -23,63 +23,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import sqlite3
-import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flowopt._batch_spec import DEFAULT_STORE
+from flowopt.batch._base import now as _now
 from flowopt.batch._lines import ENDPOINTS, BadLine, error_record, parse_lines
+from flowopt.batch._workers import Claimed, WorkerRows
 from flowopt.errors import ConfigError, InvalidRequestError
 
 __all__ = ["Claimed", "JobStore", "SqliteJobStore", "open_store"]
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS flowopt_batch_files (
-        id TEXT PRIMARY KEY, tenant TEXT, filename TEXT NOT NULL, purpose TEXT NOT NULL,
-        bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, data {blob} NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS flowopt_batch_jobs (
-        id TEXT PRIMARY KEY, tenant TEXT, endpoint TEXT NOT NULL, input_file_id TEXT NOT NULL,
-        completion_window TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL,
-        expires_at INTEGER, times TEXT NOT NULL, output_file_id TEXT, error_file_id TEXT,
-        metadata TEXT, errors TEXT)""",
-    """CREATE TABLE IF NOT EXISTS flowopt_batch_lines (
-        job_id TEXT NOT NULL, number INTEGER NOT NULL, custom_id TEXT, body TEXT,
-        state TEXT NOT NULL, worker TEXT, attempts INTEGER NOT NULL DEFAULT 0, record TEXT,
-        PRIMARY KEY (job_id, number))""",
-    """CREATE INDEX IF NOT EXISTS flowopt_batch_lines_state
-        ON flowopt_batch_lines (job_id, state)""",
-    """CREATE TABLE IF NOT EXISTS flowopt_batch_workers (
-        id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
-        heartbeat DOUBLE PRECISION NOT NULL)""",
-)
 _OPEN = ("in_progress", "cancelling")  # job states with work left
 _JOB_COLS = (
     "id, tenant, endpoint, input_file_id, completion_window, status, created_at, expires_at, "
     "times, output_file_id, error_file_id, metadata, errors"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A line a worker now owns: run it, then :meth:`JobStore.complete` it."""
-
-    job_id: str
-    number: int
-    custom_id: str
-    body: str
-    attempts: int
-    endpoint: str
-    tenant: str | None
-
-
-def _now() -> int:
-    return int(time.time())
 
 
 def _window_seconds(window: str) -> int:
@@ -91,107 +53,8 @@ def _window_seconds(window: str) -> int:
     return int(window[:-1]) * 3600
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class JobStore:
-    """Dialect-neutral logic; subclasses give a connection, a transaction and a claim."""
-
-    blob = "BLOB"
-    placeholder = "?"
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.host = socket.gethostname()
-
-    # -- the dialect ------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[Any]:  # pragma: no cover - overridden
-        raise NotImplementedError
-        yield
-
-    def _q(self, sql: str) -> str:
-        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
-
-    def _exec(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
-        cur.execute(self._q(sql), tuple(params))
-        return cur
-
-    def _claim_rows(self, cur: Any, job_id: str, limit: int) -> list[tuple[Any, ...]]:
-        rows = self._exec(
-            cur,
-            "SELECT number, custom_id, body, attempts FROM flowopt_batch_lines "
-            "WHERE job_id = ? AND state = 'pending' ORDER BY number LIMIT ?",
-            (job_id, limit),
-        ).fetchall()
-        return list(rows)
-
-    def close(self) -> None:
-        """Release the connection."""
-
-    # -- schema -----------------------------------------------------------------------------
-    def _create(self) -> None:
-        with self._tx() as cur:
-            for stmt in _SCHEMA:
-                self._exec(cur, stmt.format(blob=self.blob))
-
-    # -- files ------------------------------------------------------------------------------
-    def put_file(
-        self, data: bytes, *, filename: str, purpose: str, tenant: str | None
-    ) -> dict[str, Any]:
-        """Store a file; its OpenAI file object."""
-        fid = "file-" + uuid.uuid4().hex
-        with self._tx() as cur:
-            self._insert_file(cur, fid, data, filename, purpose, tenant)
-        return self.file_info(fid, tenant) or {}
-
-    def _insert_file(
-        self, cur: Any, fid: str, data: bytes, filename: str, purpose: str, tenant: str | None
-    ) -> None:
-        self._exec(
-            cur,
-            "INSERT INTO flowopt_batch_files (id, tenant, filename, purpose, bytes, created_at,"
-            " data) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (fid, tenant, filename, purpose, len(data), _now(), data),
-        )
-
-    def file_info(self, fid: str, tenant: str | None) -> dict[str, Any] | None:
-        """The file object, or None when there is no such file for this tenant."""
-        with self._tx() as cur:
-            row = self._exec(
-                cur,
-                "SELECT id, filename, purpose, bytes, created_at FROM flowopt_batch_files "
-                "WHERE id = ? AND tenant IS NOT DISTINCT FROM ?",
-                (fid, tenant),
-            ).fetchone()
-        if row is None:
-            return None
-        return {
-            "id": row[0],
-            "object": "file",
-            "bytes": row[3],
-            "created_at": row[4],
-            "filename": row[1],
-            "purpose": row[2],
-            "status": "processed",
-        }
-
-    def file_content(self, fid: str, tenant: str | None) -> bytes | None:
-        with self._tx() as cur:
-            row = self._exec(
-                cur,
-                "SELECT data FROM flowopt_batch_files WHERE id = ? "
-                "AND tenant IS NOT DISTINCT FROM ?",
-                (fid, tenant),
-            ).fetchone()
-        return None if row is None else bytes(row[0])
+class JobStore(WorkerRows):
+    """Files, jobs and lines; subclasses give the connection (sqlite, Postgres)."""
 
     # -- jobs -------------------------------------------------------------------------------
     def create_job(
@@ -392,100 +255,6 @@ class JobStore:
                 self._set_status(cur, job_id, "cancelling")
         self.finish(job_id)
         return self.job(job_id, tenant)
-
-    # -- workers and lines ------------------------------------------------------------------
-    def register(self, worker_id: str) -> None:
-        with self._tx() as cur:
-            self._exec(cur, "DELETE FROM flowopt_batch_workers WHERE id = ?", (worker_id,))
-            self._exec(
-                cur,
-                "INSERT INTO flowopt_batch_workers (id, host, pid, heartbeat) VALUES (?, ?, ?, ?)",
-                (worker_id, self.host, os.getpid(), time.time()),
-            )
-
-    def heartbeat(self, worker_id: str) -> None:
-        with self._tx() as cur:
-            self._exec(
-                cur,
-                "UPDATE flowopt_batch_workers SET heartbeat = ? WHERE id = ?",
-                (time.time(), worker_id),
-            )
-
-    def unregister(self, worker_id: str) -> None:
-        """A clean stop: this worker's running lines go back to pending at once."""
-        with self._tx() as cur:
-            self._exec(
-                cur,
-                "UPDATE flowopt_batch_lines SET state = 'pending', worker = NULL "
-                "WHERE state = 'running' AND worker = ?",
-                (worker_id,),
-            )
-            self._exec(cur, "DELETE FROM flowopt_batch_workers WHERE id = ?", (worker_id,))
-
-    def reap(self, lease_s: float) -> int:
-        """Give the running lines of dead workers back; how many. Dead: no heartbeat for
-        ``lease_s``, or on this host with its process gone."""
-        with self._tx() as cur:
-            rows = self._exec(
-                cur, "SELECT id, host, pid, heartbeat FROM flowopt_batch_workers"
-            ).fetchall()
-            cutoff = time.time() - lease_s
-            dead = [
-                str(wid)
-                for wid, host, pid, beat in rows
-                if beat < cutoff or (host == self.host and not _pid_alive(int(pid)))
-            ]
-            freed: int = 0
-            for wid in dead:
-                freed += self._exec(
-                    cur,
-                    "UPDATE flowopt_batch_lines SET state = 'pending', worker = NULL "
-                    "WHERE state = 'running' AND worker = ?",
-                    (wid,),
-                ).rowcount
-                self._exec(cur, "DELETE FROM flowopt_batch_workers WHERE id = ?", (wid,))
-            # lines claimed by a worker that never registered (or was deleted) are orphans
-            freed += self._exec(
-                cur,
-                "UPDATE flowopt_batch_lines SET state = 'pending', worker = NULL "
-                "WHERE state = 'running' AND worker NOT IN (SELECT id FROM flowopt_batch_workers)",
-            ).rowcount
-        return int(freed)
-
-    def claim(self, job_id: str, worker_id: str, limit: int) -> list[Claimed]:
-        """Up to ``limit`` pending lines of a running job, now owned by ``worker_id``."""
-        with self._tx() as cur:
-            job = self._exec(
-                cur,
-                "SELECT status, endpoint, tenant FROM flowopt_batch_jobs WHERE id = ?",
-                (job_id,),
-            ).fetchone()
-            if job is None or job[0] != "in_progress":
-                return []
-            rows = self._claim_rows(cur, job_id, limit)
-            for number, *_ in rows:
-                self._exec(
-                    cur,
-                    "UPDATE flowopt_batch_lines SET state = 'running', worker = ?, "
-                    "attempts = attempts + 1 WHERE job_id = ? AND number = ?",
-                    (worker_id, job_id, number),
-                )
-        return [
-            Claimed(job_id, int(n), str(c), str(b), int(a) + 1, job[1], job[2])
-            for n, c, b, a in rows
-        ]
-
-    def complete(self, line: Claimed, worker_id: str, *, ok: bool, record: str) -> bool:
-        """Commit a line's output (``ok``) or error record; False when the line is no
-        longer this worker's (it was presumed dead and the line given to another)."""
-        with self._tx() as cur:
-            n = self._exec(
-                cur,
-                "UPDATE flowopt_batch_lines SET state = ?, record = ?, worker = NULL, body = NULL "
-                "WHERE job_id = ? AND number = ? AND state = 'running' AND worker = ?",
-                ("done" if ok else "failed", record, line.job_id, line.number, worker_id),
-            ).rowcount
-        return bool(n == 1)
 
     def finish(self, job_id: str) -> bool:
         """Write the output and error files and close the job, once, when no line is left

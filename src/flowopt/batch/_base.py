@@ -1,0 +1,136 @@
+"""The SQL every batch store shares, and files: the dialect is a subclass's business.
+
+Why one body of SQL for sqlite and Postgres: the statements are plain (placeholders are
+rewritten, ``IS NOT DISTINCT FROM`` and row comparisons exist in both), so only the
+connection, the transaction and the claim differ (:class:`~flowopt.batch.store.SqliteJobStore`,
+:class:`~flowopt.batch._postgres.PostgresJobStore`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+__all__ = ["SCHEMA", "StoreBase", "now"]
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS flowopt_batch_files (
+        id TEXT PRIMARY KEY, tenant TEXT, filename TEXT NOT NULL, purpose TEXT NOT NULL,
+        bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, data {blob} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS flowopt_batch_jobs (
+        id TEXT PRIMARY KEY, tenant TEXT, endpoint TEXT NOT NULL, input_file_id TEXT NOT NULL,
+        completion_window TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL,
+        expires_at INTEGER, times TEXT NOT NULL, output_file_id TEXT, error_file_id TEXT,
+        metadata TEXT, errors TEXT)""",
+    """CREATE TABLE IF NOT EXISTS flowopt_batch_lines (
+        job_id TEXT NOT NULL, number INTEGER NOT NULL, custom_id TEXT, body TEXT,
+        state TEXT NOT NULL, worker TEXT, attempts INTEGER NOT NULL DEFAULT 0, record TEXT,
+        PRIMARY KEY (job_id, number))""",
+    """CREATE INDEX IF NOT EXISTS flowopt_batch_lines_state
+        ON flowopt_batch_lines (job_id, state)""",
+    """CREATE TABLE IF NOT EXISTS flowopt_batch_workers (
+        id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
+        heartbeat DOUBLE PRECISION NOT NULL)""",
+)
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class StoreBase:
+    """Dialect-neutral logic; subclasses give a connection, a transaction and a claim."""
+
+    blob = "BLOB"
+    placeholder = "?"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.host = socket.gethostname()
+
+    # -- the dialect ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+        yield
+
+    def _q(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def _exec(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        cur.execute(self._q(sql), tuple(params))
+        return cur
+
+    def _claim_rows(self, cur: Any, job_id: str, limit: int) -> list[tuple[Any, ...]]:
+        rows = self._exec(
+            cur,
+            "SELECT number, custom_id, body, attempts FROM flowopt_batch_lines "
+            "WHERE job_id = ? AND state = 'pending' ORDER BY number LIMIT ?",
+            (job_id, limit),
+        ).fetchall()
+        return list(rows)
+
+    def close(self) -> None:
+        """Release the connection."""
+
+    # -- schema -----------------------------------------------------------------------------
+    def _create(self) -> None:
+        with self._tx() as cur:
+            for stmt in SCHEMA:
+                self._exec(cur, stmt.format(blob=self.blob))
+
+    # -- files ------------------------------------------------------------------------------
+    def put_file(
+        self, data: bytes, *, filename: str, purpose: str, tenant: str | None
+    ) -> dict[str, Any]:
+        """Store a file; its OpenAI file object."""
+        fid = "file-" + uuid.uuid4().hex
+        with self._tx() as cur:
+            self._insert_file(cur, fid, data, filename, purpose, tenant)
+        return self.file_info(fid, tenant) or {}
+
+    def _insert_file(
+        self, cur: Any, fid: str, data: bytes, filename: str, purpose: str, tenant: str | None
+    ) -> None:
+        self._exec(
+            cur,
+            "INSERT INTO flowopt_batch_files (id, tenant, filename, purpose, bytes, created_at,"
+            " data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (fid, tenant, filename, purpose, len(data), now(), data),
+        )
+
+    def file_info(self, fid: str, tenant: str | None) -> dict[str, Any] | None:
+        """The file object, or None when there is no such file for this tenant."""
+        with self._tx() as cur:
+            row = self._exec(
+                cur,
+                "SELECT id, filename, purpose, bytes, created_at FROM flowopt_batch_files "
+                "WHERE id = ? AND tenant IS NOT DISTINCT FROM ?",
+                (fid, tenant),
+            ).fetchone()
+        if row is None:
+            return None
+        return {
+            "id": row[0],
+            "object": "file",
+            "bytes": row[3],
+            "created_at": row[4],
+            "filename": row[1],
+            "purpose": row[2],
+            "status": "processed",
+        }
+
+    def file_content(self, fid: str, tenant: str | None) -> bytes | None:
+        with self._tx() as cur:
+            row = self._exec(
+                cur,
+                "SELECT data FROM flowopt_batch_files WHERE id = ? "
+                "AND tenant IS NOT DISTINCT FROM ?",
+                (fid, tenant),
+            ).fetchone()
+        return None if row is None else bytes(row[0])
