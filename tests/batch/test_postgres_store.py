@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from tests.batch.test_store_unit import CHAT, FakeExecutor, _line
 
 from flowopt.batch import BatchSettings, BatchWorker, Claimed, open_store
 from flowopt.batch._execute import Outcome
 from flowopt.batch._postgres import PostgresJobStore
+
+pytestmark = pytest.mark.services
 
 
 def _job(store: PostgresJobStore, n: int) -> str:
