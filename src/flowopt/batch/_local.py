@@ -9,6 +9,7 @@ watched or resumed from the other.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,11 @@ def _write(store: JobStore, fid: str | None, path: Path, tenant: str | None) -> 
     path.write_bytes(data or b"")
 
 
+def _absolute(where: str) -> str:
+    """A sqlite path made absolute: Ray's workers may not share this process's directory."""
+    return where if "://" in where else os.path.abspath(os.path.expanduser(where))
+
+
 async def run_file(
     spec: str | Path,
     input_path: str | Path,
@@ -39,16 +45,22 @@ async def run_file(
     tenant: str | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
     on_line: Callable[[str], None] | None = None,
+    engine: str = "local",
+    ray_actors: int = 2,
 ) -> dict[str, Any]:
     """Run (or resume, when ``job_id`` names a job in the store) a batch; write its
-    output and error files; the final batch object."""
+    output and error files; the final batch object.
+
+    ``engine="ray"`` runs the lines on the Ray cluster ``ray.init`` connects to
+    (:mod:`flowopt.batch._ray`, ``ray_actors`` pipelines) instead of in this process."""
     from flowopt.gateway.app import Gateway
     from flowopt.pipeline import load
 
     pipe = load(spec)
     gw = Gateway(pipe)
     settings = gw.settings.batch
-    jobs = await asyncio.to_thread(open_store, store or settings.store)
+    where = _absolute(store or settings.store)
+    jobs = await asyncio.to_thread(open_store, where)
     try:
         job = await asyncio.to_thread(jobs.job, job_id, tenant) if job_id else None
         if job is None:
@@ -71,13 +83,12 @@ async def run_file(
         assert job is not None
         if on_start is not None:
             on_start(job)
-        await pipe.start()
-        await gw.models.refresh()
-        worker = BatchWorker(jobs, LineExecutor(gw, settings.priority), settings, on_line=on_line)
-        try:
-            await worker.run_job(job["id"])
-        finally:
-            await worker.stop()
+        if engine == "ray":
+            from flowopt.batch._ray import run_on_ray
+
+            await asyncio.to_thread(run_on_ray, spec, where, job["id"], actors=ray_actors)
+        else:
+            await _run_here(gw, jobs, job["id"], on_line)
         final = await asyncio.to_thread(jobs.job, job["id"], tenant)
         assert final is not None
         _write(jobs, final["output_file_id"], Path(out), tenant)
@@ -86,3 +97,17 @@ async def run_file(
     finally:
         await pipe.aclose()
         jobs.close()
+
+
+async def _run_here(
+    gw: Any, jobs: JobStore, job_id: str, on_line: Callable[[str], None] | None
+) -> None:
+    """The local engine: this process's pipeline, ``concurrency`` lines in flight."""
+    settings = gw.settings.batch
+    await gw.pipe.start()
+    await gw.models.refresh()
+    worker = BatchWorker(jobs, LineExecutor(gw, settings.priority), settings, on_line=on_line)
+    try:
+        await worker.run_job(job_id)
+    finally:
+        await worker.stop()

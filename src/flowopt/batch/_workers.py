@@ -125,6 +125,50 @@ class WorkerRows(StoreBase):
             for n, c, b, a in rows
         ]
 
+    def claim_numbers(self, job_id: str, worker_id: str, numbers: list[int]) -> list[Claimed]:
+        """The lines ``numbers`` that are still pending, now owned by ``worker_id`` (an
+        engine that hands out line numbers itself: Ray Data)."""
+        out: list[Claimed] = []
+        with self._tx() as cur:
+            job = self._exec(
+                cur,
+                "SELECT status, endpoint, tenant FROM flowopt_batch_jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
+            if job is None or job[0] != "in_progress":
+                return []
+            for number in numbers:
+                taken = self._exec(
+                    cur,
+                    "UPDATE flowopt_batch_lines SET state = 'running', worker = ?, "
+                    "attempts = attempts + 1 WHERE job_id = ? AND number = ? "
+                    "AND state = 'pending'",
+                    (worker_id, job_id, number),
+                ).rowcount
+                if not taken:
+                    continue
+                cid, body, attempts = self._exec(
+                    cur,
+                    "SELECT custom_id, body, attempts FROM flowopt_batch_lines "
+                    "WHERE job_id = ? AND number = ?",
+                    (job_id, number),
+                ).fetchone()
+                out.append(
+                    Claimed(job_id, number, str(cid), str(body), int(attempts), job[1], job[2])
+                )
+        return out
+
+    def pending_numbers(self, job_id: str) -> list[int]:
+        """Numbers of the lines nobody has claimed (or that came back from the dead)."""
+        with self._tx() as cur:
+            rows = self._exec(
+                cur,
+                "SELECT number FROM flowopt_batch_lines WHERE job_id = ? AND state = 'pending' "
+                "ORDER BY number",
+                (job_id,),
+            ).fetchall()
+        return [int(r[0]) for r in rows]
+
     def complete(self, line: Claimed, worker_id: str, *, ok: bool, record: str) -> bool:
         """Commit a line's output (``ok``) or error record; False when the line is no
         longer this worker's (it was presumed dead and the line given to another)."""

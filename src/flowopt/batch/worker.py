@@ -149,9 +149,10 @@ class BatchWorker:
             lines = await asyncio.to_thread(self.store.claim, job_id, self.id, 1)
             if not lines:
                 return
-            await self._run_line(lines[0])
+            await self.run_line(lines[0])
 
-    async def _run_line(self, line: Claimed) -> None:
+    async def run_line(self, line: Claimed) -> None:
+        """Run one claimed line (retrying as configured) and commit its record."""
         attempts = 0
         while True:
             outcome = await self.execute(line)

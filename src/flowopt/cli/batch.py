@@ -73,6 +73,15 @@ def command() -> None:
     type=click.Choice(["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]),
 )
 @click.option("--tenant", default=None, help="Tenant the lines run as (limits, caches).")
+@click.option(
+    "--engine",
+    default="local",
+    show_default=True,
+    type=click.Choice(["local", "ray"]),
+    help="local: this process; ray: Ray Data on the cluster RAY_ADDRESS names (else a "
+    "local one); needs the ray extra.",
+)
+@click.option("--ray-actors", default=2, show_default=True, type=click.IntRange(min=1))
 def run(
     file: str,
     spec: str,
@@ -82,6 +91,8 @@ def run(
     store: str | None,
     endpoint: str,
     tenant: str | None,
+    engine: str,
+    ray_actors: int,
 ) -> None:
     """Run every line of FILE through SPEC's pipeline; write the output and error files.
 
@@ -108,6 +119,8 @@ def run(
             tenant=tenant,
             on_start=progress.start,
             on_line=progress.line,
+            engine=engine,
+            ray_actors=ray_actors,
         )
     )
     sys.stderr.write("\n")
