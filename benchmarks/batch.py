@@ -28,10 +28,9 @@ from typing import Any
 import openai
 
 from flowopt import pipeline
-from flowopt._batch_spec import BatchSettings
 from flowopt.gateway._background import BackgroundServer
 from flowopt.gateway.app import create_app
-from flowopt.spec import GatewaySpec
+from flowopt.spec import BatchSettings, GatewaySpec
 
 CHAT = "/v1/chat/completions"
 

@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails
 
 from flowopt import registry
+from flowopt._batch_spec import BatchSettings
 from flowopt._envsubst import expand_env
 from flowopt._gateway_spec import DEFAULT_MAX_BODY_BYTES, GatewaySpec
 from flowopt._spec_yaml import read_yaml
@@ -41,6 +42,7 @@ from flowopt.middleware.options import describe_error, spec_options_errors
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "BatchSettings",
     "GatewaySpec",
     "PipelineSpec",
     "RouteSpec",

@@ -22,11 +22,10 @@ import openai
 import pytest
 
 from flowopt import pipeline
-from flowopt._batch_spec import BatchSettings
 from flowopt.batch import open_store
 from flowopt.gateway._background import BackgroundServer
 from flowopt.gateway.app import create_app
-from flowopt.spec import GatewaySpec
+from flowopt.spec import BatchSettings, GatewaySpec
 
 pytestmark = pytest.mark.integration
 
