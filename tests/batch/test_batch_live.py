@@ -135,8 +135,8 @@ def test_worker_killed_mid_job_resumes_with_each_custom_id_once(
         "steps: [{name: answer, prompt: '{input}'}]\n"
         "gateway: {batch: {concurrency: 4}}\n"
     )
-    total = 40
-    lines = _lines(served_model, total, 12)
+    total = 30
+    lines = _lines(served_model, total, 8)
     lines[7] = "{broken"
     lines[21] = json.dumps({"custom_id": "q-3", "method": "POST", "url": CHAT, "body": {}})
     src = tmp_path / "in.jsonl"
@@ -181,3 +181,32 @@ def test_worker_killed_mid_job_resumes_with_each_custom_id_once(
     assert "repeats line 4" in errors[1]["error"]["message"]
     assert "batch job-1" in second.stderr  # progress on stderr
     store.close()
+
+
+def test_gateway_finishes_a_job_it_finds_open_at_start_up(
+    tmp_path: Path, vllm_url: str, served_model: str
+) -> None:
+    db = tmp_path / "jobs.sqlite"
+    store = open_store(db)  # a job left open (by a crash, or created by `flowopt batch run`)
+    f = store.put_file(
+        ("\n".join(_lines(served_model, 3, 4)) + "\n").encode(),
+        filename="in.jsonl",
+        purpose="batch",
+        tenant="acme",
+    )
+    job_id = store.create_job(input_file_id=f["id"], endpoint=CHAT, tenant="acme")["id"]
+    store.close()
+    pipe = pipeline(
+        "batch",
+        backend={"vllm": {"base_url": vllm_url, "model": served_model}},
+        steps=[{"name": "answer", "prompt": "{input}"}],
+    )
+    settings = GatewaySpec(
+        api_keys={"acme": KEY},  # type: ignore[dict-item]
+        batch=BatchSettings(store=str(db)),
+    )
+    with BackgroundServer(create_app(pipe, settings)) as server:
+        client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=KEY, max_retries=0)
+        _until(lambda: client.batches.retrieve(job_id).status == "completed", 120, "the open job")
+        done = client.batches.retrieve(job_id)
+        assert done.request_counts is not None and done.request_counts.completed == 3
