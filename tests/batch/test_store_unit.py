@@ -207,3 +207,19 @@ def test_off_peak_windows() -> None:
     assert seconds_until_open(["09:00-17:00", "23:45-23:59"], at) == 15 * 60
     with pytest.raises(ValueError):
         BatchSettings(windows=("9-17",))
+
+
+def test_a_job_past_its_window_expires_with_its_unrun_lines_in_the_error_file(
+    store: SqliteJobStore,
+) -> None:
+    job_id = _job(store, [_line("a"), _line("b")])
+    with store._tx() as cur:  # the completion window ran out before any worker came
+        cur.execute("UPDATE flowopt_batch_jobs SET expires_at = 1 WHERE id = ?", (job_id,))
+    fake = FakeExecutor()
+    worker = BatchWorker(store, fake, BatchSettings(windows=("00:00-00:01",)))
+    asyncio.run(worker.run_job(job_id))  # closed window: it must not wait for it to open
+    job = store.job(job_id)
+    assert job is not None and job["status"] == "expired" and job["expired_at"] is not None
+    assert fake.runs == {}
+    codes = [r["error"]["code"] for r in _records(store, job["error_file_id"])]  # type: ignore[index]
+    assert codes == ["batch_expired", "batch_expired"]

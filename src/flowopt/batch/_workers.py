@@ -30,6 +30,10 @@ class Claimed:
     tenant: str | None
 
 
+def _past(expires_at: int | None) -> bool:
+    return expires_at is not None and time.time() > expires_at
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -107,11 +111,11 @@ class WorkerRows(StoreBase):
         with self._tx() as cur:
             job = self._exec(
                 cur,
-                "SELECT status, endpoint, tenant FROM flowopt_batch_jobs WHERE id = ?",
+                "SELECT status, endpoint, tenant, expires_at FROM flowopt_batch_jobs WHERE id = ?",
                 (job_id,),
             ).fetchone()
-            if job is None or job[0] != "in_progress":
-                return []
+            if job is None or job[0] != "in_progress" or _past(job[3]):
+                return []  # closed, cancelling, or expired: finish() closes it
             rows = self._claim_rows(cur, job_id, limit)
             for number, *_ in rows:
                 self._exec(
@@ -132,11 +136,11 @@ class WorkerRows(StoreBase):
         with self._tx() as cur:
             job = self._exec(
                 cur,
-                "SELECT status, endpoint, tenant FROM flowopt_batch_jobs WHERE id = ?",
+                "SELECT status, endpoint, tenant, expires_at FROM flowopt_batch_jobs WHERE id = ?",
                 (job_id,),
             ).fetchone()
-            if job is None or job[0] != "in_progress":
-                return []
+            if job is None or job[0] != "in_progress" or _past(job[3]):
+                return []  # closed, cancelling, or expired: finish() closes it
             for number in numbers:
                 taken = self._exec(
                     cur,

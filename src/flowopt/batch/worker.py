@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -144,6 +145,9 @@ class BatchWorker:
         while True:
             wait = seconds_until_open(self.settings.windows)
             if wait > 0:
+                job = await asyncio.to_thread(self.store.job, job_id, any_tenant=True)
+                if job is None or job["status"] != "in_progress" or job["expires_at"] < time.time():
+                    return  # nothing to wait for: finish() closes it
                 await asyncio.sleep(min(wait, 60.0))
                 continue
             lines = await asyncio.to_thread(self.store.claim, job_id, self.id, 1)
