@@ -56,6 +56,10 @@ async def run_file(
     from flowopt.gateway.app import Gateway
     from flowopt.pipeline import load
 
+    if engine == "ray":  # before anything is created: fail with the install hint
+        from flowopt.batch._ray import require_ray
+
+        require_ray()
     pipe = load(spec)
     gw = Gateway(pipe)
     settings = gw.settings.batch

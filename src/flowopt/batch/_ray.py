@@ -23,10 +23,11 @@ from typing import Any
 
 from flowopt.errors import MissingDependencyError
 
-__all__ = ["run_on_ray"]
+__all__ = ["require_ray", "run_on_ray"]
 
 
-def _ray() -> Any:
+def require_ray() -> Any:
+    """The ``ray`` module, or a MissingDependencyError naming the ``ray`` extra."""
     try:
         import ray
         import ray.data
@@ -83,7 +84,7 @@ def run_on_ray(
     (a local one when none is), with ``actors`` pipelines; return when the job is closed."""
     from flowopt.batch.store import open_store
 
-    ray = _ray()
+    ray = require_ray()
     if not ray.is_initialized():
         ray.init()
     jobs = open_store(store)

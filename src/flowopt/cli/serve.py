@@ -53,8 +53,9 @@ def serve(
     log_level: str,
     access_log: bool,
 ) -> None:
-    """Serve SPEC over the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models,
-    /health, /metrics. Any OpenAI client works unchanged; point its base URL at /v1."""
+    """Serve SPEC over the OpenAI API: /v1/chat/completions, /v1/completions,
+    /v1/embeddings, /v1/models, /v1/files + /v1/batches (batch jobs), /health, /metrics.
+    Any OpenAI client works unchanged; point its base URL at /v1."""
     from flowopt.gateway.server import serve as run_server
 
     run_server(
