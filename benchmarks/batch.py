@@ -139,7 +139,9 @@ def interactive(
 
 def priority_part(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"slots": args.slots, "batch_concurrency": args.concurrency}
-    for label, priority in (("alone", None), ("batch_priority", -100), ("same_priority", 0)):
+    runs = {"alone": None, "batch_priority": -100, "same_priority": 0}
+    for label in args.priority_order.split(","):
+        priority = runs[label]
         with gateway(args, tmp / f"p{label}.sqlite", priority or 0) as srv:
             base = srv.base_url + "/v1"
             client = openai.OpenAI(base_url=base, api_key="none", max_retries=0, timeout=600)
@@ -180,6 +182,11 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=8, help="shed max_concurrency")
     ap.add_argument("--interactive", type=int, default=30)
     ap.add_argument("--parts", default="throughput,priority")
+    ap.add_argument(
+        "--priority-order",
+        default="alone,batch_priority,same_priority",
+        help="order of the priority part's runs (alternate it between runs: the load drifts)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}

@@ -37,7 +37,7 @@ def main() -> int:
     pipe = pipeline(
         "batch-example",
         backend={"vllm": {"base_url": base_url, "model": model}},
-        middleware=["cache"],  # a repeated line is answered from the cache
+        middleware=[{"resilience": {"shed": {"max_concurrency": 8}}}],  # lines queue last
         steps=[{"name": "answer", "prompt": "{input}"}],
     )
     lines = [

@@ -17,15 +17,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import openai
 import pytest
 
 from flowopt import pipeline
-from flowopt.batch import open_store
+from flowopt.batch import BATCH_PRIORITY, open_store
 from flowopt.gateway._background import BackgroundServer
 from flowopt.gateway.app import create_app
+from flowopt.middleware.base import CallNext, MiddlewareBase
 from flowopt.spec import BatchSettings, GatewaySpec
+from flowopt.types import Request, Response
 
 pytestmark = pytest.mark.integration
 
@@ -62,11 +65,29 @@ def _until(check: object, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+class PriorityProbe(MiddlewareBase):
+    """Records the priority each request reached the middleware stack with."""
+
+    name: ClassVar[str] = "priority-probe"
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    async def __call__(self, request: Request, call_next: CallNext) -> Response:
+        self.seen.append(request.priority)
+        return await call_next(request)
+
+
+PROBE = PriorityProbe()
+
+
 @pytest.fixture
 def batch_gateway(tmp_path: Path, vllm_url: str, served_model: str) -> Iterator[str]:
+    PROBE.seen.clear()
     pipe = pipeline(
         "batch",
         backend={"vllm": {"base_url": vllm_url, "model": served_model}},
+        middleware=[PROBE],
         steps=[{"name": "answer", "prompt": "{input}"}],
     )
     settings = GatewaySpec(
@@ -117,6 +138,8 @@ def test_openai_client_runs_a_batch_through_the_gateway(
     assert by_id[None]["error"]["line"] == 6
     assert by_id[bad_model["custom_id"]]["response"]["status_code"] == 404
     assert [b.id for b in client.batches.list()] == [batch.id]
+    # every line reached the middleware (the shedder among them) at batch priority
+    assert PROBE.seen == [BATCH_PRIORITY] * 29  # the unknown model stops before them
     # a wrong key is refused (tenant isolation: test_store_unit); so is a wrong purpose
     stranger = openai.OpenAI(base_url=batch_gateway + "/v1", api_key="wrong-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
