@@ -181,7 +181,11 @@ async def test_decision_flips_with_measured_prefill_speed() -> None:
     scorer = FakeWordScorer()
     # prior: a fast GPU-like prefill (20k tokens/s) and a slow compressor: not worth it
     mw = Compress(
-        ranker="lm", scorer=scorer, prior_prefill_tps=20000.0, prior_cost_ms_per_token=0.5
+        ranker="lm",
+        scorer=scorer,
+        prior_prefill_tps=20000.0,
+        prior_cost_ms_per_token=0.5,
+        calibrate=False,
     )
     req = _rag(_passages(10))
     fast = FakeScriptedTerminal(tps=20000.0)
@@ -197,9 +201,27 @@ async def test_decision_flips_with_measured_prefill_speed() -> None:
     assert second.detail["predicted_saving_ms"] > 50.0
 
 
+async def test_first_auto_decision_uses_a_measured_compressor_cost() -> None:
+    """The prior says the compressor is hopelessly slow (1 s/token); the fake scorer is
+    fast. Without calibration the first decision trusts the prior and declines; with it
+    (the default) the compressor is measured first and compression pays."""
+    req = _rag(_passages(10))
+    for calibrate, action in ((False, "skipped"), (True, "compressed")):
+        mw = Compress(
+            ranker="lm",
+            scorer=FakeWordScorer(),
+            prior_prefill_tps=50.0,
+            prior_cost_ms_per_token=1000.0,
+            calibrate=calibrate,
+        )
+        d = _decision(await mw(req, FakeScriptedTerminal(tps=50.0)))
+        assert d.action == action, d.detail
+        assert mw.cost.samples == (1 if calibrate else 0) + (action == "compressed")
+
+
 async def test_short_and_unmarked_and_repeated_requests_are_skipped() -> None:
     terminal = FakeScriptedTerminal()
-    mw = Compress(ranker="lm", scorer=FakeWordScorer(), prior_prefill_tps=20000.0)
+    mw = Compress(ranker="lm", scorer=FakeWordScorer(), prior_prefill_tps=20000.0, calibrate=False)
     assert _decision(await mw(Request.chat("hi"), terminal)).detail["reason"] == "unmarked"
     short = _decision(await mw(_rag(_passages(1, words=20)), terminal))
     assert short.detail["reason"] == "short"
