@@ -172,6 +172,7 @@ async def test_wrong_guess_cancels_b_mid_request_and_reruns() -> None:
     result = await run
     _same(result, await _plain("I want a refund"))
     assert fb.cancelled == ["Handle tech: I want a refund"]
+    assert speculation_stats(pipe)["classify->answer"].cancelled == 1
     assert speculation_stats(pipe)["classify->answer"].misses == 1
 
 

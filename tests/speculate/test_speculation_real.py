@@ -1,14 +1,16 @@
-"""On the real local vLLM server: a wrong guess's request is really aborted by the engine,
-not left generating (the engine's own abort counter, read from its /metrics)."""
+"""On the real local vLLM server: a wrong guess's request is cancelled in flight (its
+connection closed, which is what makes vLLM abort it) and the run's result is the one a
+plain run gives.
+
+The engine's side is not asserted here: on the shared CPU server, vLLM 0.32's
+``request_success_total{finished_reason="abort"}`` stays at 0 even for a plain httpx
+request cancelled mid-generation, and ``num_requests_running`` counts every client's
+requests; docs/speculation.md says how the abort was checked by hand."""
 
 from __future__ import annotations
 
-import asyncio
-import re
-import time
 from collections.abc import Sequence
 
-import httpx
 import pytest
 
 import flowopt
@@ -16,10 +18,6 @@ from flowopt.registry import guessers
 from flowopt.speculate import Guess, speculation_stats
 
 pytestmark = pytest.mark.integration
-
-_ABORTS = re.compile(
-    r'^vllm:request_success_total\{[^}]*finished_reason="abort"[^}]*\} (\S+)$', re.M
-)
 
 
 class OppositeGuesser:
@@ -33,11 +31,6 @@ class OppositeGuesser:
 
     def observe(self, text: str, actual: str) -> None:
         return None
-
-
-def _aborts(vllm_url: str) -> float:
-    body = httpx.get(vllm_url.removesuffix("/v1") + "/metrics", timeout=10).text
-    return sum(float(v) for v in _ABORTS.findall(body))
 
 
 async def test_a_wrong_guess_is_aborted_on_the_server(vllm_url: str, served_model: str) -> None:
@@ -76,14 +69,12 @@ async def test_a_wrong_guess_is_aborted_on_the_server(vllm_url: str, served_mode
                 {"from": "pick", "to": "write", "guesser": {"opposite-test": {"label": wrong}}}
             ],
         )
-        before = _aborts(vllm_url)
         result = await pipe.ainvoke("which?")
         await pipe.aclose()
     finally:
         guessers.unregister("opposite-test")
     assert result.outputs["pick"] == actual
-    assert speculation_stats(pipe)["pick->write"].misses == 1
-    deadline = time.monotonic() + 30
-    while _aborts(vllm_url) <= before and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.2)  # the counter is the server's; poll it, bounded
-    assert _aborts(vllm_url) >= before + 1
+    stats = speculation_stats(pipe)["pick->write"]
+    assert (stats.speculated, stats.misses, stats.hits) == (1, 1, 0)
+    assert stats.cancelled == 1  # the guessed B was still generating when A answered
+    assert [h.step for h in result.hops] == ["pick", "write"]  # no hop of the guessed B

@@ -47,7 +47,11 @@ def command() -> None:
 def train(
     data: str, out: str, text_field: str, label_field: str, split: str, holdout: float, seed: int
 ) -> None:
-    """Fit a TF-IDF guesser on DATA and write it to OUT (use it as guesser: {tfidf: {model: OUT}})."""
+    """Fit a TF-IDF guesser on DATA and write it to OUT.
+
+    Use it in a spec as ``guesser: {tfidf: {model: OUT}}``. Train on what step A really
+    returned (recorded traces) rather than on gold labels where you can: the guess is
+    judged against A's output."""
     from flowopt.speculate._tfidf import fit
 
     rows = []

@@ -172,6 +172,7 @@ class Speculator:
             stats.misses += hit is None
             losers = [b for b in branches if b is not hit]
             wasted = self._waste(losers, a_done)
+            stats.cancelled += sum(not b.task.done() for b in losers)
             await self._cancel(losers)
             stats.wasted_tokens += wasted
             span.set_attribute("flowopt.speculation.wasted_tokens", wasted)

@@ -35,6 +35,7 @@ class EdgeStats:
     speculated: int = 0
     hits: int = 0
     misses: int = 0
+    cancelled: int = 0  # wrong-guess branches still running when A answered
     a_failed: int = 0
     skipped_shed: int = 0
     skipped_gate: int = 0

@@ -10,8 +10,8 @@ spec as ``guesser: {tfidf: {model: m.npz}}``. Built in:
   served with numpy only (:mod:`flowopt.speculate._tfidf`).
 - ``lookup``: what A returned before for the same input (normalised: case, spacing,
   punctuation); the confidence is the share of past runs that returned it, Laplace
-  smoothed ((n + 1) / (runs + 2): 2/3 for an input seen once). Learns as it runs; bounded, least recently used
-  entries go first.
+  smoothed ((n + 1) / (runs + 2): 2/3 for an input seen once). Learns as it runs;
+  bounded, least recently used entries go first.
 
 A guess outside the edge's label set is dropped by the speculator, never run.
 """
@@ -88,7 +88,9 @@ class LookupGuesser:
         total = sum(counts.values())
         allowed = set(labels)
         return [
-            Guess(label, (n + 1) / (total + 2)) for label, n in counts.most_common() if label in allowed
+            Guess(label, (n + 1) / (total + 2))
+            for label, n in counts.most_common()
+            if label in allowed
         ][:k]
 
     def observe(self, text: str, actual: str) -> None:
