@@ -312,3 +312,18 @@ def test_a_pure_function_step_may_be_speculated() -> None:
     step = {"name": "answer", "function": "tests.core.steps_fixture:shout", "pure": True}
     spec = parse_spec(_spec(steps=[_steps()[0], step]))
     assert spec.steps[1].pure and "pure: true" in spec.to_yaml()
+
+
+def test_gate_prices_waste_and_calibrates_on_its_hit_rate() -> None:
+    from flowopt.speculate import Gate
+
+    edge = parse_spec(_spec()).speculate[0].model_copy(update={"cost_factor": 3.0})
+    gate = Gate(edge, [])
+    assert gate.admit([Guess("billing", 0.6)])[1] == "speculate"  # no figures yet: threshold
+    gate.stats.t1_ms = gate.stats.t2_ms = 100.0
+    assert gate.admit([Guess("billing", 0.6)])[1] == "gate"  # 0.6 * 100 < 3 * 0.4 * 100
+    assert gate.admit([Guess("billing", 0.8)])[1] == "speculate"
+    gate.stats.hits, gate.stats.misses, gate.stats.conf_sum = 10, 10, 16.0  # overconfident
+    assert gate.probability(0.8) == pytest.approx(0.5)
+    assert gate.admit([Guess("billing", 0.8)])[1] == "gate"
+    assert gate.admit([Guess("billing", 0.3)])[1] == "gate"  # below the threshold
