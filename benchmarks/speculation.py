@@ -149,6 +149,7 @@ async def main() -> None:
     t1: list[float] = []
     t2: list[float] = []
     diffs = 0
+    step1: collections.Counter[str] = collections.Counter()
     for i, row in enumerate(held):
         order = [(plain, lat_off), (spec, lat_on)]
         if i % 2:
@@ -163,6 +164,7 @@ async def main() -> None:
         t1.append(off.hops[0].response.latency_ms or 0.0)
         t2.append(off.hops[1].response.latency_ms or 0.0)
         diffs += results["spec"].outputs != off.outputs
+        step1[str(off.outputs["classify"])] += 1
         if not args.json and (i + 1) % 10 == 0:
             log(f"  {i + 1}/{len(held)}")
     await plain.aclose()
@@ -182,6 +184,10 @@ async def main() -> None:
         "step1_model": args.step1_model or args.model,
         "step2_model": args.model,
         "hit_rate": round(p, 3),
+        # how skewed step 1's outputs are (a guesser that always says the commonest
+        # label would be right this often)
+        "step1_top_share": round(step1.most_common(1)[0][1] / len(held), 3),
+        "step1_distinct": len(step1),
         "speculated_share": round(s.speculated / max(1, s.runs), 3),
         "T1_ms": round(T1, 1),
         "T2_ms": round(T2, 1),
