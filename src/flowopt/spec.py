@@ -118,6 +118,11 @@ class StepSpec(_Frozen):
     )
     backend: str | None = Field(None, description="Named backend for this step (see backends).")
     pure: bool = Field(False, description="A function step with no side effects (speculable).")
+    compressible: tuple[str, ...] = Field(
+        (),
+        description="Prompt-template fields whose values the compress middleware may "
+        "shrink (retrieved passages, documents); never the system prompt.",
+    )
     fn: Any = Field(None, exclude=True, repr=False)
 
     @model_validator(mode="before")
@@ -141,6 +146,15 @@ class StepSpec(_Frozen):
                 raise ValueError(f"step {self.name!r}: 'system' only applies to prompt steps")
         if self.output_key in _RESERVED_OUTPUTS:
             raise ValueError(f"step {self.name!r} cannot write to reserved key {self.output_key!r}")
+        if self.compressible:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.prompt or "") if f}
+            for f in self.compressible:
+                if f not in fields:
+                    raise ValueError(
+                        f"step {self.name!r}: compressible field {f!r} is not a field of its "
+                        f"prompt template (fields: {sorted(fields) or 'none'}); system "
+                        "templates are never compressed"
+                    )
         for tpl in (self.prompt, self.system):
             if tpl is not None:
                 try:
@@ -178,6 +192,15 @@ class StepSpec(_Frozen):
 
     def template_fields(self) -> set[str]:
         fields: set[str] = set()
+        if self.compressible:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.prompt or "") if f}
+            for f in self.compressible:
+                if f not in fields:
+                    raise ValueError(
+                        f"step {self.name!r}: compressible field {f!r} is not a field of its "
+                        f"prompt template (fields: {sorted(fields) or 'none'}); system "
+                        "templates are never compressed"
+                    )
         for tpl in (self.prompt, self.system):
             if tpl:
                 for _, fname, _, _ in string.Formatter().parse(tpl):
