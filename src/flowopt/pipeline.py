@@ -118,7 +118,7 @@ class Pipeline:
                 self._templates[step.name] = step.template_id(spec.name)
             else:
                 step.callable()  # import now: a bad reference fails at build time
-        self.graph = build_graph(spec, self._run_step, checkpointer=checkpointer)
+        self.graph = build_graph(spec, self._run_step, checkpointer=checkpointer, pipeline=self)
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self._tracer = self._tracing.tracer

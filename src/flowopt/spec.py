@@ -35,6 +35,7 @@ from flowopt import registry
 from flowopt._envsubst import expand_env
 from flowopt._gateway_spec import DEFAULT_MAX_BODY_BYTES, GatewaySpec
 from flowopt._spec_yaml import read_yaml
+from flowopt._speculate_spec import SpeculateSpec, check_speculation
 from flowopt.errors import ConfigError, SpecError
 from flowopt.middleware.base import Use
 from flowopt.middleware.options import describe_error, spec_options_errors
@@ -44,6 +45,7 @@ __all__ = [
     "GatewaySpec",
     "PipelineSpec",
     "RouteSpec",
+    "SpeculateSpec",
     "StepSpec",
     "TracingSpec",
     "expand_env",
@@ -115,6 +117,7 @@ class StepSpec(_Frozen):
         default_factory=dict, description="Sampling params overriding the pipeline defaults."
     )
     backend: str | None = Field(None, description="Named backend for this step (see backends).")
+    pure: bool = Field(False, description="A function step with no side effects (speculable).")
     compressible: tuple[str, ...] = Field(
         (),
         description="Prompt-template fields whose values the compress middleware may "
@@ -317,6 +320,7 @@ class PipelineSpec(_Frozen):
         None, description="[from, to] pairs; omitted: steps run in order."
     )
     routes: tuple[RouteSpec, ...] = ()
+    speculate: tuple[SpeculateSpec, ...] = Field(default=(), description="Speculated edges.")
     tracing: TracingSpec = Field(default_factory=lambda: TracingSpec())
     gateway: GatewaySpec | None = Field(default=None, description="`flowopt serve` settings.")
     version: int = 1
@@ -392,6 +396,7 @@ class PipelineSpec(_Frozen):
             for t in [*r.cases.values(), *([r.default] if r.default else [])]:
                 if t not in known and t != "END":
                     raise ValueError(f"route from {r.source!r} goes to unknown step {t!r}")
+        check_speculation(self)
         return self
 
     # -- YAML round trip ---------------------------------------------------------------
@@ -415,6 +420,8 @@ class PipelineSpec(_Frozen):
             out["routes"] = [
                 r.model_dump(by_alias=True, exclude_defaults=True) for r in self.routes
             ]
+        if self.speculate:
+            out["speculate"] = [e.to_dict() for e in self.speculate]
         tracing = self.tracing.model_dump(exclude_defaults=True)
         if tracing:
             out["tracing"] = tracing

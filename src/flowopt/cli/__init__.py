@@ -28,6 +28,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("flowopt.cli.cache", "command"),
     ("flowopt.cli.memory", "command"),
     ("flowopt.cli.compress", "command"),
+    ("flowopt.cli.speculate", "command"),
 )
 
 
