@@ -47,7 +47,7 @@ from flowopt.resilience import (
     TenantLimits,
 )
 from flowopt.result import Hop, Result, StepEvent, TokenEvent
-from flowopt.spec import PipelineSpec, StepSpec, load_spec, parse_spec
+from flowopt.spec import PipelineSpec, SpeculateSpec, StepSpec, load_spec, parse_spec
 from flowopt.stream import Stream, replay
 from flowopt.tracing import configure_tracing
 from flowopt.types import (
@@ -74,6 +74,8 @@ _LAZY = {
     "Cascade": "flowopt.routing.cascade",
     "Price": "flowopt.routing.pricing",
     "Tier": "flowopt.routing.pricing",
+    "Guess": "flowopt.speculate",
+    "speculation_stats": "flowopt.speculate",
 }
 
 
@@ -108,6 +110,7 @@ __all__ = [
     "EndpointCoolingDown",
     "Fallback",
     "FlowoptError",
+    "Guess",
     "Hop",
     "IncompleteStream",
     "InvalidRequestError",
@@ -134,6 +137,7 @@ __all__ = [
     "RetryBudget",
     "RunError",
     "SpecError",
+    "SpeculateSpec",
     "StepError",
     "StepEvent",
     "StepSpec",
@@ -156,4 +160,5 @@ __all__ = [
     "parse_spec",
     "pipeline",
     "replay",
+    "speculation_stats",
 ]

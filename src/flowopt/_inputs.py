@@ -37,7 +37,19 @@ from flowopt.errors import InvalidRequestError
 from flowopt.spec import PipelineSpec
 from flowopt.types import Message, Params
 
-__all__ = ["Input", "answer_steps", "initial_state", "run_params", "step_messages"]
+__all__ = [
+    "COMPRESS_MARKS",
+    "Input",
+    "answer_steps",
+    "compress_marks",
+    "initial_state",
+    "run_params",
+    "step_messages",
+]
+
+COMPRESS_MARKS = "flowopt.compress"
+"""Request metadata key of the passages the compress middleware may shrink (here so the
+pipeline can mark template fields without importing the compressor)."""
 
 #: What a run starts from: text, ``{"input": ...}``, a chat (a list of messages) or
 #: ``{"messages": [...]}``.
@@ -88,6 +100,29 @@ def step_messages(system: str | None, prompt: str, state: Mapping[str, Any]) -> 
     out = [Message("system", "\n\n".join(systems))] if systems else []
     out.extend(Message(m["role"], m["content"], m.get("name")) for m in turns[:-1])
     out.append(Message("user", prompt, last.get("name") if prompt == last["content"] else None))
+    return out
+
+
+def compress_marks(
+    fields: Sequence[str], state: Mapping[str, Any], metadata: Mapping[str, Any]
+) -> Mapping[str, Any]:
+    """``metadata`` with the values of a step's ``compressible`` template ``fields`` marked
+    as passages: a text value splits at blank lines (each paragraph is a passage the
+    compressor can rank and drop), anything else is one passage as the template renders it.
+    Marks already in ``metadata`` (a caller's :func:`flowopt.compress.mark`) come first.
+    No fields: ``metadata`` itself."""
+    if not fields:
+        return metadata
+    passages: list[str] = []
+    for name in fields:
+        value = state.get(name)
+        text = value if isinstance(value, str) else "" if value is None else str(value)
+        passages.extend(p.strip() for p in text.split("\n\n") if p.strip())
+    out = dict(metadata)
+    if passages:
+        entry = dict(out.get(COMPRESS_MARKS) or {})
+        entry["passages"] = [*entry.get("passages", ()), *passages]
+        out[COMPRESS_MARKS] = entry
     return out
 
 

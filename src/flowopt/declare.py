@@ -26,6 +26,7 @@ def pipeline(
     defaults: Mapping[str, Any] | None = None,
     edges: Sequence[tuple[str, str]] | None = None,
     routes: Sequence[Mapping[str, Any]] = (),
+    speculate: Sequence[Mapping[str, Any]] = (),
     tracing: Mapping[str, Any] | None = None,
     description: str | None = None,
     checkpointer: Any = None,
@@ -36,7 +37,8 @@ def pipeline(
     backend object. ``steps`` are dicts (``{"name", "prompt" | "function", "output",
     "system", "params", "backend"}``) or :class:`StepSpec`. ``middleware`` entries are
     names, ``{name: {options}}``, :class:`Use` records or middleware objects, outermost
-    first.
+    first. ``speculate`` lists speculated edges (:class:`~flowopt.SpeculateSpec`,
+    docs/speculation.md).
     """
     data: dict[str, Any] = {
         "name": name,
@@ -50,6 +52,8 @@ def pipeline(
         "defaults": dict(defaults or {}),
         "routes": list(routes),
     }
+    if speculate:
+        data["speculate"] = list(speculate)
     if edges is not None:
         data["edges"] = [tuple(e) for e in edges]
     if tracing is not None:

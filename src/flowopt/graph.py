@@ -55,39 +55,71 @@ def _router(route: RouteSpec) -> Callable[[dict[str, Any]], str]:
     return pick
 
 
-def build_graph(spec: PipelineSpec, run: NodeFn, *, checkpointer: Any = None) -> Any:
-    """Compile ``spec`` to a LangGraph graph whose nodes call ``run(step, state, config)``."""
+def build_graph(
+    spec: PipelineSpec,
+    run: NodeFn,
+    *,
+    checkpointer: Any = None,
+    pipeline: Any = None,
+) -> Any:
+    """Compile ``spec`` to a LangGraph graph whose nodes call ``run(step, state, config)``.
+
+    A speculated edge A -> B (``spec.speculate``) becomes one node named A that runs
+    both (:mod:`flowopt.speculate._node`): only verified results reach the state. Its
+    speculators (with their running figures) are on the compiled graph as
+    ``flowopt_speculators``. ``pipeline`` (the owner) gives them its middleware (is a
+    load shedder active?) and its tracer.
+    """
     graph: StateGraph[Any] = StateGraph(state_schema(spec))
+    fused = {e.target: e.source for e in spec.speculate}
+    speculators: dict[str, Any] = {}
+    if spec.speculate:
+        from flowopt.speculate import make_speculators
+
+        layers = pipeline.middleware if pipeline is not None else []
+        tracer = pipeline.tracing.tracer if pipeline is not None else None
+        speculators = make_speculators(spec, run, layers, tracer)
     for step in spec.steps:
-        graph.add_node(step.name, _node(step, run))  # type: ignore[call-overload]
+        if step.name in fused:
+            continue
+        node = speculators.get(step.name) or _node(step, run)
+        graph.add_node(step.name, node)  # type: ignore[call-overload]
+
+    def at(n: str) -> str:
+        return fused.get(n, n)
 
     names = [s.name for s in spec.steps]
-    routed = {r.source for r in spec.routes}
+    routed = {at(r.source) for r in spec.routes}
     has_out: set[str] = set()
     if spec.edges is None:
         graph.add_edge(START, names[0])
         if not spec.routes:
             for a, b in itertools.pairwise(names):
-                graph.add_edge(a, b)
-                has_out.add(a)
+                if at(a) != at(b):
+                    graph.add_edge(at(a), at(b))
+                    has_out.add(at(a))
     else:
         starts = [b for a, b in spec.edges if a == "START"]
         if not starts:
             graph.add_edge(START, names[0])
         for a, b in spec.edges:
-            graph.add_edge(START if a == "START" else a, END if b == "END" else b)
-            has_out.add(a)
+            if at(a) == at(b):
+                continue
+            graph.add_edge(START if a == "START" else at(a), END if b == "END" else b)
+            has_out.add(at(a))
     for route in spec.routes:
         path_map: dict[str, str] = {t: (END if t == "END" else t) for t in route.cases.values()}
         if route.default and route.default != "END":
             path_map[route.default] = route.default
         path_map[END] = END
-        graph.add_conditional_edges(route.source, _router(route), path_map)  # type: ignore[arg-type]
+        graph.add_conditional_edges(at(route.source), _router(route), path_map)  # type: ignore[arg-type]
     for n in names:
-        if n not in has_out and n not in routed:
+        if n not in fused and n not in has_out and n not in routed:
             graph.add_edge(n, END)
     _check_reachable(spec)
-    return graph.compile(checkpointer=checkpointer)
+    compiled = graph.compile(checkpointer=checkpointer)
+    compiled.flowopt_speculators = speculators  # type: ignore[attr-defined]
+    return compiled
 
 
 def _check_reachable(spec: PipelineSpec) -> None:

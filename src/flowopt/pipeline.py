@@ -31,6 +31,7 @@ from flowopt import _runner, registry
 from flowopt._inputs import (
     Input,
     answer_steps,
+    compress_marks,
     initial_state,
     run_params,
     step_messages,
@@ -117,7 +118,7 @@ class Pipeline:
                 self._templates[step.name] = step.template_id(spec.name)
             else:
                 step.callable()  # import now: a bad reference fails at build time
-        self.graph = build_graph(spec, self._run_step, checkpointer=checkpointer)
+        self.graph = build_graph(spec, self._run_step, checkpointer=checkpointer, pipeline=self)
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self._tracer = self._tracing.tracer
@@ -144,8 +145,7 @@ class Pipeline:
 
     def __repr__(self) -> str:
         mws = ", ".join(n for n, _ in self._middleware)
-        steps = [s.name for s in self.spec.steps]
-        return f"Pipeline({self.name!r}, steps={steps}, middleware=[{mws}])"
+        return f"Pipeline({self.name!r}, steps={[s.name for s in self.spec.steps]}, middleware=[{mws}])"  # noqa: E501
 
     def to_yaml(self) -> str:
         return self.spec.to_yaml()
@@ -296,7 +296,7 @@ class Pipeline:
             step=step.name,
             priority=opts.priority,
             deadline=opts.deadline,
-            metadata=opts.metadata,
+            metadata=compress_marks(step.compressible, state, opts.metadata),
             # a step declared on a backend is pinned there: triage, cascade and fallback
             # leave it alone (tests/routing/test_pinned.py)
             route=step.backend,

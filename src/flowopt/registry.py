@@ -29,6 +29,7 @@ __all__ = [
     "Registry",
     "RegistryEntry",
     "backends",
+    "guessers",
     "instantiate",
     "middleware",
     "stores",
@@ -38,6 +39,7 @@ GROUPS = {
     "middleware": "flowopt.middleware",
     "backend": "flowopt.backends",
     "store": "flowopt.stores",
+    "guesser": "flowopt.guessers",
 }
 
 
@@ -141,6 +143,7 @@ class Registry:
 middleware = Registry("middleware")
 backends = Registry("backend")
 stores = Registry("store")
+guessers = Registry("guesser")  # speculation guessers (flowopt.speculate.guessers)
 
 
 def instantiate(use: Use, kind: str, where: str) -> Any:
@@ -151,7 +154,9 @@ def instantiate(use: Use, kind: str, where: str) -> Any:
     target = use.target
     if isinstance(target, str):
         try:
-            reg: Registry = globals()[{"middleware": "middleware", "backend": "backends"}[kind]]
+            reg: Registry = globals()[
+                {"middleware": "middleware", "backend": "backends", "guesser": "guessers"}[kind]
+            ]
             cls = reg.load(target)
         except ConfigError as exc:
             exc.message = f"{where}: {exc.message}"

@@ -36,6 +36,7 @@ from flowopt._batch_spec import BatchSettings
 from flowopt._envsubst import expand_env
 from flowopt._gateway_spec import DEFAULT_MAX_BODY_BYTES, GatewaySpec
 from flowopt._spec_yaml import read_yaml
+from flowopt._speculate_spec import SpeculateSpec, check_speculation
 from flowopt.errors import ConfigError, SpecError
 from flowopt.middleware.base import Use
 from flowopt.middleware.options import describe_error, spec_options_errors
@@ -46,6 +47,7 @@ __all__ = [
     "GatewaySpec",
     "PipelineSpec",
     "RouteSpec",
+    "SpeculateSpec",
     "StepSpec",
     "TracingSpec",
     "expand_env",
@@ -117,6 +119,12 @@ class StepSpec(_Frozen):
         default_factory=dict, description="Sampling params overriding the pipeline defaults."
     )
     backend: str | None = Field(None, description="Named backend for this step (see backends).")
+    pure: bool = Field(False, description="A function step with no side effects (speculable).")
+    compressible: tuple[str, ...] = Field(
+        (),
+        description="Prompt-template fields whose values the compress middleware may "
+        "shrink (retrieved passages, documents); never the system prompt.",
+    )
     fn: Any = Field(None, exclude=True, repr=False)
 
     @model_validator(mode="before")
@@ -140,6 +148,15 @@ class StepSpec(_Frozen):
                 raise ValueError(f"step {self.name!r}: 'system' only applies to prompt steps")
         if self.output_key in _RESERVED_OUTPUTS:
             raise ValueError(f"step {self.name!r} cannot write to reserved key {self.output_key!r}")
+        if self.compressible:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.prompt or "") if f}
+            for f in self.compressible:
+                if f not in fields:
+                    raise ValueError(
+                        f"step {self.name!r}: compressible field {f!r} is not a field of its "
+                        f"prompt template (fields: {sorted(fields) or 'none'}); system "
+                        "templates are never compressed"
+                    )
         for tpl in (self.prompt, self.system):
             if tpl is not None:
                 try:
@@ -177,6 +194,15 @@ class StepSpec(_Frozen):
 
     def template_fields(self) -> set[str]:
         fields: set[str] = set()
+        if self.compressible:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.prompt or "") if f}
+            for f in self.compressible:
+                if f not in fields:
+                    raise ValueError(
+                        f"step {self.name!r}: compressible field {f!r} is not a field of its "
+                        f"prompt template (fields: {sorted(fields) or 'none'}); system "
+                        "templates are never compressed"
+                    )
         for tpl in (self.prompt, self.system):
             if tpl:
                 for _, fname, _, _ in string.Formatter().parse(tpl):
@@ -296,6 +322,7 @@ class PipelineSpec(_Frozen):
         None, description="[from, to] pairs; omitted: steps run in order."
     )
     routes: tuple[RouteSpec, ...] = ()
+    speculate: tuple[SpeculateSpec, ...] = Field(default=(), description="Speculated edges.")
     tracing: TracingSpec = Field(default_factory=lambda: TracingSpec())
     gateway: GatewaySpec | None = Field(default=None, description="`flowopt serve` settings.")
     version: int = 1
@@ -371,6 +398,7 @@ class PipelineSpec(_Frozen):
             for t in [*r.cases.values(), *([r.default] if r.default else [])]:
                 if t not in known and t != "END":
                     raise ValueError(f"route from {r.source!r} goes to unknown step {t!r}")
+        check_speculation(self)
         return self
 
     # -- YAML round trip ---------------------------------------------------------------
@@ -394,6 +422,8 @@ class PipelineSpec(_Frozen):
             out["routes"] = [
                 r.model_dump(by_alias=True, exclude_defaults=True) for r in self.routes
             ]
+        if self.speculate:
+            out["speculate"] = [e.to_dict() for e in self.speculate]
         tracing = self.tracing.model_dump(exclude_defaults=True)
         if tracing:
             out["tracing"] = tracing

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -180,7 +181,11 @@ async def test_decision_flips_with_measured_prefill_speed() -> None:
     scorer = FakeWordScorer()
     # prior: a fast GPU-like prefill (20k tokens/s) and a slow compressor: not worth it
     mw = Compress(
-        ranker="lm", scorer=scorer, prior_prefill_tps=20000.0, prior_cost_ms_per_token=0.5
+        ranker="lm",
+        scorer=scorer,
+        prior_prefill_tps=20000.0,
+        prior_cost_ms_per_token=0.5,
+        calibrate=False,
     )
     req = _rag(_passages(10))
     fast = FakeScriptedTerminal(tps=20000.0)
@@ -196,9 +201,27 @@ async def test_decision_flips_with_measured_prefill_speed() -> None:
     assert second.detail["predicted_saving_ms"] > 50.0
 
 
+async def test_first_auto_decision_uses_a_measured_compressor_cost() -> None:
+    """The prior says the compressor is hopelessly slow (1 s/token); the fake scorer is
+    fast. Without calibration the first decision trusts the prior and declines; with it
+    (the default) the compressor is measured first and compression pays."""
+    req = _rag(_passages(10))
+    for calibrate, action in ((False, "skipped"), (True, "compressed")):
+        mw = Compress(
+            ranker="lm",
+            scorer=FakeWordScorer(),
+            prior_prefill_tps=50.0,
+            prior_cost_ms_per_token=1000.0,
+            calibrate=calibrate,
+        )
+        d = _decision(await mw(req, FakeScriptedTerminal(tps=50.0)))
+        assert d.action == action, d.detail
+        assert mw.cost.samples == (1 if calibrate else 0) + (action == "compressed")
+
+
 async def test_short_and_unmarked_and_repeated_requests_are_skipped() -> None:
     terminal = FakeScriptedTerminal()
-    mw = Compress(ranker="lm", scorer=FakeWordScorer(), prior_prefill_tps=20000.0)
+    mw = Compress(ranker="lm", scorer=FakeWordScorer(), prior_prefill_tps=20000.0, calibrate=False)
     assert _decision(await mw(Request.chat("hi"), terminal)).detail["reason"] == "unmarked"
     short = _decision(await mw(_rag(_passages(1, words=20)), terminal))
     assert short.detail["reason"] == "short"
@@ -346,3 +369,56 @@ async def test_cache_outside_compression_keys_on_the_uncompressed_request() -> N
     second = await (await handler(unmarked)).complete()
     assert second.cached and second.text == first.text
     assert len(backend.calls) == 1
+
+
+def retrieve_fixture_docs(state: dict[str, Any]) -> str:
+    """A retrieval step for the pipeline test: six passages, blank-line separated."""
+    return "\n\n".join(_passages(6))
+
+
+async def test_compressible_template_fields_are_marked_and_round_trip_yaml(tmp_path: Path) -> None:
+    """A step's ``compressible`` template fields reach the middleware as marked passages
+    (one per paragraph); the system prompt and the question are sent byte for byte."""
+    from flowopt import load_spec, parse_spec, pipeline
+    from flowopt.testing import FakeBackend
+
+    docs = _passages(6)
+    backend = FakeBackend()
+    mw = Compress(ranker="lm", scorer=FakeWordScorer(), when="always", ratio=3.0)
+    steps = [
+        {"name": "docs", "function": f"{__name__}:retrieve_fixture_docs"},
+        {
+            "name": "answer",
+            "system": "You are a careful assistant.",
+            "prompt": "Documents:\n{docs}\n\nQuestion: {input}",
+            "compressible": ["docs"],
+        },
+    ]
+    pipe = pipeline("rag", backend=backend, steps=steps, middleware=[mw])
+    spec = parse_spec({"name": "rag", "backend": "http://127.0.0.1:9/v1", "steps": steps})
+    path = tmp_path / "rag.yaml"
+    path.write_text(spec.to_yaml())
+    assert "compressible" in spec.to_yaml() and load_spec(path) == spec
+    async with pipe:
+        await pipe.ainvoke("Who grew wheat in the valley?")
+    sent = backend.calls[0]
+    assert sent.messages[0].text == "You are a careful assistant."
+    user = sent.messages[1].text
+    assert user.startswith("Documents:\n") and user.endswith(
+        "Question: Who grew wheat in the valley?"
+    )
+    kept = len(user.split())
+    assert kept * 2.5 < sum(len(d.split()) for d in docs)
+
+
+def test_compressible_field_must_be_a_prompt_field() -> None:
+    from flowopt import pipeline
+    from flowopt.errors import ConfigError
+    from flowopt.testing import FakeBackend
+
+    with pytest.raises(ConfigError, match="compressible field 'doc' is not a field"):
+        pipeline(
+            "rag",
+            backend=FakeBackend(),
+            steps=[{"name": "a", "prompt": "{docs} {input}", "compressible": ["doc"]}],
+        )

@@ -19,9 +19,11 @@ def command() -> None:
 @command.command(name="list")
 @click.option("--json", "as_json", is_flag=True)
 def list_(as_json: bool) -> None:
-    """List every registered middleware, backend and store with its distribution."""
+    """List every registered middleware, backend, store and guesser with its distribution."""
+    import flowopt.speculate  # noqa: F401  (registers the built-in guessers in-process)
+
     rows = []
-    for reg in (registry.middleware, registry.backends, registry.stores):
+    for reg in (registry.middleware, registry.backends, registry.stores, registry.guessers):
         for name, entry in sorted(reg.entries().items()):
             rows.append(
                 {

@@ -158,10 +158,35 @@ def select(
             continue
         chosen.add(i)
         room -= words[i][4]
+    result, after = _assemble(scorer, passages, keep, words, chosen)
+    # Words re-tokenise differently once joined (a kept word loses the space that made it
+    # one token): trim the least surprising kept words until the budget truly holds, so
+    # the achieved ratio is the asked one, not a few percent short.
+    droppable = sorted((i for i in chosen if not words[i][5]), key=lambda i: (words[i][3], -i))
+    for _ in range(4):
+        excess = after - budget
+        if excess <= 0 or not droppable:
+            break
+        cut = 0.0
+        while droppable and cut < excess * 1.1 + 1:
+            i = droppable.pop(0)
+            chosen.discard(i)
+            cut += words[i][4]
+        result, after = _assemble(scorer, passages, keep, words, chosen)
+    return Selection(result, before, after, forced_tokens, keep.count(False))
+
+
+def _assemble(
+    scorer: Scorer,
+    passages: list[str],
+    keep: list[bool],
+    words: list[tuple[int, int, int, float, int, bool]],
+    chosen: set[int],
+) -> tuple[tuple[str | None, ...], int]:
+    """The kept words of each kept passage, in order, and their token count."""
     out: list[list[str]] = [[] for _ in passages]
     for i, (p, start, end, *_rest) in enumerate(words):
         if i in chosen:
             out[p].append(passages[p][start:end])
     result = tuple(("".join(out[p]).rstrip() if keep[p] else None) for p in range(len(passages)))
-    after = sum(scorer.count_tokens(t) for t in result if t)
-    return Selection(result, before, after, forced_tokens, keep.count(False))
+    return result, sum(scorer.count_tokens(t) for t in result if t)

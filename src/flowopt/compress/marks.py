@@ -18,12 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from flowopt._inputs import COMPRESS_MARKS
 from flowopt.errors import InvalidRequestError
 from flowopt.types import Request
 
 __all__ = ["METADATA_KEY", "Span", "find_spans", "mark", "question_of"]
 
-METADATA_KEY = "flowopt.compress"
+METADATA_KEY = COMPRESS_MARKS
 """Request metadata key of the marks: ``{"passages": [...], "question": "..."}``."""
 
 _NEVER = frozenset({"system", "developer"})

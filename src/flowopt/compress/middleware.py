@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from flowopt.compress._calibrate import calibrate
 from flowopt.compress._mapreduce import chunk_passages, map_reduce
 from flowopt.compress._select import Selection, select
 from flowopt.compress.decide import CostModel, Forecast, PrefillModel, RecentPrefixes, predict
@@ -72,6 +73,7 @@ class Compress(MiddlewareBase):
         self._done: OrderedDict[str, Selection] = OrderedDict()
         self._windows: dict[str, int | None] = {}
         self.ranker: Ranker | None = MiniLMRanker() if opts.ranker == "minilm" else None
+        self._calibrating = asyncio.Lock()
 
     async def setup(self, ctx: PipelineContext) -> None:
         self._ctx = ctx
@@ -133,6 +135,8 @@ class Compress(MiddlewareBase):
             budget, reason = min(budget, room), "fit"
         else:
             skip = self._skip_reason(request, tokens)
+            if skip is None and opts.when == "auto" and opts.calibrate and not self.cost.samples:
+                await self._calibrate()
             forecast = predict(
                 tokens,
                 tokens / budget,
@@ -191,6 +195,18 @@ class Compress(MiddlewareBase):
             self.decision("compressed", **detail),
             saved_tokens=(sel.tokens_before - sel.tokens_after, compress_ms),
         )
+
+    async def _calibrate(self) -> None:
+        """Measure the compressor once before the first ``auto`` decision (concurrent first
+        requests wait for the one measurement), so it is never made on the prior."""
+        async with self._calibrating:
+            if self.cost.samples:
+                return
+            opts = self.options
+            tokens, seconds = await asyncio.to_thread(
+                calibrate, self.scorer, self.ranker, ratio=opts.ratio, coarse=opts.coarse
+            )
+            self.cost.observe(tokens, seconds)
 
     def _skip_reason(self, request: Request, tokens: int) -> str | None:
         if self.options.when == "never":

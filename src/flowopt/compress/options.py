@@ -51,7 +51,11 @@ class CompressOptions(MiddlewareOptions):
     prior_prefill_tps: float = Field(1000.0, gt=0)
     """Prefill tokens/s assumed for a backend before its answers are measured."""
     prior_cost_ms_per_token: float = Field(1.0, gt=0)
-    """Compressor milliseconds per token assumed before it is measured."""
+    """Compressor milliseconds per token assumed before it is measured (with ``calibrate``
+    off; otherwise the first ``auto`` decision measures it)."""
+    calibrate: bool = True
+    """Before the first ``auto`` decision, run the selection once on a built-in sample and
+    start the cost model from that measurement instead of the prior."""
     scorer: str | PyObject[Scorer] | None = None
     """The scorer: a local checkpoint directory (default: the converted SmolLM2-135M), or
     a :class:`~flowopt.compress.Scorer` object (Python only)."""

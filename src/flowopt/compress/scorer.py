@@ -233,6 +233,12 @@ class LLMLinguaScorer:
                 self._remember(texts[i], scores)
         return out
 
+    def clear_cache(self) -> None:
+        """Forget cached token scores and passage ranks (benchmarks compare cold runs)."""
+        with self._lock:
+            self._scores.clear()
+            self._ranks.clear()
+
     def _remember(self, text: str, scores: list[TokenScore]) -> None:
         self._scores[text] = scores
         while len(self._scores) > 512:
