@@ -321,7 +321,9 @@ def main() -> None:
         return np.where(x[:, 0] >= args.min_cosine, p, 0.0)
 
     p_cal = prob(x_ba[cal])
-    thresholds = {f"p{int(t * 100)}": threshold_for(p_cal, y[cal], t) for t in (0.90, 0.95, 0.97, 0.99)}
+    thresholds = {
+        f"p{int(t * 100)}": threshold_for(p_cal, y[cal], t) for t in (0.90, 0.95, 0.97, 0.99)
+    }
     thresholds.update({name: thresholds[p] for name, p in NAMED.items()})
     p_hold_q = prob(x_ba[hold])
     cos_hold = np.where(x_ba[hold, 0] >= args.min_cosine, x_ba[hold, 0], 0.0)

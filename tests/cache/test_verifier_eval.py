@@ -72,8 +72,9 @@ def test_eval_cli_json_and_plot(tmp_path: Path) -> None:
     op = pw["at_threshold"]
     assert op["false_hits"] == 0  # none of the near misses above is served
     assert op["true_hits"] >= 1
-    loose = {pt["threshold"]: pt for pt in pw["curve"]}[0.8]
+    loose = {pt["threshold"]: pt for pt in pw["curve"]}[0.7]
     assert loose["recall"] == 1.0  # a looser operating point serves every paraphrase here
+    assert loose["false_hits"] == 0  # ...and still none of the near misses
     assert cr["lookups"] == len(PAIRS)
     assert pw["curve"] and all("precision" in pt for pt in pw["curve"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
