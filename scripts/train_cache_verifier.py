@@ -1,26 +1,34 @@
 #!/usr/bin/env python
 """Train the semantic cache's verifier on the dev pairs file, reproducibly.
 
-    python scripts/train_cache_verifier.py --pairs PATH/TO/qqp-pairs-dev.jsonl
+    python scripts/train_cache_verifier.py --pairs PATH/TO/qqp-pairs-dev.jsonl \
+        --paraphrases PATH/TO/paraphrases-dev.jsonl
 
-What it does (seeded end to end; the same inputs give the same weights):
+What it does (deterministic end to end; the same inputs give the same weights):
 
-1. Reads the pairs file and splits it with ``--seed``: ``--holdout`` (default 20%) is set
-   aside and never used for fitting or for choosing thresholds; the rest is split again
-   into *fit* (85%) and *calibration* (15%).
-2. Embeds every question with the runtime embedder (:class:`MiniLMEmbedder`; cached in
-   ``--embeddings`` so a re-run skips it) and builds :func:`pair_vector` rows, both
-   orientations of each fit pair so the model is symmetric.
+1. Reads the QQP pairs file and splits it by a hash of each pair's text (so the split
+   does not depend on file order or on a random generator): ``--holdout`` (25%) is set
+   aside and never used for fitting or for choosing thresholds; 15% of the rest is the
+   *calibration* split, the remainder is *fit*. The plain-paraphrase file is split the
+   same way (``--paraphrase-holdout``, 30%); its fit part gives positives, and
+   fact-changing rewrites of it (:mod:`flowopt.cache._hard_negatives`: a name, number,
+   negation or antonym changed) give negatives, so the model cannot learn "a long,
+   reworded statement is always the same".
+2. Embeds every text with the runtime embedder (:class:`MiniLMEmbedder`; cached in
+   ``--embeddings`` so a re-run skips it) and builds :func:`pair_vector` rows (hand
+   features + word-alignment features; ``--embedding-features`` adds ``|u-v|``/``u*v``),
+   both orientations of each fit pair so the model is symmetric.
 3. Fits gradient-boosted trees (scikit-learn's histogram GBM, training-time only; ``--model
    mlp`` for a small MLP instead) and stores them flattened into arrays, with the
    operating thresholds, in ``src/flowopt/data/cache_verifier.npz``.
-   Thresholds are chosen on the calibration split: ``p95``/``p99`` are the lowest
-   probabilities whose served hits reach that precision, ``default`` is ``p95``.
-4. Writes the held-out pairs to ``--holdout-out`` so the numbers can be re-measured through
-   the middleware's own code path: ``flowopt cache eval --pairs <that file>``, and prints
-   the held-out pairwise metrics.
+   Thresholds are chosen on the QQP calibration split: ``pNN`` is the lowest probability
+   whose served hits reach NN% precision; ``default`` is ``p97``, ``strict`` ``p99``,
+   ``lenient`` ``p90``.
+4. Writes the held-out pairs to ``--holdout-out`` / ``--paraphrase-holdout-out`` so the
+   numbers can be re-measured through the middleware's own code path
+   (``flowopt cache eval --pairs <that file>``), and prints the held-out metrics.
 
-Only the dev file is used. Runtime inference needs numpy only.
+Only the dev files are used. Runtime inference needs numpy only.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from flowopt.cache._alignment import ALIGN_FEATURES  # noqa: E402
 from flowopt.cache._features import HAND_FEATURES, pair_matrix  # noqa: E402
 from flowopt.cache.embedder import MiniLMEmbedder  # noqa: E402
 
@@ -51,22 +60,26 @@ def load_pairs(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def embed_all(rows: list[dict[str, Any]], cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    digest = hashlib.blake2b(
-        "\n".join(r["a"] + "\t" + r["b"] for r in rows).encode(), digest_size=8
-    ).hexdigest()
+def embed_texts(texts: list[str], cache: Path) -> np.ndarray:
+    """MiniLM vectors of ``texts`` (cached in ``cache`` under a digest of the texts)."""
+    digest = hashlib.blake2b("\n".join(texts).encode(), digest_size=8).hexdigest()
     if cache.exists():
         with np.load(cache) as data:
             if str(data["digest"]) == digest:
-                return data["a"], data["b"]
+                return np.asarray(data["v"])
     emb = MiniLMEmbedder(threads=max(1, (os.cpu_count() or 2) // 2))
     t0 = time.perf_counter()
-    a = emb.embed_many([r["a"] for r in rows])
-    b = emb.embed_many([r["b"] for r in rows])
-    print(f"embedded {2 * len(rows)} questions in {time.perf_counter() - t0:.0f} s")
+    vecs = emb.embed_many(texts)
+    print(f"embedded {len(texts)} texts in {time.perf_counter() - t0:.0f} s")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, a=a, b=b, digest=digest)
-    return a, b
+    np.savez(cache, v=vecs, digest=digest)
+    return vecs
+
+
+def in_share(a: str, b: str, share: float, salt: str) -> bool:
+    """A fixed pseudo-random share of pairs, chosen by a hash of the pair's text."""
+    h = hashlib.blake2b(f"{salt}\t{a}\t{b}".encode(), digest_size=8).hexdigest()
+    return int(h, 16) % 10_000 < share * 10_000
 
 
 def curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,7 +129,7 @@ def summarise(
 
 
 def fit_gbm(
-    x: np.ndarray, y: np.ndarray, args: argparse.Namespace
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, args: argparse.Namespace
 ) -> tuple[dict[str, np.ndarray], Any]:
     """Histogram GBM, flattened into arrays the runtime walks with numpy."""
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -127,7 +140,7 @@ def fit_gbm(
         max_leaf_nodes=args.leaves,
         early_stopping=False,
         random_state=args.seed,
-    ).fit(x, y)
+    ).fit(x, y, sample_weight=w)
     feature, threshold, left, right, leaf, value, roots = [], [], [], [], [], [], []
     depth = 0
     offset = 0
@@ -156,36 +169,30 @@ def fit_gbm(
     return arrays, model.decision_function
 
 
-def fit_mlp(
-    x: np.ndarray, y: np.ndarray, args: argparse.Namespace
-) -> tuple[dict[str, np.ndarray], Any]:
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.preprocessing import StandardScaler
+NAMED = {"lenient": "p90", "default": "p97", "strict": "p99"}
+"""Named operating points and the calibrated QQP precision each one stands for."""
 
-    scaler = StandardScaler().fit(x)
-    scale = np.where(scaler.scale_ > 1e-6, scaler.scale_, 1.0)
-    model = MLPClassifier(
-        hidden_layer_sizes=(args.hidden,),
-        alpha=args.alpha,
-        max_iter=300,
-        early_stopping=True,
-        random_state=args.seed,
-    ).fit((x - scaler.mean_) / scale, y)
-    arrays: dict[str, np.ndarray] = {
-        "mean": scaler.mean_.astype(np.float32),
-        "scale": scale.astype(np.float32),
-        "n_layers": np.array(len(model.coefs_)),
-    }
-    for i, (w, b) in enumerate(zip(model.coefs_, model.intercepts_, strict=True)):
-        arrays[f"W{i}"] = w.astype(np.float32)
-        arrays[f"b{i}"] = b.astype(np.float32)
 
-    def raw(z: np.ndarray) -> np.ndarray:
-        p = model.predict_proba((z - scaler.mean_) / scale)[:, 1]
-        p = np.clip(p, 1e-12, 1 - 1e-12)
-        return np.log(p / (1 - p))
+def paraphrase_rows(
+    args: argparse.Namespace,
+) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]], list[tuple[str, str]]]:
+    """(query, cached, label) rows to fit and to hold out from the plain-paraphrase file:
+    its pairs as positives, fact-changing rewrites as negatives; plus the held-out
+    rewrites (query, cached) to count how many of them would be served."""
+    from flowopt.cache._hard_negatives import fact_changes
 
-    return arrays, raw
+    rows = load_pairs(args.paraphrases)
+    hold = [in_share(r["a"], r["b"], args.paraphrase_holdout, "para") for r in rows]
+    with args.paraphrase_holdout_out.open("w") as fh:
+        for r, h in zip(rows, hold, strict=True):
+            if h:
+                fh.write(json.dumps(r) + "\n")
+    changes = fact_changes([r["a"] for r in rows], seed=args.seed)
+    fit = [(r["b"], r["a"], 1) for r, h in zip(rows, hold, strict=True) if not h]
+    fit += [(new, rows[i]["a"], 0) for i, _, new in changes if not hold[i]]
+    held = [(r["b"], r["a"], 1) for r, h in zip(rows, hold, strict=True) if h]
+    held_changes = [(new, rows[i]["a"]) for i, _, new in changes if hold[i]]
+    return fit, held, held_changes
 
 
 def main() -> None:
@@ -197,22 +204,44 @@ def main() -> None:
         help="the QQP dev pairs file (default: $FLOWOPT_QQP_PAIRS; required)",
     )
     ap.add_argument(
+        "--paraphrases",
+        type=Path,
+        default=None,
+        help="plain-paraphrase dev pairs (paraphrases-dev.jsonl); without it the verifier "
+        "learns QQP alone and refuses most plain paraphrases",
+    )
+    ap.add_argument(
         "--out", type=Path, default=ROOT / "src" / "flowopt" / "data" / "cache_verifier.npz"
     )
     ap.add_argument(
         "--embeddings",
         type=Path,
         default=Path.home() / ".cache" / "flowopt" / "qqp-dev-embeddings.npz",
+        help="embedding cache of the QQP texts (the paraphrases' sits beside it)",
     )
     ap.add_argument("--holdout-out", type=Path, default=Path("/tmp/flowopt-qqp-holdout.jsonl"))
+    ap.add_argument(
+        "--paraphrase-holdout-out",
+        type=Path,
+        default=Path("/tmp/flowopt-paraphrase-holdout.jsonl"),
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--holdout", type=float, default=0.2)
-    ap.add_argument("--model", choices=["gbm", "mlp"], default="gbm")
-    ap.add_argument("--trees", type=int, default=800)
+    ap.add_argument("--holdout", type=float, default=0.25)
+    ap.add_argument("--paraphrase-holdout", type=float, default=0.30)
+    ap.add_argument(
+        "--paraphrase-weight",
+        type=float,
+        default=0.5,
+        help="total weight of the paraphrase rows as a share of the QQP fit rows' weight",
+    )
+    ap.add_argument(
+        "--embedding-features",
+        action="store_true",
+        help="also feed |u-v| and u*v of the embeddings (768 columns) to the trees",
+    )
+    ap.add_argument("--trees", type=int, default=200)
     ap.add_argument("--learning-rate", type=float, default=0.05)
     ap.add_argument("--leaves", type=int, default=31)
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--alpha", type=float, default=3.0)
     ap.add_argument("--min-cosine", type=float, default=0.72)
     args = ap.parse_args()
     if args.pairs is None:
@@ -228,30 +257,63 @@ def main() -> None:
 
     rows = load_pairs(args.pairs)
     y = np.array([int(r["duplicate"]) for r in rows])
-    rng = np.random.default_rng(args.seed)
-    idx = rng.permutation(len(rows))
-    n_hold = int(len(rows) * args.holdout)
-    hold, rest = idx[:n_hold], idx[n_hold:]
-    n_cal = int(len(rest) * 0.15)
-    cal, fit = rest[:n_cal], rest[n_cal:]
+    is_hold = np.array([in_share(r["a"], r["b"], args.holdout, "hold") for r in rows])
+    is_cal = ~is_hold & np.array([in_share(r["a"], r["b"], 0.15, "cal") for r in rows])
+    hold = np.where(is_hold)[0]
+    cal = np.where(is_cal)[0]
+    fit = np.where(~is_hold & ~is_cal)[0]
     with args.holdout_out.open("w") as fh:
         for i in hold:
             fh.write(json.dumps(rows[i]) + "\n")
 
-    ea, eb = embed_all(rows, args.embeddings)
-    qa = [r["a"] for r in rows]
-    qb = [r["b"] for r in rows]
+    texts = sorted({r["a"] for r in rows} | {r["b"] for r in rows})
+    vecs = embed_texts(texts, args.embeddings)
+    index = {t: i for i, t in enumerate(texts)}
+    emb = args.embedding_features
+
+    def mat(pairs: list[tuple[str, str]], vec: np.ndarray, idx: dict[str, int]) -> np.ndarray:
+        qv = vec[[idx[q] for q, _ in pairs]]
+        cv = vec[[idx[c] for _, c in pairs]]
+        return pair_matrix([q for q, _ in pairs], [c for _, c in pairs], qv, cv, embeddings=emb)
+
     t0 = time.perf_counter()
     # The cache stores `a` and is asked `b`: query = b, cached = a (and the mirror for fit).
-    x_ba = pair_matrix(qb, qa, eb, ea)
-    x_ab = pair_matrix(qa, qb, ea, eb)
+    x_ba = mat([(r["b"], r["a"]) for r in rows], vecs, index)
+    x_ab = mat([(r["a"], r["b"]) for r in rows], vecs, index)
     print(f"features: {x_ba.shape[1]} per pair in {time.perf_counter() - t0:.1f} s")
-
     x_fit = np.vstack([x_ba[fit], x_ab[fit]])
     y_fit = np.concatenate([y[fit], y[fit]])
+    w_fit = np.ones(len(y_fit))
+
+    para_report: dict[str, Any] = {}
+    if args.paraphrases is not None:
+        p_fit, p_hold, p_changes = paraphrase_rows(args)
+        p_texts = sorted({t for q, c, _ in p_fit + p_hold for t in (q, c)})
+        p_texts = sorted(set(p_texts) | {t for pair in p_changes for t in pair})
+        p_vecs = embed_texts(p_texts, args.embeddings.with_name("paraphrases-dev-embeddings.npz"))
+        p_index = {t: i for i, t in enumerate(p_texts)}
+        fwd = mat([(q, c) for q, c, _ in p_fit], p_vecs, p_index)
+        rev = mat([(c, q) for q, c, _ in p_fit], p_vecs, p_index)
+        p_y = np.array([lab for *_, lab in p_fit] * 2)
+        x_fit = np.vstack([x_fit, fwd, rev])
+        y_fit = np.concatenate([y_fit, p_y])
+        # The paraphrase rows weigh `paraphrase_weight` of the QQP rows in total.
+        w_fit = np.concatenate(
+            [w_fit, np.full(len(p_y), args.paraphrase_weight * len(w_fit) / len(p_y))]
+        )
+        para_report = {
+            "split": {
+                "fit_rows": len(p_fit),
+                "holdout_pairs": len(p_hold),
+                "holdout_fact_changes": len(p_changes),
+            },
+        }
+        x_p_hold = mat([(q, c) for q, c, _ in p_hold], p_vecs, p_index)
+        x_p_changes = mat(p_changes, p_vecs, p_index)
+
     t0 = time.perf_counter()
-    arrays, raw_score = (fit_gbm if args.model == "gbm" else fit_mlp)(x_fit, y_fit, args)
-    print(f"fitted {args.model} in {time.perf_counter() - t0:.0f} s")
+    arrays, raw_score = fit_gbm(x_fit, y_fit, w_fit, args)
+    print(f"fitted gbm in {time.perf_counter() - t0:.0f} s")
 
     def prob(x: np.ndarray) -> np.ndarray:
         p = 1.0 / (1.0 + np.exp(-np.clip(raw_score(x), -35, 35)))
@@ -260,30 +322,43 @@ def main() -> None:
 
     p_cal = prob(x_ba[cal])
     thresholds = {
-        "p90": threshold_for(p_cal, y[cal], 0.90),
-        "p95": threshold_for(p_cal, y[cal], 0.95),
-        "p99": threshold_for(p_cal, y[cal], 0.99),
+        f"p{int(t * 100)}": threshold_for(p_cal, y[cal], t) for t in (0.90, 0.95, 0.97, 0.99)
     }
-    thresholds["default"] = thresholds["p95"]
-    p_hold = prob(x_ba[hold])
+    thresholds.update({name: thresholds[p] for name, p in NAMED.items()})
+    p_hold_q = prob(x_ba[hold])
     cos_hold = np.where(x_ba[hold, 0] >= args.min_cosine, x_ba[hold, 0], 0.0)
+    if args.paraphrases is not None:
+        pp, pc = prob(x_p_hold), prob(x_p_changes)
+        para_report["holdout"] = {
+            name: {
+                "threshold": round(t, 4),
+                "paraphrase_recall": round(float((pp >= t).mean()), 4),
+                "fact_changes_served": round(float((pc >= t).mean()), 4),
+            }
+            for name, t in thresholds.items()
+        }
     report = {
         "pairs": str(args.pairs.name),
         "seed": args.seed,
         "split": {"fit": len(fit), "calibration": len(cal), "holdout": len(hold)},
-        "verifier_holdout": summarise(p_hold, y[hold], thresholds),
+        "verifier_holdout": summarise(p_hold_q, y[hold], thresholds),
         "cosine_only_holdout": summarise(cos_hold, y[hold], {}),
+        "paraphrases": para_report,
     }
     meta = {
-        "format": "flowopt-cache-verifier/1",
-        "features": [*HAND_FEATURES, "abs_diff[384]", "product[384]"],
+        "format": "flowopt-cache-verifier/2",
+        "features": [*HAND_FEATURES, *ALIGN_FEATURES]
+        + (["abs_diff[384]", "product[384]"] if emb else []),
+        "embedding_features": emb,
         "embedder": MiniLMEmbedder.identity,
         "min_cosine": args.min_cosine,
         "operating_points": thresholds,
-        "trained_on": args.pairs.name,
-        "kind": args.model,
+        "trained_on": [args.pairs.name]
+        + ([args.paraphrases.name] if args.paraphrases is not None else []),
+        "kind": "gbm",
         "hyperparameters": {
-            k: getattr(args, k) for k in ("trees", "learning_rate", "leaves", "hidden", "alpha")
+            k: getattr(args, k)
+            for k in ("trees", "learning_rate", "leaves", "paraphrase_weight", "seed")
         },
         "report": report,
     }

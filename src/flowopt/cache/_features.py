@@ -291,19 +291,25 @@ def pair_vector(
     cached: str,
     query_vec: npt.NDArray[np.float32],
     cached_vec: npt.NDArray[np.float32],
+    *,
+    embeddings: bool = False,
 ) -> npt.NDArray[np.float32]:
-    """Hand features, then ``|u - v|`` and ``u * v`` of the unit embeddings (the SBERT
-    classification head's inputs), as one float32 vector. Symmetric in the two texts
-    except for ``content_only_a/b``, which the model learns to weigh equally."""
+    """Hand features, then the word-alignment features
+    (:mod:`flowopt.cache._alignment`), and with ``embeddings`` the unit embeddings'
+    ``|u - v|`` and ``u * v`` (the SBERT classification head's inputs), as one float32
+    vector. The shipped verifier leaves the raw embeddings out: trees over them learn the
+    training corpus's topics, not what makes two texts say the same thing."""
+    from flowopt.cache._alignment import align_features
+
     cos = float(np.dot(query_vec, cached_vec))
-    hand = hand_features(text_info(query), text_info(cached), cos)
-    return np.concatenate(
-        [
-            np.asarray(hand, dtype=np.float32),
+    a, b = text_info(query), text_info(cached)
+    parts = [np.asarray(hand_features(a, b, cos) + align_features(a, b), dtype=np.float32)]
+    if embeddings:
+        parts += [
             np.abs(query_vec - cached_vec).astype(np.float32),
             (query_vec * cached_vec).astype(np.float32),
         ]
-    )
+    return np.concatenate(parts)
 
 
 def pair_matrix(
@@ -311,10 +317,12 @@ def pair_matrix(
     cached: Sequence[str],
     query_vecs: npt.NDArray[np.float32],
     cached_vecs: npt.NDArray[np.float32],
+    *,
+    embeddings: bool = False,
 ) -> npt.NDArray[np.float32]:
     """:func:`pair_vector` for many pairs at once (training and evaluation)."""
     rows = [
-        pair_vector(q, c, query_vecs[i], cached_vecs[i])
+        pair_vector(q, c, query_vecs[i], cached_vecs[i], embeddings=embeddings)
         for i, (q, c) in enumerate(zip(queries, cached, strict=True))
     ]
-    return np.vstack(rows) if rows else np.zeros((0, len(HAND_FEATURES) + 768), np.float32)
+    return np.vstack(rows)

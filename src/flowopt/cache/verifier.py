@@ -4,7 +4,8 @@ Why: cosine similarity alone cannot tell a paraphrase from a near-miss on the sa
 (MiniLM with a bare threshold reaches only ~78% precision at 50% recall on QQP's hard
 negatives). The verifier scores a (query, cached question) pair with a small network over
 :func:`flowopt.cache._features.pair_vector` (hand features for question word, negation,
-number, entity and content-word mismatches, plus the embeddings' ``|u-v|`` and ``u*v``)
+number, entity and content-word mismatches, and which words the two texts do not share
+and how topical those are)
 and returns the probability that the two ask the same thing. A hit is served only when
 that probability clears the threshold.
 
@@ -32,6 +33,9 @@ from flowopt.errors import ConfigError
 __all__ = ["LearnedVerifier", "Verdict", "Verifier", "default_weights_path"]
 
 Vector = npt.NDArray[np.float32]
+FORMAT = "flowopt-cache-verifier/2"
+"""Weights format: /2 added the word-alignment features and made the raw embedding
+features optional (``embedding_features`` in the metadata)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,13 @@ class LearnedVerifier:
         self.layers: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
         with np.load(p, allow_pickle=False) as data:
             self.meta: dict[str, Any] = json.loads(str(data["meta"]))
+            if self.meta.get("format") != FORMAT:
+                raise ConfigError(
+                    f"verifier weights at {p} have format {self.meta.get('format')!r}, "
+                    f"this version reads {FORMAT!r}",
+                    hint="run `python scripts/train_cache_verifier.py` to rebuild them",
+                )
+            self._embeddings = bool(self.meta.get("embedding_features", False))
             if self.meta.get("kind") == "gbm":
                 self._trees = _Trees(data)
             else:
@@ -153,7 +164,7 @@ class LearnedVerifier:
         return out
 
     def probability(self, query: str, cached: str, query_vec: Vector, cached_vec: Vector) -> float:
-        x = pair_vector(query, cached, query_vec, cached_vec)[None, :]
+        x = pair_vector(query, cached, query_vec, cached_vec, embeddings=self._embeddings)[None, :]
         return float(self.probability_of(x)[0])
 
     def probabilities(
@@ -163,7 +174,10 @@ class LearnedVerifier:
         if not cached:
             return []
         x = np.vstack(
-            [pair_vector(query, c, query_vec, v) for c, v in zip(cached, cached_vecs, strict=True)]
+            [
+                pair_vector(query, c, query_vec, v, embeddings=self._embeddings)
+                for c, v in zip(cached, cached_vecs, strict=True)
+            ]
         )
         return [float(p) for p in self.probability_of(x)]
 
