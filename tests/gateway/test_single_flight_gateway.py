@@ -8,7 +8,6 @@ opens its gate, so every follower is provably waiting first. The gateway is the 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import httpx
 
