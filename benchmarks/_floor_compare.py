@@ -59,8 +59,10 @@ def start_floor(upstream: str, wait: Any) -> tuple[str, subprocess.Popen[bytes]]
 
 
 def start_flowopt(
-    upstream: str, work: Path, wait: Any, workers: int = 1
+    upstream: str, work: Path, wait: Any, workers: int = 1, src: str | None = None
 ) -> tuple[str, subprocess.Popen[bytes]]:
+    """``flowopt serve`` with auth, metrics and OTLP spans on; ``src``: another checkout's
+    ``src/`` (a baseline version, first on ``PYTHONPATH``)."""
     spec = work / f"gw-floor-{workers}.yaml"
     spec.write_text(
         f"name: overhead\nbackend: {{vllm: {{base_url: '{upstream}', model: stub}}}}\n"
@@ -71,7 +73,10 @@ def start_flowopt(
     port = free_port()
     cmd = [sys.executable, "-c", "from flowopt.cli import main; main()", "serve", str(spec)]
     cmd += ["--port", str(port), "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, env={**os.environ, "BENCH_GATEWAY_KEY": KEY})
+    env = {**os.environ, "BENCH_GATEWAY_KEY": KEY}
+    if src:
+        env["PYTHONPATH"] = src
+    proc = subprocess.Popen(cmd, env=env)
     url = f"http://127.0.0.1:{port}"
     wait(url + "/health", proc)
     return url, proc
@@ -123,18 +128,22 @@ async def latency(
             cpu0 = {k: _cpu(p) for k, p in procs.items()}
             names = list(targets)
             for i in range(n):
-                for k in names[i % 3 :] + names[: i % 3]:  # rotate the order
+                r = i % len(names)
+                for k in names[r:] + names[:r]:  # rotate the order
                     got[k].append(await _one(s, targets[k], body, stream))
             cpu = {k: (_cpu(p) - cpu0[k]) / n * 1000 for k, p in procs.items()}
             d50, d99 = _ms(got["direct"], 50), _ms(got["direct"], 99)
             res: dict[str, Any] = {"direct_p50_ms": d50, "direct_p99_ms": d99}
-            for k in ("floor", "flowopt"):
+            for k in names[1:]:
                 res[f"{k}_added_p50_ms"] = round(_ms(got[k], 50) - d50, 3)
                 res[f"{k}_added_p99_ms"] = round(_ms(got[k], 99) - d99, 3)
                 res[f"{k}_cpu_ms_per_request"] = round(cpu[k], 3)
-            for m in ("added_p50_ms", "added_p99_ms", "cpu_ms_per_request"):
-                f = res[f"floor_{m}"]
-                res[f"ratio_{m}"] = round(res[f"flowopt_{m}"] / f, 3) if f > 0 else None
+            for k in names[2:]:
+                for m in ("added_p50_ms", "added_p99_ms", "cpu_ms_per_request"):
+                    f = res[f"floor_{m}"]
+                    res[f"ratio_{k}_vs_floor_{m}"] = (
+                        round(res[f"{k}_{m}"] / f, 3) if f > 0 else None
+                    )
             out["streamed" if stream else "json"] = res
     return out
 
@@ -183,10 +192,14 @@ async def run(args: Any, stub_url: str, work: Path, wait: Any) -> dict[str, Any]
     extra: list[subprocess.Popen[bytes]] = []
     try:
         targets = {"direct": stub_url, "floor": floor_url, "flowopt": gw_url}
+        procs = {"floor": floor, "flowopt": gw}
+        if args.baseline_src:
+            base_url, base = start_flowopt(stub_url, work, wait, src=args.baseline_src)
+            extra.append(base)
+            targets["flowopt_baseline"] = base_url
+            procs["flowopt_baseline"] = base
         res: dict[str, Any] = {
-            "latency": await latency(
-                targets, {"floor": floor, "flowopt": gw}, args.requests, args.stub_tokens
-            ),
+            "latency": await latency(targets, procs, args.requests, args.stub_tokens),
             "rps_64": await rps(targets, 64, args.rps_requests, args.stub_tokens, args.rounds),
         }
         if args.workers > 1:

@@ -335,6 +335,9 @@ def main() -> None:
     )
     ap.add_argument("--rps-requests", type=int, default=1280, help="requests per RPS run (--floor)")
     ap.add_argument("--workers", type=int, default=1, help="also measure RPS with N workers")
+    ap.add_argument(
+        "--baseline-src", default=None, help="--floor: also run flowopt from this src/ (before)"
+    )
     ap.add_argument("--serve-stub", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_stub is not None:
