@@ -145,7 +145,7 @@ def profile(stub_url: str, n: int, tokens: int, tmp: Path) -> dict[Func, Any]:
 def diff(big: dict[Func, Any], small: dict[Func, Any], per: int) -> dict[Func, Any]:
     """Per-request stats: (big run - small run) / extra requests; start-up cancels out."""
     out: dict[Func, Any] = {}
-    zero = (0, 0, 0.0, 0.0, {})
+    zero: tuple[Any, ...] = (0, 0, 0.0, 0.0, {})
     for func, (cc, nc, tt, ct, callers) in big.items():
         s = small.get(func, zero)
         edges = {}
