@@ -4,7 +4,7 @@ Three targets against the same instant stub: the stub itself (direct), the featu
 pass-through proxy (``gateway_floor.py``, the floor) and ``flowopt serve`` with auth, metrics
 and spans on (OTLP/HTTP export to the stub's sink). Reports added TTFT p50/p99 over direct
 for streamed and JSON answers, CPU per request of each proxy process (its own CPU time,
-psutil) and requests/s at 64 concurrent, each as a ratio to the floor.
+``/proc``) and requests/s at 64 concurrent, each as a ratio to the floor.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
 
 from flowopt.bench import percentile
 from flowopt.gateway._background import free_port
@@ -82,13 +81,26 @@ def start_flowopt(
     return url, proc
 
 
+def _pids(pid: int) -> list[int]:
+    """``pid`` and its descendants (uvicorn's worker processes), from Linux ``/proc``."""
+    out = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids = (task / "children").read_text().split()
+        for kid in kids:
+            out.extend(_pids(int(kid)))
+    return out
+
+
 def _cpu(proc: subprocess.Popen[bytes]) -> float:
-    """CPU seconds of ``proc`` and its children (uvicorn workers)."""
-    p = psutil.Process(proc.pid)
+    """User + system CPU seconds of ``proc`` and its children, each from its own
+    ``/proc/<pid>/stat`` (no psutil needed)."""
     total = 0.0
-    for q in [p, *p.children(recursive=True)]:
-        t = q.cpu_times()
-        total += t.user + t.system
+    for pid in _pids(proc.pid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 
