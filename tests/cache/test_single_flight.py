@@ -221,3 +221,21 @@ async def test_single_flight_off() -> None:
     backend.gate.set()
     answers = await asyncio.gather(*tasks)
     assert {action(a) for a in answers} == {"miss"} and mw.flights.coalesced == 0
+
+
+async def test_streamed_leader_cancelled_before_its_stream_is_drained_for_followers() -> None:
+    backend = FakeGatedBackend()
+    h, mw = await stack(backend)
+    leader = asyncio.ensure_future(h(Request.chat("q", params=G, stream=True)))
+    await until(lambda: len(backend.calls) == 1)
+    followers = [asyncio.ensure_future(ask(h, "q", stream=True)) for _ in range(2)]
+    await until(lambda: mw.flights.waiting() == 2)
+    leader.cancel()  # its client left before the stream started
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    backend.gate.set()  # the shared call answers with a stream nobody reads: drained
+    answers = await asyncio.gather(*followers)
+    assert {a.text for a in answers} == {"echo: q"}
+    assert {action(a) for a in answers} == {"coalesced"}
+    assert len(backend.calls) == 1
+    await until(lambda: not mw._orphans)
