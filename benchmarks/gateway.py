@@ -1,6 +1,7 @@
 """Gateway overhead: what ``flowopt serve`` adds over calling the model server directly.
 
     python benchmarks/gateway.py --vllm http://127.0.0.1:8011 --out docs/results/gateway.json
+    python benchmarks/gateway.py --floor --workers 2 --out docs/results/gateway_floor.json
 
 Processes, as deployed: the gateway runs as ``flowopt serve`` (its own process, no-op
 middleware), the client here; both target the same server. Two parts:
@@ -48,6 +49,9 @@ def _stub_app(tokens: int) -> Any:
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
+
+    async def traces(_: Request) -> Response:  # an OTLP/HTTP sink for --floor's spans
+        return Response(b"", media_type="application/x-protobuf")
 
     async def models(_: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": "stub", "object": "model"}]})
@@ -105,7 +109,11 @@ def _stub_app(tokens: int) -> Any:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     return Starlette(
-        routes=[Route("/v1/models", models), Route("/v1/chat/completions", chat, methods=["POST"])]
+        routes=[
+            Route("/v1/models", models),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/traces", traces, methods=["POST"]),
+        ]
     )
 
 
@@ -274,6 +282,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         stub_url, stub = _start_stub(args.stub_tokens)
+        if args.floor:
+            from _floor_compare import run as floor_run
+
+            try:
+                results["vs_floor"] = await floor_run(args, stub_url, work, _wait_http)
+            finally:
+                stub.terminate()
+                stub.wait(10)
+            return results
         gw_stub_url, gw_stub = _start_gateway(stub_url, "stub", work)
         try:
             results["stub_added_latency"] = await added_latency(
@@ -311,6 +328,16 @@ def main() -> None:
     ap.add_argument("--stub-tokens", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="stub only: direct / floor proxy / flowopt interleaved (benchmarks/_floor_compare.py)",
+    )
+    ap.add_argument("--rps-requests", type=int, default=1280, help="requests per RPS run (--floor)")
+    ap.add_argument("--workers", type=int, default=1, help="also measure RPS with N workers")
+    ap.add_argument(
+        "--baseline-src", default=None, help="--floor: also run flowopt from this src/ (before)"
+    )
     ap.add_argument("--serve-stub", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_stub is not None:

@@ -1,5 +1,6 @@
 """A support FAQ behind the semantic cache: paraphrases are served from the cache, near-miss
-questions and other tenants are not, and streamed hits replay chunk for chunk.
+questions and other tenants are not, streamed hits replay chunk for chunk, and a burst of
+identical questions reaches the engine once (single flight).
 
     FLOWOPT_BASE_URL=http://127.0.0.1:8000 python examples/cache_faq.py
 
@@ -73,6 +74,13 @@ async def main() -> None:
                     final = ev
             assert final is not None
             print(f"stream ({attempt}): {len(chunks)} chunks -> {cache_line(final)}")
+
+        # Ten identical questions at once: one engine call, nine answers "coalesced".
+        burst = await asyncio.gather(
+            *(pipe.ainvoke("What is your refund policy?", tenant="acme") for _ in range(10))
+        )
+        actions = sorted(cache_line(r).split()[0] for r in burst)
+        print(f"burst of 10: {actions.count('coalesced')} coalesced, {actions.count('miss')} miss")
         await pipe.aclose()
 
 

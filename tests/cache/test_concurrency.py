@@ -138,7 +138,7 @@ async def test_eight_tenants_five_hundred_requests_no_cross_tenant_hit(
     assert len(outcomes) == 8 * 500
     hits = [o for o in outcomes if o[1] == "hit"]
     # The cache did work: most requests were served from it. (Concurrent first requests
-    # for one question all miss: there is no request coalescing.)
+    # for one exact question wait on one engine call, "coalesced"; paraphrases each miss.)
     assert len(hits) > 2000, len(hits)
     assert store.served, "the audit saw no lookups"
     crossed = [(asked, got) for asked, got in store.served if asked != got]

@@ -405,28 +405,40 @@ def parse_chunk(
     With a ``memo`` the chunk carries the event's unmodelled fields (top level and its
     choice's) in ``passthrough``; the chunk's ``choice`` is the event choice's ``index``.
     """
-    _expect(isinstance(body, Mapping), "a stream event is not a JSON object", endpoint)
+    # Per token: ``type(x) is dict`` first (what orjson and json return), because an ABC
+    # ``isinstance(x, Mapping)`` costs ~0.3 µs and this runs five times an event.
+    if type(body) is not dict:
+        _expect(isinstance(body, Mapping), "a stream event is not a JSON object", endpoint)
     usage_raw = body.get("usage")
-    usage = parse_usage(usage_raw) if isinstance(usage_raw, Mapping) else None
+    usage = (
+        parse_usage(usage_raw)
+        if usage_raw is not None and (type(usage_raw) is dict or isinstance(usage_raw, Mapping))
+        else None
+    )
     choices = body.get("choices") or []
-    _expect(isinstance(choices, list), "a stream event's 'choices' is not a list", endpoint)
+    if type(choices) is not list:
+        _expect(isinstance(choices, list), "a stream event's 'choices' is not a list", endpoint)
     if not choices:
         return None, usage, body.get("model")
     choice = choices[0]
-    _expect(isinstance(choice, Mapping), "a stream event's choice is not an object", endpoint)
+    if type(choice) is not dict:
+        _expect(isinstance(choice, Mapping), "a stream event's choice is not an object", endpoint)
     deltas: tuple[ToolCallDelta, ...] = ()
     reasoning = ""
+    raw_lps = choice.get("logprobs")
     if kind == "chat":
         delta = choice.get("delta") or {}
-        _expect(isinstance(delta, Mapping), "a stream event's delta is not an object", endpoint)
+        if type(delta) is not dict:
+            _expect(isinstance(delta, Mapping), "a stream event's delta is not an object", endpoint)
         text = delta.get("content") or ""
         if "tool_calls" in delta:
             deltas = _tool_deltas(delta["tool_calls"], endpoint)
-        reasoning = _reasoning(delta) or ""
-        lps = _chat_logprobs(choice.get("logprobs"))
+        if "reasoning_content" in delta or "reasoning" in delta:
+            reasoning = _reasoning(delta) or ""
+        lps = _chat_logprobs(raw_lps) if raw_lps is not None else ()
     else:
         text = choice.get("text") or ""
-        lps = _completion_logprobs(choice.get("logprobs"))
+        lps = _completion_logprobs(raw_lps)
     finish = choice.get("finish_reason")
     if not text and finish is None and not lps and not deltas and not reasoning:
         return None, usage, body.get("model")

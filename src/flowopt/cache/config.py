@@ -78,6 +78,11 @@ class CacheConfig(MiddlewareOptions):
     pii_patterns: dict[str, str] = Field(default_factory=dict)
     """Extra named regexes for the default PII detector."""
 
+    single_flight: bool = True
+    """Concurrent identical misses (same exact key: tenant partition, model, template,
+    parameters, text) wait on one engine call and get its answer, marked ``coalesced``
+    (:mod:`flowopt.cache._flight`). Per process: with ``--workers N`` up to N calls."""
+
     replay_chunk_chars: int = 0
     """Chunk size when replaying an answer that was not stored from a stream; 0 replays
     it word by word (the shape of a token stream)."""

@@ -13,7 +13,10 @@ Why it is shaped like this:
   hook records the chunk texts and a completion hook stores the answer only if the stream
   finished normally. On a hit, :func:`flowopt.stream.replay` yields the stored chunks:
   same chunk shape, byte-identical text.
-- **No spawned tasks.** Blocking stores and the embedding run in ``asyncio.to_thread``,
+- **Single flight.** Concurrent identical misses wait on one engine call and get its
+  answer, marked ``coalesced`` (rules in :mod:`flowopt.cache._flight`). The leader's call
+  is the one spawned task: it must outlive a leader whose client left while others wait.
+- **No other spawned tasks.** Blocking stores and the embedding run in ``asyncio.to_thread``,
   which copies the context (OpenTelemetry stays attached); in-memory exact lookups run
   inline because a thread hop would cost more than the lookup.
 
@@ -35,6 +38,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from flowopt.cache._flight import ALONE, RETRY, Flight, Flights, Outcome
 from flowopt.cache.config import CacheConfig
 from flowopt.cache.embedder import Embedder, MiniLMEmbedder
 from flowopt.cache.engine import CacheEngine, Lookup, response_from_entry
@@ -52,7 +56,7 @@ from flowopt.cache.verifier import LearnedVerifier, Verifier
 from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
 from flowopt.middleware.options import make_options
 from flowopt.stream import replay, when_final
-from flowopt.types import Decision, Request, Response
+from flowopt.types import Decision, Request, Response, Usage
 
 __all__ = ["CacheMiddleware", "split_for_replay"]
 
@@ -129,6 +133,8 @@ class CacheMiddleware(MiddlewareBase):
         self.engine: CacheEngine | None = None
         self._inline_exact = False
         self._setup_lock = asyncio.Lock()
+        self.flights = Flights()
+        self._orphans: set[asyncio.Task[Response]] = set()  # leader calls whose leader left
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def setup(self, ctx: PipelineContext) -> None:
@@ -222,7 +228,89 @@ class CacheMiddleware(MiddlewareBase):
 
         if found.entry is not None:
             return self._serve(request, found, start)
-        return await self._miss(request, call_next, key, found, span)
+        if not cfg.single_flight:
+            return await self._miss(request, call_next, key, found, span)
+        return await self._single_flight(request, call_next, key, found, span, start)
+
+    # -- single flight (see flowopt.cache._flight) -------------------------------------------
+    async def _single_flight(
+        self,
+        request: Request,
+        call_next: CallNext,
+        key: CacheKey,
+        found: Lookup,
+        span: trace.Span,
+        start: float,
+    ) -> Response:
+        while True:
+            flight, leader = self.flights.join(key.exact)
+            if leader:
+                return await self._lead(request, call_next, key, found, span, flight)
+            outcome = await self.flights.wait(flight, request.remaining())
+            if isinstance(outcome, tuple):
+                self.flights.coalesced += 1
+                return self._coalesced(request, outcome, start)
+            if isinstance(outcome, BaseException):
+                raise outcome  # the leader's error: one call, one outcome
+            if outcome != RETRY:  # ALONE or TIMEOUT: this request calls the engine itself
+                return await self._miss(request, call_next, key, found, span, alone=outcome)
+
+    async def _lead(
+        self,
+        request: Request,
+        call_next: CallNext,
+        key: CacheKey,
+        found: Lookup,
+        span: trace.Span,
+        flight: Flight,
+    ) -> Response:
+        task = asyncio.ensure_future(
+            self._miss(request, call_next, key, found, span, flight=flight)
+        )
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if flight.waiters and not task.done():
+                # The leader's client left but others wait: the call goes on for them.
+                self._orphans.add(task)
+                task.add_done_callback(self._orphan_done)
+            else:
+                task.cancel()
+                self.flights.land(key.exact, flight, RETRY)
+            raise
+
+    def _orphan_done(self, task: asyncio.Task[Response]) -> None:
+        self._orphans.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            return  # the flight was landed with the error by _miss
+        response = task.result()
+        if response.is_streaming:  # nobody reads it: drain it so the followers get it
+            assert response.stream is not None
+            drain = asyncio.ensure_future(response.stream.collect())
+            self._orphans.add(drain)  # type: ignore[arg-type]
+            drain.add_done_callback(self._drained)
+
+    def _drained(self, task: asyncio.Task[Response]) -> None:
+        self._orphans.discard(task)
+        if not task.cancelled():
+            task.exception()  # the error hook landed the flight; retrieve it here
+
+    def _coalesced(self, request: Request, outcome: Outcome, start: float) -> Response:
+        """A follower's answer: the leader's, replayed as a cache hit would be."""
+        assert isinstance(outcome, tuple)
+        leader, chunks = outcome
+        wait_ms = round((time.perf_counter() - start) * 1000.0, 3)
+        decision = self.decision("coalesced", hit=False, coalesced=True, wait_ms=wait_ms)
+        response = leader.replace(stream=None, usage=Usage(), cached=True, decisions=())
+        if request.stream:
+            texts = (
+                chunks
+                if chunks is not None
+                else split_for_replay(response.text, self.config.replay_chunk_chars)
+            )
+            return replay(response, chunk_texts=texts, started_at=start).with_decision(decision)
+        response = response.replace(latency_ms=(time.perf_counter() - start) * 1000.0)
+        return response.with_decision(decision)
 
     async def _bypass(self, request: Request, call_next: CallNext, reason: str) -> Response:
         response = await call_next(request)
@@ -266,8 +354,13 @@ class CacheMiddleware(MiddlewareBase):
         key: CacheKey,
         found: Lookup,
         span: trace.Span,
+        *,
+        flight: Flight | None = None,
+        alone: str | None = None,
     ) -> Response:
         detail: dict[str, Any] = {"hit": False, "verdict": found.verdict}
+        if alone is not None:
+            detail["coalesce_skipped"] = alone
         if found.score is not None:
             detail["score"] = round(found.score, 4)
         if found.probability is not None:
@@ -276,7 +369,10 @@ class CacheMiddleware(MiddlewareBase):
             detail["store_error"] = found.errors[0]
         try:
             response = await call_next(request)
-        except BaseException:
+        except BaseException as exc:
+            if flight is not None:
+                gone = isinstance(exc, asyncio.CancelledError)
+                self.flights.land(key.exact, flight, RETRY if gone else exc)
             if span.is_recording():
                 span.set_attribute(_ATTR + "skip_reason", SkipReason.ERROR)
             raise
@@ -290,10 +386,12 @@ class CacheMiddleware(MiddlewareBase):
             response = response.with_decision(self.decision("miss", **detail))
 
         async def _complete(done: Response) -> Response:
-            decision = await self._store_answer(request, key, done, found, chunks, detail)
+            decision = await self._store_answer(request, key, done, found, chunks, detail, flight)
             return _replace_decision(done, decision)
 
         def _error(exc: BaseException) -> None:
+            if flight is not None:  # an abandoned or cut stream leaves no answer to share
+                self.flights.land(key.exact, flight, RETRY)
             if span.is_recording():
                 span.set_attribute(_ATTR + "skip_reason", SkipReason.STREAM_ABORTED)
                 span.set_attribute(_ATTR + "stored", False)
@@ -308,17 +406,20 @@ class CacheMiddleware(MiddlewareBase):
         found: Lookup,
         chunks: list[str] | None,
         detail: dict[str, Any],
+        flight: Flight | None = None,
     ) -> Decision:
         detail = dict(detail)
         skip = response_skip_reason(request, response, self.pii_detectors)
+        if chunks is not None and "".join(chunks) != response.text:
+            chunks = None  # the stream's text was rewritten downstream: replay it whole
+        if flight is not None:  # followers get what a hit would give them, and only that
+            self.flights.land(key.exact, flight, ALONE if skip is not None else (response, chunks))
         if skip is not None:
             detail["stored"] = False
             detail["skip_reason"], detail["skip_detail"] = skip
             return self.decision("miss", **detail)
         engine = self.engine
         assert engine is not None
-        if chunks is not None and "".join(chunks) != response.text:
-            chunks = None  # the stream's text was rewritten downstream: replay it whole
         md = request.metadata
         ttl = md.get("cache.ttl_s")
         tags = md.get("cache.tags") or ()

@@ -162,7 +162,9 @@ async def backend_events(
     try:
         if stream is None:  # answered whole (e.g. a cache hit): one chunk
             final = response
-            ex.gw.metrics.ttft.labels(ex.route, model).observe(time.perf_counter() - ex.started)
+            ex.gw.metrics.child(ex.gw.metrics.ttft, ex.route, model).observe(
+                time.perf_counter() - ex.started
+            )
             for piece in _whole(final):
                 yield sse_chunk(call, model, piece)
         else:
@@ -170,7 +172,7 @@ async def backend_events(
             async for chunk in stream:
                 if first and (chunk.text or chunk.tool_calls):
                     first = False
-                    ex.gw.metrics.ttft.labels(ex.route, model).observe(
+                    ex.gw.metrics.child(ex.gw.metrics.ttft, ex.route, model).observe(
                         time.perf_counter() - ex.started
                     )
                 if chunk.logprobs or chunk.tool_calls or chunk.reasoning or chunk.choice:
@@ -204,7 +206,7 @@ async def graph_events(
             if isinstance(ev, TokenEvent) and ev.step in pipe.answer_steps and ev.text:
                 if not streamed:
                     streamed = True
-                    ex.gw.metrics.ttft.labels(ex.route, model).observe(
+                    ex.gw.metrics.child(ex.gw.metrics.ttft, ex.route, model).observe(
                         time.perf_counter() - ex.started
                     )
                 yield chat_chunk(call, model, text=ev.text)
