@@ -194,15 +194,6 @@ class StepSpec(_Frozen):
 
     def template_fields(self) -> set[str]:
         fields: set[str] = set()
-        if self.compressible:
-            fields = {f for _, f, _, _ in string.Formatter().parse(self.prompt or "") if f}
-            for f in self.compressible:
-                if f not in fields:
-                    raise ValueError(
-                        f"step {self.name!r}: compressible field {f!r} is not a field of its "
-                        f"prompt template (fields: {sorted(fields) or 'none'}); system "
-                        "templates are never compressed"
-                    )
         for tpl in (self.prompt, self.system):
             if tpl:
                 for _, fname, _, _ in string.Formatter().parse(tpl):
