@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from flowopt.batch._base import StoreBase
 
@@ -106,15 +107,23 @@ class WorkerRows(StoreBase):
             ).rowcount
         return int(freed)
 
+    def _claimable(self, cur: Any, job_id: str) -> Any:
+        """The job's (status, endpoint, tenant, expires_at) row while lines may be claimed
+        from it; None when it is gone, not running, or past its window."""
+        job = self._exec(
+            cur,
+            "SELECT status, endpoint, tenant, expires_at FROM flowopt_batch_jobs WHERE id = ?",
+            (job_id,),
+        ).fetchone()
+        if job is None or job[0] != "in_progress" or _past(job[3]):
+            return None
+        return job
+
     def claim(self, job_id: str, worker_id: str, limit: int) -> list[Claimed]:
         """Up to ``limit`` pending lines of a running job, now owned by ``worker_id``."""
         with self._tx() as cur:
-            job = self._exec(
-                cur,
-                "SELECT status, endpoint, tenant, expires_at FROM flowopt_batch_jobs WHERE id = ?",
-                (job_id,),
-            ).fetchone()
-            if job is None or job[0] != "in_progress" or _past(job[3]):
+            job = self._claimable(cur, job_id)
+            if job is None:
                 return []  # closed, cancelling, or expired: finish() closes it
             rows = self._claim_rows(cur, job_id, limit)
             for number, *_ in rows:
@@ -134,12 +143,8 @@ class WorkerRows(StoreBase):
         engine that hands out line numbers itself: Ray Data)."""
         out: list[Claimed] = []
         with self._tx() as cur:
-            job = self._exec(
-                cur,
-                "SELECT status, endpoint, tenant, expires_at FROM flowopt_batch_jobs WHERE id = ?",
-                (job_id,),
-            ).fetchone()
-            if job is None or job[0] != "in_progress" or _past(job[3]):
+            job = self._claimable(cur, job_id)
+            if job is None:
                 return []  # closed, cancelling, or expired: finish() closes it
             for number in numbers:
                 taken = self._exec(
