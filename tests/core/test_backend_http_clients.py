@@ -6,6 +6,7 @@ silence past the timeout, refused connections. Each must give the same typed err
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -181,16 +182,30 @@ async def test_refused_and_silent(
         await down.generate(Request.chat("hi"))
 
     release = asyncio.Event()
+    arrived = asyncio.Event()
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
+        arrived.set()
         await release.wait()  # never answers within the client's timeout
         writer.close()
 
     url = await serve(silent)
     slow = make(url, http=http, timeout=0.3)
-    with pytest.raises(BackendTimeout):
+    with pytest.raises(BackendTimeout, match="no answer within 0.3s"):
         await slow.generate(Request.chat("hi"))
+    # One connection, held by a request the server never answers: the next request's
+    # time runs out waiting for a connection, and the error says so (not "no answer").
+    full = make(url, http=http, timeout=5.0, connect_timeout=0.3, max_connections=1)
+    arrived.clear()
+    held = asyncio.ensure_future(full.generate(Request.chat("first")))
+    await arrived.wait()  # the first request holds the only connection
+    with pytest.raises(BackendTimeout, match="no connection within 0.3s") as err:
+        await full.generate(Request.chat("second"))
+    assert "max_connections" in str(err.value)
+    held.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await held
     release.set()
 
 

@@ -36,7 +36,16 @@ __all__ = [
 
 
 class TransportTimeout(Exception):
-    """No connection or no bytes within the time allowed."""
+    """No connection or no bytes within the time allowed.
+
+    ``connecting`` tells the two apart: True when the time ran out before a connection was
+    had (the pool had none free, or the server did not accept), False while waiting for
+    the answer's bytes. An operator fixes them differently (pool size or server backlog,
+    against server load or the read timeout)."""
+
+    def __init__(self, message: str, *, connecting: bool = False) -> None:
+        super().__init__(message)
+        self.connecting = connecting
 
 
 class TransportConnectError(Exception):
@@ -107,7 +116,8 @@ class _HttpxResponse:
 
 def _httpx_error(exc: httpx.HTTPError) -> Exception:
     if isinstance(exc, httpx.TimeoutException):
-        return TransportTimeout(str(exc) or type(exc).__name__)
+        connecting = isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
+        return TransportTimeout(str(exc) or type(exc).__name__, connecting=connecting)
     if isinstance(exc, httpx.ConnectError):
         return TransportConnectError(str(exc) or type(exc).__name__)
     return TransportBroken(f"{type(exc).__name__}: {exc}")
@@ -203,7 +213,8 @@ class _AiohttpResponse:
 
 def _aiohttp_error(exc: BaseException, aiohttp: Any) -> Exception:
     if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError/ConnectionTimeoutError too
-        return TransportTimeout(str(exc) or type(exc).__name__)
+        connecting = isinstance(exc, aiohttp.ConnectionTimeoutError)
+        return TransportTimeout(str(exc) or type(exc).__name__, connecting=connecting)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return TransportConnectError(str(exc) or type(exc).__name__)
     return TransportBroken(f"{type(exc).__name__}: {exc}")

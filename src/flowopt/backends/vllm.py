@@ -189,6 +189,15 @@ class VLLMBackend:
         self, exc: Exception, url: str, request: Request, waited: float | None = None
     ) -> BackendError:
         rid = request.request_id
+        if isinstance(exc, TransportTimeout) and exc.connecting:
+            return BackendTimeout(
+                f"no connection within "
+                f"{min(self._connect_timeout, waited or self._connect_timeout):.3g}s",
+                endpoint=url,
+                request_id=rid,
+                hint="the connection pool had none free or the server did not accept in time: "
+                "raise max_connections or connect_timeout, or check the server",
+            )
         if isinstance(exc, TransportTimeout):
             return BackendTimeout(
                 f"no answer within {waited if waited is not None else self._timeout:.3g}s",
