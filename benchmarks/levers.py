@@ -16,8 +16,8 @@ Every configuration gets the same prompts (the packaged FAQ workload, Zipf popul
 intents, paraphrases; a long static system prompt in front of each question), greedy,
 sequential. Reported: p50/p99 latency, backend tokens per call, relative cost (server
 seconds spent per call: the sum of the backend calls' latencies, cache hits cost nothing)
-and quality (share of answers equal to the baseline's answer to the same question), as
-ratios to the baseline. Results in docs/serving.md.
+and quality (share of answers equal to the baseline's answer to the same question, and
+their token-overlap F1 with it), as ratios to the baseline. Results in docs/serving.md.
 """
 
 from __future__ import annotations
@@ -120,6 +120,19 @@ async def _run(base_url: str, engine: str, cache: bool, questions: list[str]) ->
     }
 
 
+def _f1(a: str, b: str) -> float:
+    """Token-overlap F1 of two answers (SQuAD-style): a graded "same answer" that does not
+    drop to 0 when an engine's arithmetic changes one word."""
+    ta, tb = a.lower().split(), b.lower().split()
+    if not ta or not tb:
+        return float(ta == tb)
+    common = sum(min(ta.count(w), tb.count(w)) for w in set(ta))
+    if common == 0:
+        return 0.0
+    p, r = common / len(ta), common / len(tb)
+    return 2 * p * r / (p + r)
+
+
 CONFIGS = (
     ("baseline", "vllm", "no-prefix-cache", False),
     ("+ semantic cache", "vllm", "no-prefix-cache", True),
@@ -145,7 +158,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     base = results["baseline"]
     for label, *_ in CONFIGS:
         r = results[label]
-        same = sum(a == b for a, b in zip(r["answers"], base["answers"], strict=True))
+        pairs = list(zip(r["answers"], base["answers"], strict=True))
+        same = sum(a == b for a, b in pairs)
+        f1 = statistics.mean(_f1(a, b) for a, b in pairs)
         rows.append(
             {
                 "config": label,
@@ -154,6 +169,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "tokens_per_call": round(r["tokens_per_call"], 1),
                 "relative_cost": round(r["server_s_per_call"] / base["server_s_per_call"], 3),
                 "same_answer_as_baseline": round(same / len(questions), 3),
+                "answer_f1_vs_baseline": round(f1, 3),
                 "p50_ratio": round(r["p50_ms"] / base["p50_ms"], 3),
                 "p99_ratio": round(r["p99_ms"] / base["p99_ms"], 3),
             }
@@ -172,7 +188,8 @@ def main() -> None:
             f"{row['config']:46} p50 {row['p50_ms']:8.1f} ms ({row['p50_ratio']:.2f}x)  "
             f"p99 {row['p99_ms']:8.1f} ms ({row['p99_ratio']:.2f}x)  "
             f"tokens/call {row['tokens_per_call']:6.1f}  cost {row['relative_cost']:.2f}  "
-            f"same answer {row['same_answer_as_baseline']:.2f}"
+            f"same answer {row['same_answer_as_baseline']:.2f}  "
+            f"F1 vs baseline {row['answer_f1_vs_baseline']:.2f}"
         )
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
