@@ -242,3 +242,20 @@ async def test_vllm_backend_reads_its_engines_queue() -> None:
     with pytest.raises(BackendProtocolError, match="num_requests_waiting"):
         await backend.queue_depth()
     await backend.aclose()
+
+
+def test_gate_knobs_round_trip_through_yaml() -> None:
+    import yaml
+
+    edge = {"from": "classify", "to": "answer", "guesser": "lookup"}
+    spec = parse_spec(
+        {
+            "name": "g",
+            "backend": "fake",
+            "steps": steps(),
+            "speculate": [{**edge, "max_waste": 0.2, "max_queued": None, "min_samples": 5}],
+        }
+    )
+    again = parse_spec(yaml.safe_load(spec.to_yaml()))
+    assert again == spec
+    assert (again.speculate[0].max_waste, again.speculate[0].max_queued) == (0.2, None)
