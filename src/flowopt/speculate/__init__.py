@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 
-def _queue_probe(spec: Any, edge: SpeculateSpec, backends: Mapping[str, Any]) -> Any:
+def _queue_probe(spec: Any, edge: SpeculateSpec, backends: Mapping[str, Any]) -> QueueProbe | None:
     """A probe of the queue of B's backend (its own, else the default), when that
     backend can report one (``queue_depth()``: the vLLM backend) and the edge reads it."""
     if edge.max_queued is None:
