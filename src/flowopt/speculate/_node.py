@@ -95,6 +95,7 @@ class _Tally:
     wasted: Usage = dataclasses.field(default_factory=Usage)
     cost: float | None = None
     estimated: bool = False
+    queue_unknown: bool = False
 
 
 class Speculator:
@@ -139,10 +140,11 @@ class Speculator:
                 span.set_attribute("flowopt.speculation.guess", guesses[0].label)
                 span.set_attribute("flowopt.speculation.confidence", guesses[0].confidence)
             admitted, why = self.gate.admit(guesses)
-            if self.gate.queue_unknown:
+            # read now: another run's decision may overwrite the gate's flag meanwhile
+            tally = _Tally(outcome=f"skipped_{why}", queue_unknown=self.gate.queue_unknown)
+            if tally.queue_unknown:
                 span.set_attribute("flowopt.speculation.queue_unknown", True)
             self.stats.runs += 1
-            tally = _Tally(outcome=f"skipped_{why}")
             branches = [self._start(g, state, config, opts) for g in admitted]
             try:
                 return await self._finish(state, config, opts, branches, guesses, tally)
@@ -182,7 +184,7 @@ class Speculator:
             wasted=tally.wasted,
             wasted_cost=tally.cost,
             estimated=tally.estimated,
-            queue_unknown=self.gate.queue_unknown,
+            queue_unknown=tally.queue_unknown,
         )
         opts.speculation.append(record)
         for observer in self.observers:
