@@ -4,6 +4,7 @@
     python benchmarks/speculation.py --data FILE [--json] [--limit 60] [--labels 8]
         [--train 160] [--url http://127.0.0.1:8011/v1] [--model smollm2]
         [--step1-url URL --step1-model NAME] [--max-tokens 40]
+        [--threshold 0.5] [--cost-factor 1] [--max-waste 0.1] [--max-queued 0|none]
 
 FILE is a ``{"split", "text", "intent"}`` JSONL (clinc150-dev.jsonl, banking77-dev.jsonl).
 The workflow: step 1 (``classify``) picks one of ``--labels`` intents (the most frequent
@@ -18,8 +19,11 @@ step 2 (``answer``) answers with the handler prompt of that intent. Out-of-scope
 
 Reported: guess hit rate (against step 1's real output), T1, T2 (medians of the plain
 runs' hops), p50/p95 end to end with and without, the bound p*min(T1,T2)/(T1+T2), the
-share realised, wasted tokens (share of step-2 tokens), and the losslessness check
-(committed outputs compared with the plain run of the same input; must be 0).
+share realised, wasted tokens (share of step-2 tokens; the per-run ledger
+``Result.speculation`` is summed and checked against the edge's figures), the gate's
+decisions (speculated, skipped by threshold/value, waste budget, backend queue), and the
+losslessness check (committed outputs compared with the plain run of the same input;
+must be 0). ``--max-waste 1 --max-queued none`` turns the budget and the queue off.
 """
 
 from __future__ import annotations
@@ -95,6 +99,9 @@ async def main() -> None:
     ap.add_argument("--step1-model", default=None)
     ap.add_argument("--max-tokens", type=int, default=40)
     ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--cost-factor", type=float, default=1.0)
+    ap.add_argument("--max-waste", type=float, default=0.1)
+    ap.add_argument("--max-queued", default="0", help="an integer, or 'none' (not read)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
@@ -141,6 +148,9 @@ async def main() -> None:
                 "to": "answer",
                 "guesser": {"tfidf": {"model": str(model_path)}},
                 "threshold": args.threshold,
+                "cost_factor": args.cost_factor,
+                "max_waste": args.max_waste,
+                "max_queued": None if args.max_queued == "none" else int(args.max_queued),
             }
         ],
     )
@@ -149,6 +159,7 @@ async def main() -> None:
     t1: list[float] = []
     t2: list[float] = []
     diffs = 0
+    ledger = 0  # wasted tokens summed over the results' speculation records
     step1: collections.Counter[str] = collections.Counter()
     for i, row in enumerate(held):
         order = [(plain, lat_off), (spec, lat_on)]
@@ -164,6 +175,7 @@ async def main() -> None:
         t1.append(off.hops[0].response.latency_ms or 0.0)
         t2.append(off.hops[1].response.latency_ms or 0.0)
         diffs += results["spec"].outputs != off.outputs
+        ledger += results["spec"].wasted.total_tokens
         step1[str(off.outputs["classify"])] += 1
         if not args.json and (i + 1) % 10 == 0:
             log(f"  {i + 1}/{len(held)}")
@@ -201,6 +213,20 @@ async def main() -> None:
         "lossless_differences": diffs,
         "wasted_tokens_per_request": round(s.wasted_tokens / max(1, s.runs), 2),
         "wasted_token_share": round(s.wasted_tokens / max(1, s.b_tokens), 3),
+        "wasted_in_results": ledger,
+        "skipped": {
+            "gate": s.skipped_gate,
+            "budget": s.skipped_budget,
+            "queue": s.skipped_queue,
+            "shed": s.skipped_shed,
+        },
+        "queue_unknown": s.queue_unknown,
+        "gate": {
+            "threshold": args.threshold,
+            "cost_factor": args.cost_factor,
+            "max_waste": args.max_waste,
+            "max_queued": args.max_queued,
+        },
     }
     if args.json:
         print(json.dumps(out))

@@ -6,6 +6,9 @@ Step ``classify`` picks a label with a structured ``choice``; step ``answer`` ha
 request for that label. The ``lookup`` guesser remembers what ``classify`` returned for
 an input before, so the second time a request comes in, ``answer`` starts at once,
 alongside ``classify``, and is kept only if the label matches (docs/speculation.md).
+Each result carries its speculation record (``Result.speculation``: outcome, saved or
+lost time, wasted tokens); whether a guess is started also depends on the gate (the
+server's queue, the waste budget), so the outcome line can say ``skipped_queue``.
 """
 
 from __future__ import annotations
@@ -46,14 +49,21 @@ plain = pipeline(
 
 async def main() -> None:
     questions = ["I was charged twice this month.", "The app crashes when I log in."]
+    guessed = []
     for q in questions * 2:  # the second round: the lookup guesser has seen each input
         on = await spec.ainvoke(q)
         off = await plain.ainvoke(q)
         assert on.outputs == off.outputs, "speculation must never change a result"
-        print(f"{on.outputs['classify']:>10}  {on.latency_ms:7.0f} ms  {on.text[:60]!r}")
+        # the run's own ledger: what the gate did and what a wrong guess burnt
+        (record,) = on.speculation
+        guessed.append(record.guess is not None)
+        print(
+            f"{on.outputs['classify']:>10}  {on.latency_ms:7.0f} ms  {record.outcome:>13}"
+            f"  wasted {on.wasted.total_tokens:3d} tok  {on.text[:40]!r}"
+        )
     s = speculation_stats(spec)["classify->answer"]
     print(f"speculated {s.speculated} of {s.runs} runs, {s.hits} hits, {s.misses} misses")
-    assert s.runs == 4 and s.speculated == 2  # only the repeated inputs had a guess
+    assert guessed == [False, False, True, True]  # only the repeated inputs had a guess
     await spec.aclose()
     await plain.aclose()
 

@@ -46,7 +46,7 @@ from flowopt.resilience import (
     RetryBudget,
     TenantLimits,
 )
-from flowopt.result import Hop, Result, StepEvent, TokenEvent
+from flowopt.result import Hop, Result, Speculation, StepEvent, TokenEvent
 from flowopt.spec import PipelineSpec, SpeculateSpec, StepSpec, load_spec, parse_spec
 from flowopt.stream import Stream, replay
 from flowopt.tracing import configure_tracing
@@ -138,6 +138,7 @@ __all__ = [
     "RunError",
     "SpecError",
     "SpeculateSpec",
+    "Speculation",
     "StepError",
     "StepEvent",
     "StepSpec",

@@ -15,7 +15,7 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from opentelemetry import trace
 
-from flowopt.result import Hop
+from flowopt.result import Hop, Speculation
 from flowopt.types import Params
 
 __all__ = ["RunOptions", "run_options", "trace_id_of", "with_parent"]
@@ -38,6 +38,8 @@ class RunOptions:
     # LLM calls of this run, in order. Kept out of the graph state on purpose: the state
     # must stay serialisable for checkpointers, and responses are not plain data.
     hops: list[Hop] = dataclasses.field(default_factory=list)
+    # one record per speculated edge that ran (its wasted tokens: Result.speculation)
+    speculation: list[Speculation] = dataclasses.field(default_factory=list)
 
 
 def run_options(config: RunnableConfig) -> RunOptions:

@@ -54,7 +54,24 @@ class SpeculateSpec(BaseModel):
         "when p*saving > cost_factor*(1-p)*waste.",
     )
     min_samples: int = Field(
-        20, ge=1, description="Speculations before the edge's own hit rate calibrates p."
+        10,
+        ge=1,
+        description="Judged guesses the edge's observed hit rate (per confidence bin, per "
+        "label) needs to weigh as much as the guesser's own confidence.",
+    )
+    max_waste: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Budget of B's tokens wrong guesses may waste (a share); the most "
+        "probable guesses get it first. 1 turns the budget off.",
+    )
+    max_queued: int | None = Field(
+        0,
+        ge=0,
+        description="Speculate only while B's backend reports at most this many requests "
+        "waiting (vLLM's num_requests_waiting, read off the request path); null: do not "
+        "read the backend's queue.",
     )
     top_k: int = Field(1, ge=1, le=4, description="Guesses started at once (each counted).")
 

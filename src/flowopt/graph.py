@@ -68,7 +68,7 @@ def build_graph(
     both (:mod:`flowopt.speculate._node`): only verified results reach the state. Its
     speculators (with their running figures) are on the compiled graph as
     ``flowopt_speculators``. ``pipeline`` (the owner) gives them its middleware (is a
-    load shedder active?) and its tracer.
+    load shedder active?), its backends (is B's engine queueing?) and its tracer.
     """
     graph: StateGraph[Any] = StateGraph(state_schema(spec))
     fused = {e.target: e.source for e in spec.speculate}
@@ -78,7 +78,8 @@ def build_graph(
 
         layers = pipeline.middleware if pipeline is not None else []
         tracer = pipeline.tracing.tracer if pipeline is not None else None
-        speculators = make_speculators(spec, run, layers, tracer)
+        backends = pipeline.backends if pipeline is not None else {}
+        speculators = make_speculators(spec, run, layers, tracer, backends)
     for step in spec.steps:
         if step.name in fused:
             continue

@@ -355,7 +355,7 @@ class Pipeline:
         return run_params(params, {n: self._params[n] for n in self.answer_steps})
 
     def _result(
-        self, state: Mapping[str, Any], hops: list[Hop], started: float, trace_id: str | None
+        self, state: Mapping[str, Any], opts: RunOptions, started: float, trace_id: str | None
     ) -> Result:
         trail: list[str] = state.get("_trail") or []
         by_name = {s.name: s for s in self.spec.steps}
@@ -363,14 +363,14 @@ class Pipeline:
         if trail:
             out = state.get(by_name[trail[-1]].output_key)
             text = out if isinstance(out, str) else ("" if out is None else str(out))
-        outputs = {k: v for k, v in state.items() if not k.startswith("_")}
         return Result(
             text=text,
-            outputs=outputs,
-            hops=tuple(hops),
+            outputs={k: v for k, v in state.items() if not k.startswith("_")},
+            hops=tuple(opts.hops),
             latency_ms=(time.perf_counter() - started) * 1000.0,
             pipeline=self.name,
             trace_id=trace_id,
+            speculation=tuple(opts.speculation),
         )
 
     def _span(self) -> trace.Span:
@@ -402,7 +402,7 @@ class Pipeline:
         config = with_parent(config, span)
         try:
             final = await self.graph.ainvoke(state, config)
-            result = self._result(final, run_options(config).hops, started, trace_id_of(span))
+            result = self._result(final, run_options(config), started, trace_id_of(span))
             span.set_attribute("flowopt.pipeline.hops", len(result.hops))
             return result
         except BaseException as exc:
@@ -446,7 +446,7 @@ class Pipeline:
                             yield StepEvent(node, update.get(step.output_key))
                 elif mode == "values" and isinstance(data, Mapping):
                     final = dict(data)
-            result = self._result(final, run_options(config).hops, started, trace_id_of(span))
+            result = self._result(final, run_options(config), started, trace_id_of(span))
         except BaseException as exc:
             record_error(span, exc)
             span.end()

@@ -68,6 +68,24 @@ def _normalise(url: str) -> str:
     return url
 
 
+def _waiting(text: str, url: str) -> int:
+    """The sum of ``vllm:num_requests_waiting`` samples (one per engine) in a
+    Prometheus text exposition."""
+    found = False
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(("vllm:num_requests_waiting{", "vllm:num_requests_waiting ")):
+            rest = line[line.find("}") + 1 :] if "{" in line else line.split(None, 1)[1]
+            try:  # "name{labels} value [timestamp]"
+                total += float(rest.split()[0])
+            except (ValueError, IndexError):
+                continue
+            found = True
+    if not found:
+        raise BackendProtocolError("/metrics has no vllm:num_requests_waiting sample", endpoint=url)
+    return int(total)
+
+
 def _retry_after(raw: str | None) -> float | None:
     if not raw:
         return None
@@ -282,6 +300,29 @@ class VLLMBackend:
             entry=entry if isinstance(entry, dict) else {},
         )
         return self._info
+
+    # -- engine load ------------------------------------------------------------------------
+    async def queue_depth(self) -> int:
+        """Requests waiting in the engine queues (``vllm:num_requests_waiting``, summed
+        over the replicas), from each replica's Prometheus ``/metrics``. Read by the
+        speculation gate in the background (never on a request's path)."""
+        total = 0
+        for replica in self._replicas.items:
+            url = replica.url
+            try:
+                resp = await self._http().get(f"{url}/metrics")
+                try:
+                    raw = await resp.read()
+                finally:
+                    await resp.close()
+            except TRANSPORT_ERRORS as exc:
+                raise self._translate(exc, url, Request(prompt="")) from None
+            if resp.status >= 400:
+                raise BackendHTTPError(
+                    f"HTTP {resp.status} from /metrics", endpoint=url, status=resp.status
+                )
+            total += _waiting(raw.decode("utf-8", "replace"), url)
+        return total
 
     # -- generation ------------------------------------------------------------------------
     async def generate(self, request: Request) -> Response:

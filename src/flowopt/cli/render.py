@@ -51,6 +51,13 @@ def echo_summary(result: Result) -> None:
         f"  total: {len(result.hops)} LLM calls, {u.input_tokens} in / {u.output_tokens} out "
         f"tokens, {result.latency_ms:.0f} ms"
     )
+    for s in result.speculation:  # what wrong guesses burnt, beside the committed total
+        w, price = s.wasted, s.wasted_cost
+        click.echo(
+            f"  speculation {s.edge}: {s.outcome}, wasted {w.input_tokens} in / "
+            f"{w.output_tokens} out tokens{'' if price is None else f' cost={price:.6f}'}"
+            f"{' (estimated)' if s.estimated else ''}"
+        )
 
 
 def echo_span_tree(tree: dict[str, Any], durations: dict[str, float] | None = None) -> None:

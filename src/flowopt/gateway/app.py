@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -89,6 +89,11 @@ class Gateway:
         self.batches = Batches(self)  # /v1/files, /v1/batches
         self.models = ModelTable(pipe.backends, graph, self.embeddings.models)
         self.metrics = GatewayMetrics()
+        self._unobserve: Callable[[], None] | None = None
+        if pipe.spec.speculate:  # speculated edges report each run to /metrics
+            from flowopt.speculate import observe
+
+            self._unobserve = observe(pipe, self.metrics.observe_speculation)
         self._max_body = settings.max_body_bytes
         # the pipeline's tracer: the SERVER span and the pipeline's spans share a provider
         self._tracer = pipe.tracing.tracer
@@ -103,6 +108,8 @@ class Gateway:
             yield
         finally:
             await self.batches.stop()
+            if self._unobserve is not None:
+                self._unobserve()
             await self.pipe.aclose()
 
     # -- small routes ---------------------------------------------------------------------

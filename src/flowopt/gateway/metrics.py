@@ -17,6 +17,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from flowopt.errors import MissingDependencyError
+from flowopt.result import Speculation
 from flowopt.types import Response
 
 if TYPE_CHECKING:
@@ -113,6 +114,39 @@ class GatewayMetrics:
             ["route"],
             registry=reg,
         )
+        # Workflow speculation (docs/speculation.md): fed by the pipeline's speculated
+        # edges through flowopt.speculate.observe, so speculation needs no metrics library.
+        self.speculation = prom.Counter(
+            "flowopt_speculation",
+            "Runs of a speculated edge, by outcome (hit, miss, hit_rerun, a_failed, "
+            "skipped_gate, skipped_budget, skipped_shed, skipped_queue).",
+            ["pipeline", "edge", "outcome"],
+            registry=reg,
+        )
+        self.speculation_wasted = prom.Counter(
+            "flowopt_speculation_wasted_tokens",
+            "Tokens spent on wrong guesses (cancelled or discarded), by kind.",
+            ["pipeline", "edge", "kind"],
+            registry=reg,
+        )
+        self.speculation_saved = prom.Counter(
+            "flowopt_speculation_saved_seconds",
+            "Latency saved by committed guesses.",
+            ["pipeline", "edge"],
+            registry=reg,
+        )
+        self.speculation_lost = prom.Counter(
+            "flowopt_speculation_lost_seconds",
+            "Latency lost to wrong guesses (cancelling them).",
+            ["pipeline", "edge"],
+            registry=reg,
+        )
+        self.speculation_queue_unknown = prom.Counter(
+            "flowopt_speculation_queue_unknown",
+            "Speculation decisions taken without a fresh reading of the backend's queue.",
+            ["pipeline", "edge"],
+            registry=reg,
+        )
         self.in_flight = prom.Gauge(
             "flowopt_gateway_in_flight",
             "Requests being answered now.",
@@ -152,6 +186,22 @@ class GatewayMetrics:
                 child(self.cache, d.action).inc()
         if response.cached and not any(d.middleware == "cache" for d in response.decisions):
             child(self.cache, "hit").inc()
+
+    def observe_speculation(self, pipeline: str, record: Speculation) -> None:
+        """Count one run of a speculated edge (an observer for flowopt.speculate.observe)."""
+        child, edge = self.child, record.edge
+        child(self.speculation, pipeline, edge, record.outcome).inc()
+        w = record.wasted
+        if w.input_tokens:
+            child(self.speculation_wasted, pipeline, edge, "prompt").inc(w.input_tokens)
+        if w.output_tokens:
+            child(self.speculation_wasted, pipeline, edge, "completion").inc(w.output_tokens)
+        if record.saved_ms:
+            child(self.speculation_saved, pipeline, edge).inc(record.saved_ms / 1000.0)
+        if record.lost_ms:
+            child(self.speculation_lost, pipeline, edge).inc(record.lost_ms / 1000.0)
+        if record.queue_unknown:
+            child(self.speculation_queue_unknown, pipeline, edge).inc()
 
     def observe_error(self, route: str, model: str, status: int, kind: str) -> None:
         self.requests.labels(route, model, str(status)).inc()

@@ -18,7 +18,10 @@ edge, and this class runs it:
 5. otherwise every speculative B is cancelled (the task's cancellation closes the HTTP
    connection, which is what makes vLLM abort the request) and B runs on A's output.
 
-Whatever happens, the node returns the same writes a plain A-then-B run would.
+Whatever happens, the node returns the same writes a plain A-then-B run would. Each run
+also leaves one :class:`~flowopt.result.Speculation` record (outcome, saved or lost
+time, wasted tokens and cost) on the run's result and hands it to the edge's
+``observers`` (the gateway's Prometheus counters subscribe there).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -35,13 +39,18 @@ from opentelemetry import trace
 
 from flowopt._run_options import RunOptions, run_options
 from flowopt._speculate_spec import SpeculateSpec, edge_labels
-from flowopt.result import Hop, TokenEvent
+from flowopt.result import Hop, Speculation, TokenEvent
 from flowopt.speculate.gate import Gate
 from flowopt.speculate.guessers import Guess, Guesser
+from flowopt.types import Usage
 
-__all__ = ["Speculator"]
+__all__ = ["Observer", "Speculator"]
 
 NodeFn = Callable[[Any, dict[str, Any], RunnableConfig], Awaitable[dict[str, Any]]]
+Observer = Callable[[str, Speculation], None]
+"""Called with (pipeline name, record) after every run of a speculated edge."""
+
+_log = logging.getLogger("flowopt.speculate")
 
 
 def _input_text(state: dict[str, Any]) -> str:
@@ -56,8 +65,16 @@ def _input_text(state: dict[str, Any]) -> str:
     return "" if value is None else str(value)
 
 
-def _tokens(hops: Sequence[Hop]) -> int:
-    return sum(h.response.usage.input_tokens + h.response.usage.output_tokens for h in hops)
+def _usage(hops: Sequence[Hop]) -> Usage:
+    total = Usage()
+    for h in hops:
+        total = total + h.response.usage
+    return total
+
+
+def _cost(hops: Sequence[Hop]) -> float | None:
+    costs = [h.response.cost for h in hops if h.response.cost is not None]
+    return sum(costs) if costs else None
 
 
 @dataclasses.dataclass
@@ -66,6 +83,19 @@ class _Branch:
     task: asyncio.Future[dict[str, Any]]
     opts: RunOptions
     started: float
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What one run of the edge did (becomes its :class:`Speculation` record)."""
+
+    outcome: str = "a_failed"
+    saved_ms: float = 0.0
+    lost_ms: float = 0.0
+    wasted: Usage = dataclasses.field(default_factory=Usage)
+    cost: float | None = None
+    estimated: bool = False
+    queue_unknown: bool = False
 
 
 class Speculator:
@@ -82,6 +112,7 @@ class Speculator:
     ) -> None:
         by_name = {s.name: s for s in spec.steps}
         self.edge = edge
+        self.pipeline = str(spec.name)
         self.a = by_name[edge.source]
         self.b = by_name[edge.target]
         self.labels = edge_labels(spec, edge)
@@ -89,6 +120,7 @@ class Speculator:
         self.guesser = guesser
         self.gate = gate
         self.tracer = tracer
+        self.observers: list[Observer] = []
         self.__name__ = f"speculate_{self.a.name}_{self.b.name}"
 
     @property
@@ -108,19 +140,64 @@ class Speculator:
                 span.set_attribute("flowopt.speculation.guess", guesses[0].label)
                 span.set_attribute("flowopt.speculation.confidence", guesses[0].confidence)
             admitted, why = self.gate.admit(guesses)
+            # read now: another run's decision may overwrite the gate's flag meanwhile
+            tally = _Tally(outcome=f"skipped_{why}", queue_unknown=self.gate.queue_unknown)
+            if tally.queue_unknown:
+                span.set_attribute("flowopt.speculation.queue_unknown", True)
             self.stats.runs += 1
             branches = [self._start(g, state, config, opts) for g in admitted]
             try:
-                out = await self._finish(state, config, opts, branches, span, why)
+                return await self._finish(state, config, opts, branches, guesses, tally)
             finally:
                 await self._cancel(branches)
-            return out
+                self._account(tally, guesses, len(branches), opts, span)
+
+    def _account(
+        self,
+        tally: _Tally,
+        guesses: Sequence[Guess],
+        branches: int,
+        opts: RunOptions,
+        span: trace.Span,
+    ) -> None:
+        """Record the run: span, the edge's figures, the result's ledger, observers."""
+        s = self.stats
+        s.wasted_input_tokens += tally.wasted.input_tokens
+        s.wasted_output_tokens += tally.wasted.output_tokens
+        s.wasted_cost += tally.cost or 0.0
+        s.saved_ms += tally.saved_ms
+        s.lost_ms += tally.lost_ms
+        span.set_attribute("flowopt.speculation.outcome", tally.outcome)
+        if branches:
+            span.set_attribute("flowopt.speculation.branches", branches)
+            span.set_attribute("flowopt.speculation.wasted_tokens", tally.wasted.total_tokens)
+            span.set_attribute("flowopt.speculation.saved_ms", round(tally.saved_ms, 2))
+            span.set_attribute("flowopt.speculation.lost_ms", round(tally.lost_ms, 2))
+        record = Speculation(
+            edge=self.edge.edge,
+            outcome=tally.outcome,
+            guess=guesses[0].label if guesses else None,
+            confidence=guesses[0].confidence if guesses else None,
+            branches=branches,
+            saved_ms=tally.saved_ms,
+            lost_ms=tally.lost_ms,
+            wasted=tally.wasted,
+            wasted_cost=tally.cost,
+            estimated=tally.estimated,
+            queue_unknown=tally.queue_unknown,
+        )
+        opts.speculation.append(record)
+        for observer in self.observers:
+            try:
+                observer(self.pipeline, record)
+            except Exception:  # an observer never breaks a run
+                _log.exception("speculation observer %r failed", observer)
 
     def _start(
         self, guess: Guess, state: dict[str, Any], config: RunnableConfig, opts: RunOptions
     ) -> _Branch:
         guessed = {**state, self.a.output_key: guess.label}
-        sopts = dataclasses.replace(opts, stream=False, hops=[])
+        sopts = dataclasses.replace(opts, stream=False, hops=[], speculation=[])
         sconfig: RunnableConfig = {
             **config,
             "configurable": {**(config.get("configurable") or {}), "flowopt": sopts},
@@ -143,8 +220,8 @@ class Speculator:
         config: RunnableConfig,
         opts: RunOptions,
         branches: list[_Branch],
-        span: trace.Span,
-        why: str,
+        guesses: Sequence[Guess],
+        tally: _Tally,
     ) -> dict[str, Any]:
         stats = self.stats
         started = time.perf_counter()
@@ -153,53 +230,68 @@ class Speculator:
         except BaseException:
             if branches:
                 stats.a_failed += 1
-                span.set_attribute("flowopt.speculation.outcome", "a_failed")
+                tally.outcome = "a_failed"
+                self._waste(branches, time.perf_counter(), tally)
             raise
         a_done = time.perf_counter()
         stats.observe_t1((a_done - started) * 1000.0)
         actual = ua.get(self.a.output_key)
         self.guesser.observe(_input_text(state), str(actual))
+        self.gate.judge(guesses, str(actual))
         real = {**state, **ua}
         hit = next((b for b in branches if b.guess.label == actual), None)
         if not branches:
-            span.set_attribute("flowopt.speculation.outcome", f"skipped:{why}")
             ub = await self._plain(real, config, opts)
         else:
             stats.speculated += 1
-            judged = branches[0]
-            stats.conf_sum += judged.guess.confidence
             stats.hits += hit is not None
             stats.misses += hit is None
             losers = [b for b in branches if b is not hit]
-            wasted = self._waste(losers, a_done)
             stats.cancelled += sum(not b.task.done() for b in losers)
+            self._waste(losers, a_done, tally)
             await self._cancel(losers)
-            stats.wasted_tokens += wasted
-            span.set_attribute("flowopt.speculation.wasted_tokens", wasted)
-            span.set_attribute("flowopt.speculation.branches", len(branches))
             if hit is None:
                 t0 = time.perf_counter()
+                tally.outcome = "miss"
+                tally.lost_ms = (t0 - a_done) * 1000.0  # the cancellation's own delay
                 ub = await self._plain(real, config, opts)
-                lost = (t0 - a_done) * 1000.0  # the cancellation's own delay
-                stats.lost_ms += lost
-                span.set_attribute("flowopt.speculation.outcome", "miss")
-                span.set_attribute("flowopt.speculation.lost_ms", round(lost, 2))
             else:
-                ub = await self._commit(hit, real, config, opts, a_done, span)
+                ub = await self._commit(hit, real, config, opts, a_done, tally)
         return {**ua, **ub, "_trail": [*ua.get("_trail", []), *ub.get("_trail", [])]}
 
-    def _waste(self, losers: Sequence[_Branch], a_done: float) -> int:
-        """Tokens spent on wrong guesses: counted from the response when the branch
-        finished, else estimated from the share of B's usual time it ran."""
+    def _waste(self, losers: Sequence[_Branch], now: float, tally: _Tally) -> None:
+        """Tokens (and cost) spent on discarded branches: from the response when the
+        branch finished, else estimated from the share of B's usual time it ran."""
         s = self.stats
-        total = 0
         for b in losers:
             if b.task.done() and not b.task.cancelled() and b.task.exception() is None:
-                total += _tokens(b.opts.hops)
+                used, cost = _usage(b.opts.hops), _cost(b.opts.hops)
             elif s.t2_ms > 0 and s.b_runs:
-                share = min(1.0, (a_done - b.started) * 1000.0 / s.t2_ms)
-                total += int(share * s.b_tokens / s.b_runs)
-        return total
+                share = min(1.0, (now - b.started) * 1000.0 / s.t2_ms)
+                used = Usage(
+                    round(share * s.b_input_tokens / s.b_runs),
+                    round(share * s.b_output_tokens / s.b_runs),
+                )
+                cost = share * s.b_cost / s.b_priced if s.b_priced else None
+                tally.estimated = True
+            else:
+                continue  # B never completed here yet: nothing to estimate from
+            tally.wasted = tally.wasted + used
+            if cost is not None:
+                tally.cost = (tally.cost or 0.0) + cost
+            if s.b_runs and s.b_tokens:
+                s.observe_miss_share(used.total_tokens / (s.b_tokens / s.b_runs))
+
+    def _count_b(self, hops: Sequence[Hop], ms: float) -> None:
+        s = self.stats
+        s.observe_t2(ms)
+        used, cost = _usage(hops), _cost(hops)
+        s.b_input_tokens += used.input_tokens
+        s.b_output_tokens += used.output_tokens
+        s.b_runs += 1
+        if cost is not None:
+            s.b_cost += cost
+            s.b_priced += 1
 
     async def _plain(
         self, real: dict[str, Any], config: RunnableConfig, opts: RunOptions
@@ -207,9 +299,7 @@ class Speculator:
         t0 = time.perf_counter()
         n = len(opts.hops)
         ub = await self.run(self.b, real, config)
-        self.stats.observe_t2((time.perf_counter() - t0) * 1000.0)
-        self.stats.b_tokens += _tokens(opts.hops[n:])
-        self.stats.b_runs += 1
+        self._count_b(opts.hops[n:], (time.perf_counter() - t0) * 1000.0)
         return ub
 
     async def _commit(
@@ -219,22 +309,20 @@ class Speculator:
         config: RunnableConfig,
         opts: RunOptions,
         a_done: float,
-        span: trace.Span,
+        tally: _Tally,
     ) -> dict[str, Any]:
         try:
             ub = await hit.task
         except asyncio.CancelledError:
             raise
         except Exception:
-            span.set_attribute("flowopt.speculation.outcome", "hit_rerun")
+            tally.outcome = "hit_rerun"  # the guessed request failed: its tokens are waste
+            self._waste([hit], time.perf_counter(), tally)
             return await self._plain(real, config, opts)
         b_done = time.perf_counter()
-        b_ms = (b_done - hit.started) * 1000.0
-        saved = max(0.0, min(a_done, b_done) - hit.started) * 1000.0
-        self.stats.observe_t2(b_ms)
-        self.stats.saved_ms += saved
-        self.stats.b_tokens += _tokens(hit.opts.hops)
-        self.stats.b_runs += 1
+        self._count_b(hit.opts.hops, (b_done - hit.started) * 1000.0)
+        tally.outcome = "hit"
+        tally.saved_ms = max(0.0, min(a_done, b_done) - hit.started) * 1000.0
         opts.hops.extend(hit.opts.hops)
         if opts.stream:
             from langgraph.config import get_stream_writer
@@ -242,6 +330,4 @@ class Speculator:
             text = ub.get(self.b.output_key)
             if isinstance(text, str) and text and self.b.kind == "llm":
                 get_stream_writer()(TokenEvent(self.b.name, text))
-        span.set_attribute("flowopt.speculation.outcome", "hit")
-        span.set_attribute("flowopt.speculation.saved_ms", round(saved, 2))
         return ub

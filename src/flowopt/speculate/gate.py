@@ -1,15 +1,21 @@
-"""When to speculate: confidence, the edge's own arithmetic, and the load shedder.
+"""When to speculate: confidence, the edge's own arithmetic, a waste budget, and load.
 
 With step times T1 (A) and T2 (B) and a guess right with probability p, a hit saves
 min(T1, T2) of latency and a miss burns about min(T1, T2) of B's engine time (B runs
-until A finishes, then is cancelled). So an edge speculates on a guess only when
+until A answers, then is cancelled). An edge starts a guess only when
 
-- its confidence clears ``threshold``;
+- no load shedder in the pipeline is queueing or at its concurrency limit, and B's
+  backend does not report requests waiting in its engine queue (``max_queued``; read
+  off the request path by :class:`~flowopt.speculate._queue.QueueProbe`): a speculative
+  request is the first thing to drop when the engine is short of capacity;
+- the guess's confidence clears ``threshold``;
 - ``p * saving > cost_factor * (1 - p) * waste``, with saving and waste the edge's
-  running means (:class:`EdgeStats`) and p the guess's confidence, calibrated by the
-  edge's observed hit rate once ``min_samples`` speculations have been judged;
-- no load shedder in the pipeline is queueing or at its concurrency limit: a speculative
-  request is the first thing to drop when the engine is short of capacity.
+  running means (:class:`EdgeStats`) and p the guess's probability calibrated on every
+  judged guess of the edge, by confidence and by label
+  (:class:`~flowopt.speculate._calibrate.Calibrator`);
+- the expected wasted B tokens stay within ``max_waste`` of B's tokens
+  (:class:`~flowopt.speculate._calibrate.WasteBudget`): the most probable guesses of
+  recent traffic get the budget first.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowopt._speculate_spec import SpeculateSpec
+from flowopt.speculate._calibrate import Calibrator, WasteBudget
+from flowopt.speculate._queue import QueueProbe
 from flowopt.speculate.guessers import Guess
 
 __all__ = ["EdgeStats", "Gate", "shedding"]
@@ -38,20 +46,41 @@ class EdgeStats:
     cancelled: int = 0  # wrong-guess branches still running when A answered
     a_failed: int = 0
     skipped_shed: int = 0
-    skipped_gate: int = 0
+    skipped_queue: int = 0  # B's backend reported waiting requests
+    skipped_gate: int = 0  # threshold or expected value
+    skipped_budget: int = 0  # the waste budget could not afford the guess
+    queue_unknown: int = 0  # decisions taken without a fresh reading of B's queue
     t1_ms: float = 0.0  # EWMA of A's duration
     t2_ms: float = 0.0  # EWMA of B's duration (committed or non-speculative runs)
-    conf_sum: float = 0.0  # of judged speculations (calibration)
     saved_ms: float = 0.0
     lost_ms: float = 0.0
-    wasted_tokens: int = 0
-    b_tokens: int = 0  # of B's completed runs (b_runs of them)
+    wasted_input_tokens: int = 0
+    wasted_output_tokens: int = 0
+    wasted_cost: float = 0.0
+    b_input_tokens: int = 0  # of B's completed runs (b_runs of them)
+    b_output_tokens: int = 0
     b_runs: int = 0
+    b_cost: float = 0.0  # of B's completed runs whose responses carried a cost
+    b_priced: int = 0
+    miss_share: float = 0.0  # EWMA: share of one B run's tokens a wrong guess wasted
 
     @property
     def hit_rate(self) -> float:
         judged = self.hits + self.misses
         return self.hits / judged if judged else 0.0
+
+    @property
+    def wasted_tokens(self) -> int:
+        return self.wasted_input_tokens + self.wasted_output_tokens
+
+    @property
+    def b_tokens(self) -> int:
+        return self.b_input_tokens + self.b_output_tokens
+
+    @property
+    def waste_share(self) -> float:
+        """Wasted tokens as a share of B's tokens (the figure ``max_waste`` bounds)."""
+        return self.wasted_tokens / self.b_tokens if self.b_tokens else 0.0
 
     @property
     def bound(self) -> float:
@@ -64,6 +93,10 @@ class EdgeStats:
 
     def observe_t2(self, ms: float) -> None:
         self.t2_ms = ms if self.t2_ms == 0 else _EWMA * ms + (1 - _EWMA) * self.t2_ms
+
+    def observe_miss_share(self, share: float) -> None:
+        first = self.miss_share <= 0
+        self.miss_share = share if first else _EWMA * share + (1 - _EWMA) * self.miss_share
 
 
 def shedding(layers: Sequence[tuple[str, Any]]) -> bool:
@@ -83,35 +116,82 @@ def shedding(layers: Sequence[tuple[str, Any]]) -> bool:
 
 
 class Gate:
-    """The speculate-or-not decision of one edge (see the module docstring)."""
+    """The speculate-or-not decision of one edge (see the module docstring).
+    ``queue``: a probe of B's backend queue (``None``: not read)."""
 
-    def __init__(self, edge: SpeculateSpec, layers: Sequence[tuple[str, Any]]) -> None:
+    def __init__(
+        self,
+        edge: SpeculateSpec,
+        layers: Sequence[tuple[str, Any]],
+        queue: QueueProbe | None = None,
+    ) -> None:
         self.edge = edge
         self.layers = layers
+        self.queue = queue
         self.stats = EdgeStats(edge.edge)
+        self.calibrator = Calibrator(prior=float(edge.min_samples))
+        self.budget = WasteBudget(edge.max_waste)
+        self.queue_unknown = False  # the last decision had no fresh queue reading
 
-    def probability(self, confidence: float) -> float:
+    def probability(self, guess: Guess) -> float:
+        """The calibrated probability that ``guess`` is A's real output."""
+        return self.calibrator.probability(guess)
+
+    def miss_share(self) -> float:
+        """Share of one B run's tokens a wrong guess wastes: measured once misses were
+        seen, else min(1, T1/T2) (B runs until A answers), else 1 (nothing known)."""
         s = self.stats
-        judged = s.hits + s.misses
-        if judged < self.edge.min_samples or s.conf_sum <= 0:
-            return confidence
-        return min(1.0, confidence * s.hits / s.conf_sum)
+        if s.miss_share > 0:
+            return s.miss_share
+        if s.t1_ms > 0 and s.t2_ms > 0:
+            return min(1.0, s.t1_ms / s.t2_ms)
+        return 1.0
+
+    def judge(self, guesses: Sequence[Guess], actual: str) -> None:
+        """A answered ``actual``: every guess of the run is judged (started or not)."""
+        for g in guesses:
+            self.calibrator.observe(g, g.label == actual)
+
+    def _queued(self) -> bool:
+        self.queue_unknown = False
+        if self.queue is None or self.edge.max_queued is None:
+            return False
+        waiting = self.queue.waiting()
+        if waiting is None:
+            self.queue_unknown = True
+            self.stats.queue_unknown += 1
+            return False
+        return waiting > self.edge.max_queued
 
     def admit(self, guesses: Sequence[Guess]) -> tuple[list[Guess], str]:
-        """The guesses to start (maybe none) and why."""
+        """The guesses to start (maybe none) and why (``speculate``, ``shed``,
+        ``queue``, ``gate`` or ``budget``)."""
+        s = self.stats
+        ps = [self.probability(g) for g in guesses]
+        self.budget.note(ps)
         if shedding(self.layers):
-            self.stats.skipped_shed += 1
+            s.skipped_shed += 1
             return [], "shed"
+        if self._queued():
+            s.skipped_queue += 1
+            return [], "queue"
         keep: list[Guess] = []
-        span = min(self.stats.t1_ms, self.stats.t2_ms)
-        for g in guesses:
+        why = "gate"
+        span = min(s.t1_ms, s.t2_ms)
+        r = self.miss_share()
+        for g, p in zip(guesses, ps, strict=True):
             if g.confidence < self.edge.threshold:
                 continue
-            p = self.probability(g.confidence)
             if span > 0 and p * span <= self.edge.cost_factor * (1 - p) * span:
+                continue
+            if not self.budget.allows(p, r):
+                why = "budget"
                 continue
             keep.append(g)
         if not keep:
-            self.stats.skipped_gate += 1
-            return [], "gate"
+            if why == "budget":
+                s.skipped_budget += 1
+            else:
+                s.skipped_gate += 1
+            return [], why
         return keep, "speculate"

@@ -1,0 +1,261 @@
+"""The speculation gate's decision: calibrated probabilities learned from every judged
+guess, a waste budget that goes to the most probable guesses, and the backend's queue
+read off the request path (a failed read is "unknown", never a blocked run).
+
+Unit tests over fakes: a fake queue reader held by events and a fake clock, a fake
+metrics endpoint (``httpx.MockTransport``) for the vLLM backend's ``queue_depth``, and a
+simulated guesser whose confidence is (or is not) its real hit rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import httpx
+import pytest
+from tests.speculate.fakes import FixedGuesser, StepGatedFakeBackend, steps
+
+from flowopt import VLLMBackend, parse_spec, pipeline
+from flowopt.errors import BackendHTTPError, BackendProtocolError
+from flowopt.registry import guessers
+from flowopt.speculate import Gate, Guess, SpeculateSpec
+from flowopt.speculate._queue import QueueProbe
+
+
+def _edge(**change: Any) -> SpeculateSpec:
+    spec = parse_spec(
+        {
+            "name": "g",
+            "backend": "fake",
+            "steps": steps(),
+            "speculate": [{"from": "classify", "to": "answer", "guesser": "lookup"}],
+        }
+    )
+    return spec.speculate[0].model_copy(update=change)
+
+
+# -- calibration --------------------------------------------------------------------------
+def test_calibration_learns_from_guesses_that_were_not_started() -> None:
+    gate = Gate(_edge(), [])
+    assert gate.probability(Guess("billing", 0.7)) == pytest.approx(0.7)  # no evidence yet
+    for _ in range(40):  # judged after A answered, whether or not the gate started them
+        gate.judge([Guess("billing", 0.7)], "billing")
+        gate.judge([Guess("tech", 0.7)], "billing")
+    assert gate.probability(Guess("billing", 0.7)) > 0.8  # a reliable label
+    assert gate.probability(Guess("tech", 0.7)) < 0.3  # an unreliable one, same confidence
+
+
+# -- waste budget -------------------------------------------------------------------------
+def test_the_budget_goes_to_the_most_probable_guesses() -> None:
+    gate = Gate(_edge(cost_factor=0.0, max_waste=0.1), [])
+    gate.stats.t1_ms = gate.stats.t2_ms = 100.0  # a miss wastes a whole B run (r = 1)
+    assert gate.admit([Guess("billing", 0.95)]) == ([Guess("billing", 0.95)], "speculate")
+    # with 0.7 started too, the recent runs would waste (0.05 + 0.3) / 2 = 17.5% > 10%
+    assert gate.admit([Guess("billing", 0.7)]) == ([], "budget")
+    assert gate.admit([Guess("billing", 0.95)])[1] == "speculate"  # 0.05 / 3 fits
+    assert (gate.stats.skipped_budget, gate.stats.skipped_gate) == (1, 0)
+    off = Gate(_edge(cost_factor=0.0, max_waste=1.0), [])
+    off.stats.t1_ms = off.stats.t2_ms = 100.0
+    assert off.admit([Guess("billing", 0.6)])[1] == "speculate"  # 1: no budget
+
+
+def _simulate(truth: Any, confidence: Any, t1: float, t2: float, max_waste: float) -> Any:
+    """Run the gate over 3,000 simulated runs of one edge; a wrong guess wastes
+    min(1, T1/T2) of one B run. Returns (wasted share of B's tokens, speculated share)."""
+    rng = random.Random(7)
+    gate = Gate(_edge(max_waste=max_waste), [])
+    gate.stats.t1_ms, gate.stats.t2_ms = t1, t2
+    r = min(1.0, t1 / t2)
+    wasted = speculated = 0.0
+    n = 3000
+    for _ in range(n):
+        c = confidence(rng)
+        hit = rng.random() < truth(c)
+        guess = Guess("billing", c)
+        admitted, _ = gate.admit([guess])
+        if admitted:
+            speculated += 1
+            wasted += 0.0 if hit else r
+        gate.judge([guess], "billing" if hit else "tech")
+    return wasted / n, speculated / n
+
+
+@pytest.mark.parametrize(
+    ("truth", "confidence", "t1", "t2"),
+    [
+        # calibrated confidences, A shorter than B (a miss wastes half a B run)
+        (lambda c: c, lambda rng: rng.uniform(0.5, 1.0), 50.0, 100.0),
+        # calibrated, T1 = T2 (a miss wastes a whole B run)
+        (lambda c: c, lambda rng: rng.betavariate(5, 2), 100.0, 100.0),
+        # an overconfident guesser: right 25 points less often than it says
+        (lambda c: c - 0.25, lambda rng: rng.uniform(0.5, 1.0), 80.0, 100.0),
+    ],
+)
+def test_gated_waste_stays_within_the_budget(
+    truth: Any, confidence: Any, t1: float, t2: float
+) -> None:
+    waste_off, _ = _simulate(truth, confidence, t1, t2, max_waste=1.0)
+    waste, speculated = _simulate(truth, confidence, t1, t2, max_waste=0.1)
+    assert waste_off > 0.1  # without the budget these edges waste more than 10%
+    assert waste <= 0.1 + 0.015  # sampling noise of 3,000 runs
+    assert speculated > 0.1  # and the budget is spent, not hoarded
+
+
+# -- the backend's queue ------------------------------------------------------------------
+class FakeQueueReader:
+    """A fake reader of a backend's queue: each read waits for ``release`` and then
+    returns ``value`` or raises ``error``."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+        self.error: Exception | None = None
+        self.release = asyncio.Event()
+        self.release.set()
+        self.reads = 0
+
+    async def __call__(self) -> int:
+        self.reads += 1
+        await self.release.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+async def _until(cond: Any) -> None:
+    """Yield to the loop until ``cond()`` holds (synchronisation, not a timed wait)."""
+    while not cond():  # noqa: ASYNC110
+        await asyncio.sleep(0)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_queue_is_read_in_the_background_and_never_blocks() -> None:
+    reader, clock = FakeQueueReader(3), FakeClock()
+    probe = QueueProbe(reader, interval=1.0, fresh_for=5.0, clock=clock)
+    reader.release.clear()
+    assert probe.waiting() is None  # nothing read yet: unknown, and a read started
+    await _until(lambda: reader.reads == 1)  # the background read begins (and is held)
+    assert probe.waiting() is None and reader.reads == 1  # one read in flight at most
+    reader.release.set()
+    await probe.settled()
+    assert probe.waiting() == 3
+    clock.now += 0.5
+    assert probe.waiting() == 3 and reader.reads == 1  # cached within the interval
+    reader.value, clock.now = 0, clock.now + 1.0
+    reader.release.clear()
+    assert probe.waiting() == 3  # the old reading while the new one runs
+    await _until(lambda: reader.reads == 2)
+    assert probe.waiting() == 3
+    reader.release.set()
+    await probe.settled()
+    assert probe.waiting() == 0
+    reader.error = OSError("connection refused")
+    clock.now += 1.0
+    probe.waiting()
+    await probe.settled()
+    assert probe.waiting() is None and probe.failures == 1  # failed: unknown, counted
+    reader.error, clock.now = None, clock.now + 1.0
+    probe.waiting()
+    await probe.settled()
+    clock.now += 6.0
+    reader.release.clear()
+    assert probe.waiting() is None  # a reading older than fresh_for is unknown
+    reader.release.set()
+    await probe.aclose()
+
+
+class FakeQueuedBackend(StepGatedFakeBackend):
+    """The step-gated fake backend that also reports an engine queue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
+
+    async def queue_depth(self) -> int:
+        return self.waiting
+
+
+@pytest.fixture
+def _fixed() -> Any:
+    guessers.register("fixed-gate", FixedGuesser)
+    yield
+    guessers.unregister("fixed-gate")
+
+
+@pytest.mark.usefixtures("_fixed")
+async def test_no_speculation_while_the_backend_reports_queued_requests() -> None:
+    fb = FakeQueuedBackend()
+    fb.waiting = 2
+    edge = {"from": "classify", "to": "answer", "guesser": {"fixed-gate": {"label": "billing"}}}
+    pipe = pipeline("q", backend=fb, steps=steps(), speculate=[edge])
+    gate = pipe.graph.flowopt_speculators["classify"].gate
+    first = (await pipe.ainvoke("I want a refund")).speculation[0]
+    assert (first.outcome, first.queue_unknown) == ("hit", True)  # unknown: not blocked
+    await gate.queue.settled()
+    second = (await pipe.ainvoke("I want a refund")).speculation[0]
+    assert (second.outcome, second.queue_unknown) == ("skipped_queue", False)
+    assert (gate.stats.skipped_queue, gate.stats.queue_unknown) == (1, 1)
+    off = pipeline("q-off", backend=fb, steps=steps(), speculate=[{**edge, "max_queued": None}])
+    assert off.graph.flowopt_speculators["classify"].gate.queue is None
+
+
+def _fake_metrics_endpoint(pages: dict[str, tuple[int, str]]) -> httpx.MockTransport:
+    """A fake vLLM /metrics endpoint per host."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        status, body = pages[request.url.host]
+        assert request.url.path == "/metrics"
+        return httpx.Response(status, text=body)
+
+    return httpx.MockTransport(handle)
+
+
+PAGE = """# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="m"} 2.0
+vllm:num_requests_waiting{engine="1",model_name="m"} 1.0
+vllm:num_requests_waiting_by_reason{engine="0",model_name="m",reason="capacity"} 9.0
+vllm:num_requests_running{engine="0",model_name="m"} 4.0
+"""
+
+
+async def test_vllm_backend_reads_its_engines_queue() -> None:
+    pages = {"a": (200, PAGE), "b": (200, "vllm:num_requests_waiting 4\n")}
+    backend = VLLMBackend(
+        base_urls=["http://a:8000", "http://b:8000"],
+        model="m",
+        transport=_fake_metrics_endpoint(pages),
+    )
+    assert await backend.queue_depth() == 7  # 2 + 1 on replica a, 4 on b
+    pages["b"] = (500, "boom")
+    with pytest.raises(BackendHTTPError, match="/metrics"):
+        await backend.queue_depth()
+    pages["b"] = (200, "# no vllm metrics here\n")
+    with pytest.raises(BackendProtocolError, match="num_requests_waiting"):
+        await backend.queue_depth()
+    await backend.aclose()
+
+
+def test_gate_knobs_round_trip_through_yaml() -> None:
+    import yaml
+
+    edge = {"from": "classify", "to": "answer", "guesser": "lookup"}
+    spec = parse_spec(
+        {
+            "name": "g",
+            "backend": "fake",
+            "steps": steps(),
+            "speculate": [{**edge, "max_waste": 0.2, "max_queued": None, "min_samples": 5}],
+        }
+    )
+    again = parse_spec(yaml.safe_load(spec.to_yaml()))
+    assert again == spec
+    assert (again.speculate[0].max_waste, again.speculate[0].max_queued) == (0.2, None)
