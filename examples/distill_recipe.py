@@ -147,7 +147,8 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--max-steps", type=int, default=0, help="0: every epoch in full")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    # One thread: on a shared machine two threads spin on each other (6x slower measured).
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = ap.parse_args()
 
