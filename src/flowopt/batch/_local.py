@@ -43,6 +43,7 @@ async def run_file(
     store: str | None = None,
     endpoint: str = "/v1/chat/completions",
     tenant: str | None = None,
+    metadata: dict[str, str] | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
     on_line: Callable[[str], None] | None = None,
     engine: str = "local",
@@ -51,8 +52,10 @@ async def run_file(
     """Run (or resume, when ``job_id`` names a job in the store) a batch; write its
     output and error files; the final batch object.
 
-    ``engine="ray"`` runs the lines on the Ray cluster ``ray.init`` connects to
-    (:mod:`flowopt.batch._ray`, ``ray_actors`` pipelines) instead of in this process."""
+    ``metadata`` goes on a new job's batch object (``{"distill": "allow"}``: its answers
+    may be exported for distillation). ``engine="ray"`` runs the lines on the Ray cluster
+    ``ray.init`` connects to (:mod:`flowopt.batch._ray`, ``ray_actors`` pipelines) instead
+    of in this process."""
     from flowopt.gateway.app import Gateway
     from flowopt.pipeline import load
 
@@ -81,7 +84,11 @@ async def run_file(
             )
             job = await asyncio.to_thread(
                 lambda: jobs.create_job(
-                    input_file_id=info["id"], endpoint=endpoint, tenant=tenant, job_id=job_id
+                    input_file_id=info["id"],
+                    endpoint=endpoint,
+                    tenant=tenant,
+                    job_id=job_id,
+                    metadata=metadata,
                 )
             )
         assert job is not None

@@ -214,6 +214,18 @@ class JobStore(WorkerRows):
             rows = self._exec(cur, sql, (*params, limit)).fetchall()
             return [self._job_object(r, self._counts(cur, r[0])) for r in rows]
 
+    def closed_jobs(self, since: float = 0) -> list[dict[str, Any]]:
+        """Every tenant's closed jobs created at or after ``since``, oldest first: the batch
+        object with ``tenant`` added (for exporters such as ``flowopt distill``)."""
+        with self._tx() as cur:
+            rows = self._exec(
+                cur,
+                f"SELECT {_JOB_COLS} FROM flowopt_batch_jobs WHERE status IN ('completed', "
+                "'cancelled', 'expired') AND created_at >= ? ORDER BY created_at, id",
+                (int(since),),
+            ).fetchall()
+            return [{**self._job_object(r, self._counts(cur, r[0])), "tenant": r[1]} for r in rows]
+
     def open_jobs(self) -> list[str]:
         """Jobs with work left (any tenant), oldest first."""
         with self._tx() as cur:

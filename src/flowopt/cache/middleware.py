@@ -34,10 +34,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry import trace
 
+from flowopt.cache._capture import CAPTURE_TAG, capture_context
 from flowopt.cache._flight import ALONE, RETRY, Flight, Flights, Outcome
 from flowopt.cache.config import CacheConfig
 from flowopt.cache.embedder import Embedder, MiniLMEmbedder
@@ -56,6 +58,7 @@ from flowopt.cache.verifier import LearnedVerifier, Verifier
 from flowopt.middleware.base import CallNext, MiddlewareBase, PipelineContext
 from flowopt.middleware.options import make_options
 from flowopt.stream import replay, when_final
+from flowopt.tracing import content_capture_enabled
 from flowopt.types import Decision, Request, Response, Usage
 
 __all__ = ["CacheMiddleware", "split_for_replay"]
@@ -130,6 +133,9 @@ class CacheMiddleware(MiddlewareBase):
             detectors.extend(pii_detectors or ())
         self.pii_detectors = detectors
         self.model_identity = model_identity
+        # Keep content for reuse beyond replay (flowopt.cache._capture) only when the
+        # pipeline captures content; set from the pipeline's tracing at setup.
+        self.capture_content = False
         self.engine: CacheEngine | None = None
         self._inline_exact = False
         self._setup_lock = asyncio.Lock()
@@ -144,6 +150,11 @@ class CacheMiddleware(MiddlewareBase):
         async with self._setup_lock:
             if self.engine is not None:
                 return
+            self.capture_content = (
+                ctx.tracing.capture_content
+                if ctx.tracing is not None
+                else content_capture_enabled()
+            )
             if self.model_identity is None:
                 self.model_identity = await _identity(ctx)
             await asyncio.to_thread(self._open)
@@ -431,6 +442,13 @@ class CacheMiddleware(MiddlewareBase):
             ttl_s=float(ttl) if ttl is not None else None,
             tags=[str(t) for t in tags],
         )
+        context = capture_context(request) if self.capture_content else None
+        if context is not None:
+            entry = replace(
+                entry,
+                tags=(*entry.tags, CAPTURE_TAG),
+                response={**entry.response, "context": context},
+            )
         if self._inline_exact and (found.vector is not None or not self.config.semantic):
             errors = engine.put(key, entry)
         else:

@@ -29,6 +29,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("flowopt.cli.memory", "command"),
     ("flowopt.cli.compress", "command"),
     ("flowopt.cli.batch", "command"),
+    ("flowopt.cli.distill", "command"),
     ("flowopt.cli.speculate", "command"),
 )
 

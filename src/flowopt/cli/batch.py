@@ -82,6 +82,13 @@ def command() -> None:
     "local one); needs the ray extra.",
 )
 @click.option("--ray-actors", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--metadata",
+    "metadata",
+    multiple=True,
+    help="KEY=VALUE on the batch object (repeatable), as batches.create(metadata=...); "
+    "distill=allow lets `flowopt distill export` use its answers.",
+)
 def run(
     file: str,
     spec: str,
@@ -93,6 +100,7 @@ def run(
     tenant: str | None,
     engine: str,
     ray_actors: int,
+    metadata: tuple[str, ...],
 ) -> None:
     """Run every line of FILE through SPEC's pipeline; write the output and error files.
 
@@ -102,6 +110,12 @@ def run(
     from flowopt.tracing import configure_from_env
 
     configure_from_env()
+    meta: dict[str, str] = {}
+    for item in metadata:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--metadata")
+        meta[key] = value
     base = Path(file)
     stem = base.name.removesuffix(".jsonl")
     out_path = Path(out) if out else base.with_name(stem + ".output.jsonl")
@@ -117,6 +131,7 @@ def run(
             store=store,
             endpoint=endpoint,
             tenant=tenant,
+            metadata=meta or None,
             on_start=progress.start,
             on_line=progress.line,
             engine=engine,

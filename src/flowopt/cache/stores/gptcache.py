@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,11 @@ class GPTCacheStore:
             self._dm.v.flush()
             self._mem.clear()
             return n
+
+    def entries(self) -> list[Entry]:
+        """Every live entry (the in-memory mirror of sqlite): for exporters, not lookups."""
+        now = time.time()
+        return [e for e in self._mem.entries() if not e.expired(now)]
 
     def stats(self) -> StoreStats:
         base = self._mem.stats()

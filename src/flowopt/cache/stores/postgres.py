@@ -256,6 +256,21 @@ class PostgresStore:
             cur = self._run("clear", lambda conn: conn.execute(f"DELETE FROM {self.table}"))
             return int(cur.rowcount)
 
+    def entries(self) -> list[Entry]:
+        """Every live entry, oldest first: for exporters, not lookups."""
+
+        def q(conn: Any) -> list[Entry]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM {self.table} "
+                "WHERE expires_at IS NULL OR expires_at > %s ORDER BY created_at",
+                (time.time(),),
+            ).fetchall()
+            return [_row(r) for r in rows]
+
+        with self._lock:
+            result: list[Entry] = self._run("list", q)
+            return result
+
     def stats(self) -> StoreStats:
         def q(conn: Any) -> StoreStats:
             rows = conn.execute(

@@ -1,0 +1,8 @@
+"""The distill tests import their store builders from ``distill_stores.py`` beside them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
