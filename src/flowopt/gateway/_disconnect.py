@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 __all__ = ["ClientLeft", "EventStreamResponse", "until_disconnect"]
 
 T = TypeVar("T")
+_DONE = b"data: [DONE]\n\n"  # an SSE stream's last event (OpenAI's terminator)
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
@@ -100,12 +101,24 @@ class EventStreamResponse:
         ]
 
     async def _pump(self, send: Send) -> None:
+        events = self._events
         try:
-            async for data in self._events:
+            data: bytes | None = await anext(events, None)
+            while data is not None:
+                following: bytes | None = None
+                if data.endswith(_DONE):
+                    # The stream's last event: what follows it comes without I/O (the
+                    # generator's book-keeping), so look ahead and, at the end, send the
+                    # event as the body's last piece: a write less per answer.
+                    following = await anext(events, None)
+                    if following is None:
+                        await send({"type": "http.response.body", "body": data, "more_body": False})
+                        return
                 await send({"type": "http.response.body", "body": data, "more_body": True})
+                data = following if following is not None else await anext(events, None)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            await self._events.aclose()
+            await events.aclose()
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self._headers})

@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from opentelemetry import trace
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as HTTPRequest
@@ -40,6 +39,7 @@ from starlette.responses import Response as HTTPResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from flowopt._span_scope import activated
 from flowopt.errors import RejectedError
 from flowopt.gateway._batches import Batches
 from flowopt.gateway._body import clip, read_body, read_json
@@ -133,7 +133,7 @@ class Gateway:
         rid = uuid.uuid4().hex[:16]
         ex = Exchange(self, route, span, trace_id, rid)
         try:
-            with trace.use_span(span, end_on_exit=False):
+            with activated(span):
                 tenant = self.keys.tenant_for(request.headers.get("authorization"))
                 body = await read_json(request, self._max_body, self.settings.body_timeout)
                 call = parse_call(body, kind=kind, tenant=tenant, request_id=rid)
@@ -200,24 +200,26 @@ class Gateway:
     async def _open_stream(
         self, request: HTTPRequest, call: Call, target: Target, ex: Exchange
     ) -> EventStreamResponse:
+        # The role chunk (one per choice, as the engine sends them) goes out with the
+        # first token, in one write: a write less before the first token.
+        roles = (
+            b"".join(
+                chat_chunk(call, target.model, role=True, choice=i)
+                for i in range(call.request.params.n)
+            )
+            if call.request.kind == "chat"
+            else b""
+        )
         if target.kind == "graph":
             # the run's arguments are checked here, so a spent deadline is an HTTP error
-            events = graph_events(self.pipe, call, target, ex, self._graph_run(call))
+            events = after(roles, graph_events(self.pipe, call, target, ex, self._graph_run(call)))
         else:
             # Opening the stream may wait (queueing middleware, a slow prefill before the
             # server's headers): a client that leaves meanwhile cancels it too.
             response = await until_disconnect(
                 request.receive, self.pipe.acall(call.request, backend=target.pin)
             )
-            events = backend_events(call, target, response, ex)
-        if call.request.kind == "chat":
-            # The role chunk (one per choice, as the engine sends them) goes out with the
-            # first token, in one write: a write less before the first token.
-            roles = b"".join(
-                chat_chunk(call, target.model, role=True, choice=i)
-                for i in range(call.request.params.n)
-            )
-            events = after(roles, events)
+            events = backend_events(call, target, response, ex, roles)
         return EventStreamResponse(
             events,
             headers=list(ex.headers.items()),
