@@ -43,7 +43,7 @@ from flowopt._span_scope import activated
 from flowopt.errors import RejectedError
 from flowopt.gateway._batches import Batches
 from flowopt.gateway._body import clip, read_body, read_json
-from flowopt.gateway._disconnect import ClientLeft, EventStreamResponse, until_disconnect
+from flowopt.gateway._disconnect import ClientLeft, DisconnectWatch, EventStreamResponse
 from flowopt.gateway._embeddings import Embeddings
 from flowopt.gateway._events import (
     Exchange,
@@ -132,6 +132,8 @@ class Gateway:
         span, trace_id = server_span(f"POST {route}", request.headers, route, self._tracer)
         rid = uuid.uuid4().hex[:16]
         ex = Exchange(self, route, span, trace_id, rid)
+        watch = DisconnectWatch(request.receive)
+        streaming = False
         try:
             with activated(span):
                 tenant = self.keys.tenant_for(request.headers.get("authorization"))
@@ -154,8 +156,10 @@ class Gateway:
                         param="n",
                     )
                 if call.request.stream:
-                    return await self._open_stream(request, call, target, ex)
-                response = await until_disconnect(request.receive, self._answer(call, target))
+                    answer = await self._open_stream(call, target, ex, watch)
+                    streaming = True  # the stream's response closes the watch
+                    return answer
+                response = await watch.run(self._answer(call, target))
                 payload = (chat_json if kind == "chat" else completion_json)(
                     call, response, target.model
                 )
@@ -166,6 +170,9 @@ class Gateway:
             return HTTPResponse(b"", status_code=499)
         except Exception as exc:
             return _problem_response(ex.failed(exc), ex.headers)
+        finally:
+            if not streaming:
+                watch.close()
 
     @staticmethod
     def _graph_run(call: Call) -> dict[str, Any]:
@@ -198,7 +205,7 @@ class Gateway:
         return await response.complete()
 
     async def _open_stream(
-        self, request: HTTPRequest, call: Call, target: Target, ex: Exchange
+        self, call: Call, target: Target, ex: Exchange, watch: DisconnectWatch
     ) -> EventStreamResponse:
         # The role chunk (one per choice, as the engine sends them) goes out with the
         # first token, in one write: a write less before the first token.
@@ -216,15 +223,14 @@ class Gateway:
         else:
             # Opening the stream may wait (queueing middleware, a slow prefill before the
             # server's headers): a client that leaves meanwhile cancels it too.
-            response = await until_disconnect(
-                request.receive, self.pipe.acall(call.request, backend=target.pin)
-            )
+            response = await watch.run(self.pipe.acall(call.request, backend=target.pin))
             events = backend_events(call, target, response, ex, roles)
         return EventStreamResponse(
             events,
             headers=list(ex.headers.items()),
             on_disconnect=ex.left,
             context=contextvars.copy_context(),  # the request span is current here
+            watch=watch,
         )
 
 
