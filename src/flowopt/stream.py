@@ -50,6 +50,7 @@ class Stream:
         "_on_abandon",
         "_on_complete",
         "_on_error",
+        "_ready",
         "_response",
         "_source",
         "endpoint",
@@ -65,8 +66,10 @@ class Stream:
         endpoint: str | None = None,
         started_at: float | None = None,
         on_abandon: Callable[[], Awaitable[None]] | None = None,
+        ready: Callable[[], int] | None = None,
     ) -> None:
         self._source = source
+        self._ready = ready
         self._on_abandon = on_abandon
         self._finalize = finalize
         self._on_complete: list[CompleteHook] = []
@@ -111,6 +114,13 @@ class Stream:
     def response(self) -> Response | None:
         """The complete response once the stream ended normally, else None."""
         return self._response
+
+    @property
+    def ready(self) -> int:
+        """How many further chunks the producer already holds in memory (they arrived in
+        the same network read): the next that many ``__anext__`` calls wait for no I/O.
+        A relay writes them out together instead of one write each; 0 when unknown."""
+        return self._ready() if self._ready is not None else 0
 
     @property
     def ttft_ms(self) -> float | None:
@@ -181,18 +191,21 @@ class Stream:
         try:
             # The stream owns the timing: latency from ``started_at`` to the end, TTFT to
             # the first chunk, so a producer's ``finalize`` need not reach back for them.
-            response = self._finalize().replace(
-                latency_ms=(time.perf_counter() - self.started_at) * 1000.0, ttft_ms=self.ttft_ms
-            )
-            if self._added:
-                response = response.replace(decisions=(*response.decisions, *self._added))
+            produced = self._finalize()
+            changes: dict[str, Any] = {
+                "latency_ms": (time.perf_counter() - self.started_at) * 1000.0,
+                "ttft_ms": self.ttft_ms,
+            }
+            if self._added:  # one copy for the timing and the decisions
+                changes["decisions"] = (*produced.decisions, *self._added)
+            response = produced.replace(**changes)
             for hook in self._on_complete:
                 out = hook(response)
                 if inspect.isawaitable(out):
                     out = await out
                 if isinstance(out, Response):
                     response = out
-            self._response = response.replace(stream=None)
+            self._response = response if response.stream is None else response.replace(stream=None)
         except BaseException as exc:
             self._error = exc
             for err_hook in self._on_error:

@@ -38,6 +38,7 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -391,9 +392,12 @@ def _input_message(m: Message) -> dict[str, Any]:
     return {"role": m.role, "parts": parts}
 
 
-def _server_attrs(endpoint: str) -> dict[str, Any]:
+@lru_cache(maxsize=256)
+def _server_attrs(endpoint: str) -> Mapping[str, Any]:
     """``server.address``/``server.port`` of one URL; nothing for a list of replicas or a
-    non-URL (the replica that answered is set from the response)."""
+    non-URL (the replica that answered is set from the response). Memoised: two spans
+    a request read the same few endpoints, and URL parsing is most of the cost. Callers
+    copy it (``attrs.update``), never change it."""
     if "," in endpoint:
         return {}
     try:

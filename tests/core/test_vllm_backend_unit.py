@@ -171,6 +171,35 @@ async def test_stream_lines_split_anywhere(split: int, eol: str) -> None:
     assert final.finish_reason == "stop" and final.usage.input_tokens == 2
 
 
+async def test_stream_ready_counts_the_events_of_one_read() -> None:
+    """The events of one read are parsed together and ``Stream.ready`` says how many
+    more the stream holds (a relay writes them at once); a read's last says 0."""
+    reads = [_sse([_delta("a")], done=False), _sse([_delta("b"), _delta("c"), _delta("d", "stop")])]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for part in reads:
+            yield part
+
+    b = _backend(lambda req: httpx.Response(200, content=chunks()))
+    r = await b.generate(Request.chat("hi", stream=True))
+    assert r.stream is not None
+    seen = [(c.text, r.stream.ready) async for c in r.stream]
+    assert seen == [("a", 0), ("b", 2), ("c", 1), ("d", 0)]
+    assert r.stream.response is not None and r.stream.response.text == "abcd"
+
+
+async def test_stream_error_event_fails_after_the_events_before_it() -> None:
+    body = _sse([_delta("he"), _delta("ll"), {"error": {"message": "engine died"}}], done=False)
+    b = _backend(lambda req: httpx.Response(200, content=body))
+    r = await b.generate(Request.chat("hi", stream=True))
+    assert r.stream is not None
+    texts: list[str] = []
+    with pytest.raises(IncompleteStream, match="mid-stream") as err:
+        async for c in r.stream:
+            texts.append(c.text)
+    assert texts == ["he", "ll"] and err.value.partial_text == "hell"
+
+
 async def test_stream_cut_is_incomplete_not_finished() -> None:
     body = _sse([_delta("he"), _delta("ll")], done=False)
     b = _backend(lambda req: httpx.Response(200, content=body))

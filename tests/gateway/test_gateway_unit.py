@@ -312,3 +312,19 @@ def test_text_chunks_match_the_full_encoders(chat: bool) -> None:
             else completion_chunk(call, model, text=text, finish_reason=finish)
         )
         assert encode(text, finish) == full
+
+
+async def test_model_table_resolves_each_name_once_and_still_refuses_unknown_ones() -> None:
+    from flowopt.gateway.models import ModelTable
+
+    table = ModelTable({"default": FakeBackend()}, "graph-model")
+    await table.refresh()
+    first = table.resolve("fake-model")
+    assert first.kind == "backend" and first.pin is None
+    assert table.resolve("fake-model") is first  # built once, not per request
+    assert table.resolve(None) is table.resolve(None)
+    assert table.resolve("graph-model").kind == "graph"
+    for _ in range(2):
+        with pytest.raises(HTTPProblem) as err:
+            table.resolve("nope")
+        assert err.value.status == 404

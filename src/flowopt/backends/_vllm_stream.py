@@ -103,6 +103,7 @@ def streamed_response(
     memo = PassthroughMemo()
     kind = request.kind
     counter = [0]
+    ready = [0]  # events parsed from the current read and not yet yielded
 
     def partial() -> str:
         acc = accs.get(0)
@@ -143,12 +144,19 @@ def streamed_response(
             # ``resp.aiter_lines()``: that stacks three generators and a text decoder
             # on every network read, a large share of the per-token cost. The JSON is
             # parsed from bytes (orjson when installed), see ``loads_event``.
+            #
+            # The events of one read are parsed before the first is yielded, so the
+            # stream knows how many more it holds (``Stream.ready``): a relay writes
+            # those out together, one write instead of one per event. An event that
+            # fails to parse fails the stream after the events before it.
             pending = b""
             async for raw in resp.iter_chunks():
                 if b"\r" in raw:  # SSE allows CRLF and lone CR line ends
                     raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
                 lines = (pending + raw).split(b"\n") if pending else raw.split(b"\n")
                 pending = lines.pop()
+                got: list[Chunk] = []
+                failed: Exception | None = None
                 for line in lines:
                     if not line.startswith(b"data:"):
                         continue
@@ -160,9 +168,20 @@ def streamed_response(
                         # connection.
                         state["done"] = True
                         continue
-                    chunk = event(data)
+                    try:
+                        chunk = event(data)
+                    except Exception as exc:
+                        failed = exc
+                        break
                     if chunk is not None:
-                        yield chunk
+                        got.append(chunk)
+                left = len(got)
+                for chunk in got:
+                    left -= 1
+                    ready[0] = left
+                    yield chunk
+                if failed is not None:
+                    raise failed
             if pending.startswith(b"data:"):  # a last line without its line end
                 data = pending[5:].strip()
                 if data == b"[DONE]":
@@ -202,7 +221,14 @@ def streamed_response(
             passthrough=_final_passthrough(ordered, state["tail"], kind),
         )
 
-    stream = Stream(chunks(), finalize, endpoint=url, started_at=started, on_abandon=release)
+    stream = Stream(
+        chunks(),
+        finalize,
+        endpoint=url,
+        started_at=started,
+        on_abandon=release,
+        ready=lambda: ready[0],
+    )
     return Response(
         text="", model=served, finish_reason=None, backend=backend, endpoint=url, stream=stream
     )

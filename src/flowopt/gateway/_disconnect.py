@@ -11,8 +11,12 @@ disconnected, so a handler that only sends would keep a vLLM generation running 
   cancels the pump and closes the event generator, whose ``finally`` abandons the backend
   stream (``Stream.aclose`` closes the HTTP connection to vLLM, which aborts the request).
 
-The work runs in a child task. ``create_task`` copies context variables, so the OTel span
-that is current when the answer starts stays the parent of everything the work does.
+The generation routes use one :class:`DisconnectWatch` per request instead: a single
+watcher task for the whole answer, the backend call awaited in the request's own task
+(the request span is current there), the stream's pump in a task made with a copy of
+that context, so the OTel span that is current when the answer starts stays the parent
+of everything the work does. :func:`until_disconnect` (work in a child task, whose
+``create_task`` copies the context) remains for the embeddings route.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from collections.abc import (
 )
 from typing import Any, TypeVar
 
-__all__ = ["ClientLeft", "EventStreamResponse", "until_disconnect"]
+__all__ = ["ClientLeft", "DisconnectWatch", "EventStreamResponse", "until_disconnect"]
 
 T = TypeVar("T")
+_DONE = b"data: [DONE]\n\n"  # an SSE stream's last event (OpenAI's terminator)
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
@@ -72,6 +77,96 @@ async def until_disconnect(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
     raise ClientLeft()
 
 
+class DisconnectWatch:
+    """One request's watch for its client leaving, from the body's end to the answer's.
+
+    One task reads ``receive`` for the whole answer (opening the backend call, then the
+    stream) and, when ``http.disconnect`` arrives, cancels the work being watched at that
+    moment. :meth:`run` awaits its work in the caller's own task, so a generation request
+    costs one extra task (this one) instead of a worker and a watcher per phase joined by
+    ``asyncio.wait``. Call :meth:`close` when the answer is done.
+    """
+
+    __slots__ = ("_receive", "_target", "_task", "left")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._task: asyncio.Task[None] | None = None
+        self._target: asyncio.Task[Any] | None = None
+        self.left = False
+
+    async def _watch(self) -> None:
+        # A failing receive counts as the client gone, as it did for until_disconnect.
+        with contextlib.suppress(Exception):
+            await _wait_disconnect(self._receive)
+        self.left = True
+        asyncio.get_running_loop().call_soon(self._cancel_target)
+
+    def _cancel_target(self) -> None:
+        # Whatever is watched when this runs (a loop turn after the disconnect was read):
+        # the request's task inside :meth:`run`, or a pump that has started (:meth:`guard`).
+        if self._target is not None:
+            self._target.cancel()
+
+    def _start(self, target: asyncio.Task[Any]) -> None:
+        self._target = target
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._watch())
+
+    async def run(self, work: Coroutine[Any, Any, T]) -> T:
+        """Await ``work`` in this task; cancel it and raise :class:`ClientLeft` if the
+        client leaves first."""
+        if self.left:
+            work.close()
+            raise ClientLeft()
+        task = asyncio.current_task()
+        assert task is not None
+        self._start(task)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            # Ours (the client left, nobody else cancelled this task): the request ends
+            # with ClientLeft; anyone else's cancellation goes on.
+            if self.left and task.uncancel() == 0:
+                raise ClientLeft() from None
+            raise
+        finally:
+            self._target = None
+
+    async def guard(self, pump: Coroutine[Any, Any, T], context: contextvars.Context | None) -> T:
+        """Run ``pump`` (the stream's) in a task made in ``context``; cancel it and raise
+        :class:`ClientLeft` if the client leaves first (or had left already).
+
+        The task becomes cancellable only once it runs: cancelled before its first step,
+        its event generator would never start, so its ``finally`` (closing the backend
+        stream) would never run either.
+        """
+
+        async def pumped() -> T:
+            self._target = asyncio.current_task()
+            if self.left:
+                asyncio.get_running_loop().call_soon(self._cancel_target)
+            return await pump
+
+        task = asyncio.get_running_loop().create_task(pumped(), context=context)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._watch())
+        try:
+            return await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if self.left and (me is None or me.cancelling() == 0):
+                raise ClientLeft() from None
+            await _cancel(task)  # cancelled from outside: let the pump clean up first
+            raise
+        finally:
+            self._target = None
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 class EventStreamResponse:
     """An ASGI ``text/event-stream`` answer fed by an async generator of encoded events.
 
@@ -88,8 +183,10 @@ class EventStreamResponse:
         headers: Sequence[tuple[str, str]] = (),
         on_disconnect: Callable[[], None] | None = None,
         context: contextvars.Context | None = None,
+        watch: DisconnectWatch | None = None,
     ) -> None:
         self._events = events
+        self._watch = watch
         self._context = context
         self._on_disconnect = on_disconnect
         self._headers = [
@@ -100,26 +197,32 @@ class EventStreamResponse:
         ]
 
     async def _pump(self, send: Send) -> None:
+        events = self._events
         try:
-            async for data in self._events:
+            data: bytes | None = await anext(events, None)
+            while data is not None:
+                following: bytes | None = None
+                if data.endswith(_DONE):
+                    # The stream's last event: what follows it comes without I/O (the
+                    # generator's book-keeping), so look ahead and, at the end, send the
+                    # event as the body's last piece: a write less per answer.
+                    following = await anext(events, None)
+                    if following is None:
+                        await send({"type": "http.response.body", "body": data, "more_body": False})
+                        return
                 await send({"type": "http.response.body", "body": data, "more_body": True})
+                data = following if following is not None else await anext(events, None)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            await self._events.aclose()
+            await events.aclose()
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self._headers})
-        pump = asyncio.get_running_loop().create_task(self._pump(send), context=self._context)
-        watch = asyncio.ensure_future(_wait_disconnect(receive))
+        watch = self._watch or DisconnectWatch(receive)
         try:
-            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            await _cancel(pump, watch)
-            raise
-        if pump.done():
-            watch.cancel()
-            pump.result()  # re-raise a failure of the pump itself
-            return
-        await _cancel(pump)
-        if self._on_disconnect is not None:
-            self._on_disconnect()
+            await watch.guard(self._pump(send), self._context)  # re-raises a pump failure
+        except ClientLeft:
+            if self._on_disconnect is not None:
+                self._on_disconnect()
+        finally:
+            watch.close()

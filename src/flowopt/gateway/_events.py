@@ -151,14 +151,22 @@ def _whole(final: Response) -> list[Chunk]:
 
 
 async def backend_events(
-    call: Call, target: Target, response: Response, ex: Exchange
+    call: Call, target: Target, response: Response, ex: Exchange, head: bytes = b""
 ) -> AsyncGenerator[bytes, None]:
     """The SSE events of one backend answer: its chunks (tool-call deltas and logprobs
-    in full chunks, plain text through the pre-built encoder), then usage and [DONE]."""
+    in full chunks, plain text through the pre-built encoder), then usage and [DONE].
+
+    ``head`` (the role events) goes out with the first event, in one write. After the
+    first, events the backend delivered in one network read (``Stream.ready``) are
+    written together: the client gets the same events, in fewer writes, and none waits
+    for I/O that the ones before it did not (the first always goes out alone, at once).
+    Usage and ``[DONE]`` are one write.
+    """
     chat = call.request.kind == "chat"
     model = target.model
     stream = response.stream
     first = True
+    held: list[bytes] = [head] if head else []
     try:
         if stream is None:  # answered whole (e.g. a cache hit): one chunk
             final = response
@@ -166,9 +174,10 @@ async def backend_events(
                 time.perf_counter() - ex.started
             )
             for piece in _whole(final):
-                yield sse_chunk(call, model, piece)
+                held.append(sse_chunk(call, model, piece))
         else:
             plain = TextChunks(call, model, chat=chat)
+            sent = False
             async for chunk in stream:
                 if first and (chunk.text or chunk.tool_calls):
                     first = False
@@ -176,18 +185,26 @@ async def backend_events(
                         time.perf_counter() - ex.started
                     )
                 if chunk.logprobs or chunk.tool_calls or chunk.reasoning or chunk.choice:
-                    yield sse_chunk(call, model, chunk)
+                    held.append(sse_chunk(call, model, chunk))
                 else:
-                    yield plain(chunk.text, chunk.finish_reason, chunk.passthrough)
+                    held.append(plain(chunk.text, chunk.finish_reason, chunk.passthrough))
+                if sent and stream.ready:
+                    continue  # the next event is already here: one write for both
+                sent = True
+                data = held[0] if len(held) == 1 else b"".join(held)
+                held.clear()
+                yield data
             done = stream.response
             assert done is not None
             final = done
-        for event in stream_end(call, model, final, chat=chat):
-            yield event
+        held.extend(stream_end(call, model, final, chat=chat))
+        end = b"".join(held)
+        held.clear()
+        yield end
         ex.ok(final)
     except Exception as exc:
-        for event in stream_failed(ex, exc):
-            yield event
+        held.extend(stream_failed(ex, exc))
+        yield b"".join(held)
     finally:
         if stream is not None:
             await stream.aclose()

@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from opentelemetry import trace
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as HTTPRequest
@@ -40,10 +39,11 @@ from starlette.responses import Response as HTTPResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from flowopt._span_scope import activated
 from flowopt.errors import RejectedError
 from flowopt.gateway._batches import Batches
 from flowopt.gateway._body import clip, read_body, read_json
-from flowopt.gateway._disconnect import ClientLeft, EventStreamResponse, until_disconnect
+from flowopt.gateway._disconnect import ClientLeft, DisconnectWatch, EventStreamResponse
 from flowopt.gateway._embeddings import Embeddings
 from flowopt.gateway._events import (
     Exchange,
@@ -139,8 +139,10 @@ class Gateway:
         span, trace_id = server_span(f"POST {route}", request.headers, route, self._tracer)
         rid = uuid.uuid4().hex[:16]
         ex = Exchange(self, route, span, trace_id, rid)
+        watch = DisconnectWatch(request.receive)
+        streaming = False
         try:
-            with trace.use_span(span, end_on_exit=False):
+            with activated(span):
                 tenant = self.keys.tenant_for(request.headers.get("authorization"))
                 body = await read_json(request, self._max_body, self.settings.body_timeout)
                 call = parse_call(body, kind=kind, tenant=tenant, request_id=rid)
@@ -161,8 +163,10 @@ class Gateway:
                         param="n",
                     )
                 if call.request.stream:
-                    return await self._open_stream(request, call, target, ex)
-                response = await until_disconnect(request.receive, self._answer(call, target))
+                    answer = await self._open_stream(call, target, ex, watch)
+                    streaming = True  # the stream's response closes the watch
+                    return answer
+                response = await watch.run(self._answer(call, target))
                 payload = (chat_json if kind == "chat" else completion_json)(
                     call, response, target.model
                 )
@@ -173,6 +177,9 @@ class Gateway:
             return HTTPResponse(b"", status_code=499)
         except Exception as exc:
             return _problem_response(ex.failed(exc), ex.headers)
+        finally:
+            if not streaming:
+                watch.close()
 
     @staticmethod
     def _graph_run(call: Call) -> dict[str, Any]:
@@ -205,31 +212,32 @@ class Gateway:
         return await response.complete()
 
     async def _open_stream(
-        self, request: HTTPRequest, call: Call, target: Target, ex: Exchange
+        self, call: Call, target: Target, ex: Exchange, watch: DisconnectWatch
     ) -> EventStreamResponse:
-        if target.kind == "graph":
-            # the run's arguments are checked here, so a spent deadline is an HTTP error
-            events = graph_events(self.pipe, call, target, ex, self._graph_run(call))
-        else:
-            # Opening the stream may wait (queueing middleware, a slow prefill before the
-            # server's headers): a client that leaves meanwhile cancels it too.
-            response = await until_disconnect(
-                request.receive, self.pipe.acall(call.request, backend=target.pin)
-            )
-            events = backend_events(call, target, response, ex)
-        if call.request.kind == "chat":
-            # The role chunk (one per choice, as the engine sends them) goes out with the
-            # first token, in one write: a write less before the first token.
-            roles = b"".join(
+        # The role chunk (one per choice, as the engine sends them) goes out with the
+        # first token, in one write: a write less before the first token.
+        roles = (
+            b"".join(
                 chat_chunk(call, target.model, role=True, choice=i)
                 for i in range(call.request.params.n)
             )
-            events = after(roles, events)
+            if call.request.kind == "chat"
+            else b""
+        )
+        if target.kind == "graph":
+            # the run's arguments are checked here, so a spent deadline is an HTTP error
+            events = after(roles, graph_events(self.pipe, call, target, ex, self._graph_run(call)))
+        else:
+            # Opening the stream may wait (queueing middleware, a slow prefill before the
+            # server's headers): a client that leaves meanwhile cancels it too.
+            response = await watch.run(self.pipe.acall(call.request, backend=target.pin))
+            events = backend_events(call, target, response, ex, roles)
         return EventStreamResponse(
             events,
             headers=list(ex.headers.items()),
             on_disconnect=ex.left,
             context=contextvars.copy_context(),  # the request span is current here
+            watch=watch,
         )
 
 

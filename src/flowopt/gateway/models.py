@@ -73,6 +73,9 @@ class ModelTable:
         self._ids: dict[str, str] = {}  # backend name -> served model id
         self._entries: dict[str, dict[str, Any]] = {}  # backend name -> engine's entry
         self._created = int(time.time())
+        # name -> Target for the names that resolved, once every backend's served id is
+        # known: built once per name, not per request
+        self._resolved: dict[str | None, Target] = {}
 
     async def refresh(self) -> None:
         """Ask each backend which model it serves (quietly keeps going when one is down)."""
@@ -86,6 +89,7 @@ class ModelTable:
                 continue
             self._ids[name] = info.id
             self._entries[name] = thaw(info.entry)
+            self._resolved.clear()
 
     def _served(self, name: str) -> str:
         served = self._ids.get(name) or getattr(self._backends[name], "model", None)
@@ -93,6 +97,15 @@ class ModelTable:
 
     def resolve(self, model: str | None) -> Target:
         """The target of a requested model name (None: the default backend)."""
+        known = self._resolved.get(model)
+        if known is not None:
+            return known
+        target = self._resolve(model)  # an unknown name raises: only served names stay
+        if len(self._ids) == len(self._backends):  # every served id known: names settled
+            self._resolved[model] = target
+        return target
+
+    def _resolve(self, model: str | None) -> Target:
         if model is None:
             return Target("backend", self._served("default"), "default")
         if self._graph is not None and model == self._graph:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
+from flowopt._span_scope import activated
 from flowopt.errors import ConfigError
 from flowopt.tracing import (
     PipelineTracing,
@@ -289,7 +290,7 @@ def traced_backend(
             capture_content=capture,
         )
         try:
-            with trace.use_span(span, end_on_exit=False):
+            with activated(span):
                 response = await backend.generate(request)
         except BaseException as exc:
             record_error(span, exc)
@@ -314,7 +315,7 @@ def _wrap(mw: Middleware, name: str, inner: CallNext, tracer: Tracer | None) -> 
     async def with_span(request: Request) -> Response:
         span = tracer.start_span(span_name)
         try:
-            with trace.use_span(span, end_on_exit=False):
+            with activated(span):
                 response = await mw(request, inner)
         except BaseException as exc:
             record_error(span, exc)

@@ -1,0 +1,124 @@
+"""``DisconnectWatch``: one watcher per request cancels the work current when the client
+leaves, in the request's own task or the stream's pump, and tells a client leaving apart
+from any other cancellation. The ASGI ``receive`` here is a queue the test feeds."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from flowopt.gateway._disconnect import ClientLeft, DisconnectWatch
+
+
+class Client:
+    """The ASGI ``receive`` side of one request: nothing until the test says it left."""
+
+    def __init__(self) -> None:
+        self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.messages.get()
+
+    def leave(self) -> None:
+        self.messages.put_nowait({"type": "http.disconnect"})
+
+
+async def test_run_returns_the_work_and_close_stops_the_watcher() -> None:
+    client = Client()
+    watch = DisconnectWatch(client.receive)
+
+    async def work() -> int:
+        await asyncio.sleep(0)
+        return 7
+
+    assert await watch.run(work()) == 7
+    assert watch._task is not None
+    watch.close()
+    await asyncio.sleep(0)
+    assert watch._task.cancelled() and not watch.left
+
+
+async def test_client_leaving_cancels_the_work_in_this_task() -> None:
+    client = Client()
+    watch = DisconnectWatch(client.receive)
+    started, cleaned = asyncio.Event(), asyncio.Event()
+
+    async def work() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # a backend call that never answers
+        finally:
+            cleaned.set()
+
+    async def request() -> str:
+        try:
+            await watch.run(work())
+        except ClientLeft:
+            return "left"
+        return "answered"
+
+    served = asyncio.ensure_future(request())
+    await started.wait()
+    client.leave()
+    assert await asyncio.wait_for(served, 10) == "left"
+    assert cleaned.is_set() and watch.left
+    # the request's task was un-cancelled: it goes on normally after ClientLeft
+    assert served.cancelling() == 0
+
+
+async def test_another_cancellation_is_not_taken_for_the_client_leaving() -> None:
+    client = Client()
+    watch = DisconnectWatch(client.receive)
+    started = asyncio.Event()
+
+    async def work() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    served = asyncio.ensure_future(watch.run(work()))
+    await started.wait()
+    served.cancel()  # e.g. the server shutting down
+    with pytest.raises(asyncio.CancelledError):
+        await served
+    watch.close()
+
+
+async def test_a_pump_started_after_the_client_left_is_cancelled_inside_its_generator() -> None:
+    """The disconnect arrived between opening the stream and pumping it: the pump still
+    gets its first step, so its generator's ``finally`` (closing the backend stream)
+    runs, and the watch reports the client gone."""
+    client = Client()
+    watch = DisconnectWatch(client.receive)
+    closed = asyncio.Event()
+
+    async def opening() -> None:
+        await asyncio.sleep(0)
+
+    await watch.run(opening())
+    client.leave()
+    for _ in range(3):  # loop turns: the watcher reads the disconnect
+        await asyncio.sleep(0)
+    assert watch.left
+
+    async def events() -> Any:
+        try:
+            yield b"data: 1\n\n"
+            await asyncio.Event().wait()
+            yield b"never"
+        finally:
+            closed.set()
+
+    async def pump() -> None:
+        gen = events()
+        try:
+            async for _ in gen:
+                await asyncio.sleep(0)
+        finally:
+            await gen.aclose()
+
+    with pytest.raises(ClientLeft):
+        await watch.guard(pump(), None)
+    assert closed.is_set()
+    watch.close()
