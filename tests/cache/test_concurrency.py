@@ -99,8 +99,13 @@ async def test_eight_tenants_five_hundred_requests_no_cross_tenant_hit(
     cache = CacheMiddleware(store=store, embedder=minilm, verifier=verifier)
     pipe = pipeline(
         "concurrency",
-        backend={"vllm": {"base_url": vllm_url, "model": served_model}},
-        middleware=[TenantContext(), cache],
+        # A 2-core CI machine under 32 concurrent requests plus the cache's own CPU work
+        # once left one engine call unanswered for 120 s (stop 24). That is the engine's
+        # load, not what this test is about (isolation): the pipeline is configured the way
+        # a deployment would be, a shorter timeout and one retry, so one slow call costs a
+        # retry instead of the run. A cross-tenant hit still fails the test.
+        backend={"vllm": {"base_url": vllm_url, "model": served_model, "timeout": 60}},
+        middleware=[TenantContext(), {"retry": {"attempts": 2}}, cache],
         steps=[
             {
                 "name": "answer",
