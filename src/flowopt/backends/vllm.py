@@ -262,18 +262,7 @@ class VLLMBackend:
         if self._info is not None:
             return self._info
         url = self._replicas.items[0].url
-        try:
-            resp = await self._http().get(f"{url}/v1/models")
-            try:
-                raw = await resp.read()
-            finally:
-                await resp.close()
-        except TRANSPORT_ERRORS as exc:
-            raise self._translate(exc, url, Request(prompt="")) from None
-        if resp.status >= 400:
-            raise BackendHTTPError(
-                f"HTTP {resp.status} from /v1/models", endpoint=url, status=resp.status
-            )
+        raw = await self._get(url, "/v1/models")
         try:
             data = loads_event(raw)["data"]
         except (ValueError, KeyError, TypeError):
@@ -308,21 +297,25 @@ class VLLMBackend:
         speculation gate in the background (never on a request's path)."""
         total = 0
         for replica in self._replicas.items:
-            url = replica.url
-            try:
-                resp = await self._http().get(f"{url}/metrics")
-                try:
-                    raw = await resp.read()
-                finally:
-                    await resp.close()
-            except TRANSPORT_ERRORS as exc:
-                raise self._translate(exc, url, Request(prompt="")) from None
-            if resp.status >= 400:
-                raise BackendHTTPError(
-                    f"HTTP {resp.status} from /metrics", endpoint=url, status=resp.status
-                )
-            total += _waiting(raw.decode("utf-8", "replace"), url)
+            raw = await self._get(replica.url, "/metrics")
+            total += _waiting(raw.decode("utf-8", "replace"), replica.url)
         return total
+
+    async def _get(self, url: str, path: str) -> bytes:
+        """The body of ``GET url+path`` (a management endpoint), with the backend's errors."""
+        try:
+            resp = await self._http().get(f"{url}{path}")
+            try:
+                raw = await resp.read()
+            finally:
+                await resp.close()
+        except TRANSPORT_ERRORS as exc:
+            raise self._translate(exc, url, Request(prompt="")) from None
+        if resp.status >= 400:
+            raise BackendHTTPError(
+                f"HTTP {resp.status} from {path}", endpoint=url, status=resp.status
+            )
+        return raw
 
     # -- generation ------------------------------------------------------------------------
     async def generate(self, request: Request) -> Response:

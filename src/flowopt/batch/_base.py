@@ -8,12 +8,13 @@ connection, the transaction and the claim differ (:class:`~flowopt.batch.store.S
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["SCHEMA", "StoreBase", "now"]
@@ -43,7 +44,7 @@ def now() -> int:
     return int(time.time())
 
 
-class StoreBase:
+class StoreBase(abc.ABC):
     """Dialect-neutral logic; subclasses give a connection, a transaction and a claim."""
 
     blob = "BLOB"
@@ -54,10 +55,9 @@ class StoreBase:
         self.host = socket.gethostname()
 
     # -- the dialect ------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[Any]:  # pragma: no cover - overridden
-        raise NotImplementedError
-        yield
+    @abc.abstractmethod
+    def _tx(self) -> contextlib.AbstractContextManager[Any]:
+        """One transaction, yielding a cursor: committed on exit, rolled back on error."""
 
     def _q(self, sql: str) -> str:
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
@@ -75,6 +75,7 @@ class StoreBase:
         ).fetchall()
         return list(rows)
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the connection."""
 

@@ -52,17 +52,19 @@ class GatewayMetrics:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry: CollectorRegistry = prom.CollectorRegistry(auto_describe=True)
         reg = self.registry
-        self.requests = prom.Counter(
+
+        def counter(name: str, doc: str, labels: list[str]) -> Any:
+            return prom.Counter(name, doc, labels, registry=reg)
+
+        self.requests = counter(
             "flowopt_gateway_requests",
             "Requests answered, by route, model and status code.",
             ["route", "model", "status"],
-            registry=reg,
         )
-        self.errors = prom.Counter(
+        self.errors = counter(
             "flowopt_gateway_errors",
             "Failed requests by error kind.",
             ["route", "kind"],
-            registry=reg,
         )
         self.latency = prom.Histogram(
             "flowopt_gateway_request_duration_seconds",
@@ -78,74 +80,63 @@ class GatewayMetrics:
             buckets=_TTFT,
             registry=reg,
         )
-        self.tokens = prom.Counter(
+        self.tokens = counter(
             "flowopt_gateway_tokens",
             "Tokens processed, by direction (input/output/cached).",
             ["model", "direction"],
-            registry=reg,
         )
-        self.cache = prom.Counter(
+        self.cache = counter(
             "flowopt_gateway_cache_lookups",
             "Cache decisions seen on answers (hit/miss...).",
             ["result"],
-            registry=reg,
         )
-        self.routes = prom.Counter(
+        self.routes = counter(
             "flowopt_gateway_routes",
             "Answers by the backend (tier) that produced them.",
             ["backend"],
-            registry=reg,
         )
-        self.decisions = prom.Counter(
+        self.decisions = counter(
             "flowopt_gateway_decisions",
             "Every middleware decision, by middleware and action.",
             ["middleware", "action"],
-            registry=reg,
         )
-        self.shed = prom.Counter(
+        self.shed = counter(
             "flowopt_gateway_shed",
             "Requests refused on purpose (load shed, limits).",
             ["reason"],
-            registry=reg,
         )
-        self.disconnects = prom.Counter(
+        self.disconnects = counter(
             "flowopt_gateway_client_disconnects",
             "Requests whose client left before the answer; the backend call was cancelled.",
             ["route"],
-            registry=reg,
         )
         # Workflow speculation (docs/speculation.md): fed by the pipeline's speculated
         # edges through flowopt.speculate.observe, so speculation needs no metrics library.
-        self.speculation = prom.Counter(
+        self.speculation = counter(
             "flowopt_speculation",
             "Runs of a speculated edge, by outcome (hit, miss, hit_rerun, a_failed, "
             "skipped_gate, skipped_budget, skipped_shed, skipped_queue).",
             ["pipeline", "edge", "outcome"],
-            registry=reg,
         )
-        self.speculation_wasted = prom.Counter(
+        self.speculation_wasted = counter(
             "flowopt_speculation_wasted_tokens",
             "Tokens spent on wrong guesses (cancelled or discarded), by kind.",
             ["pipeline", "edge", "kind"],
-            registry=reg,
         )
-        self.speculation_saved = prom.Counter(
+        self.speculation_saved = counter(
             "flowopt_speculation_saved_seconds",
             "Latency saved by committed guesses.",
             ["pipeline", "edge"],
-            registry=reg,
         )
-        self.speculation_lost = prom.Counter(
+        self.speculation_lost = counter(
             "flowopt_speculation_lost_seconds",
             "Latency lost to wrong guesses (cancelling them).",
             ["pipeline", "edge"],
-            registry=reg,
         )
-        self.speculation_queue_unknown = prom.Counter(
+        self.speculation_queue_unknown = counter(
             "flowopt_speculation_queue_unknown",
             "Speculation decisions taken without a fresh reading of the backend's queue.",
             ["pipeline", "edge"],
-            registry=reg,
         )
         self.in_flight = prom.Gauge(
             "flowopt_gateway_in_flight",
