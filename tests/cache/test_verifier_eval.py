@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from click.testing import CliRunner
 
-from flowopt.cache._features import HAND_FEATURES, pair_vector, text_info
+from flowopt.cache._features import HAND_FEATURES, pair_vector, text_info, vetoed
 from flowopt.cli.cache import command
 
 PAIRS = [
@@ -42,8 +42,10 @@ def test_features_see_what_cosine_misses() -> None:
 
 
 def test_shipped_verifier(minilm: Any, verifier: Any) -> None:
-    assert verifier.meta["format"] == "flowopt-cache-verifier/2"
-    assert {"default", "p95", "p99"} <= verifier.meta["operating_points"].keys()
+    assert verifier.meta["format"] == "flowopt-cache-verifier/3"
+    points = verifier.meta["operating_points"]
+    assert {"default", "strict", "lenient", "p95", "p96", "p97", "p99"} <= points.keys()
+    assert points["lenient"] < points["default"] < points["strict"]
     assert 0.0 < verifier.threshold < 1.0
 
     def p(q: str, c: str) -> float:
@@ -135,3 +137,15 @@ def test_alignment_features_tell_a_topical_swap_from_a_rewording() -> None:
     reworded = feats("Is the house big?", "Is the house large?")
     assert reworded["unmatched_rare_max"] == 0 and reworded["unmatched_common_max"] == 1
     assert feats("Is it raining?", "Is it raining")["question_b"] == 1.0
+
+
+def test_a_swapped_code_identifier_is_never_served(minilm: Any, verifier: Any) -> None:
+    """One API named for another is a different question however alike the sentences are;
+    dropping backticks or call parentheses is not a change."""
+    q = "You can use the `load_dataset()` function from the `datasets` module to load data."
+    swapped = "You can use the `list_datasets()` function from the `datasets` module to load data."
+    plain = "You can use the load_dataset function from the datasets module to load data."
+    x = np.vstack([pair_vector(q, c, minilm.embed(q), minilm.embed(c)) for c in (swapped, plain)])
+    assert list(vetoed(x)) == [True, False]
+    assert verifier.probability(q, swapped, minilm.embed(q), minilm.embed(swapped)) == 0.0
+    assert verifier.probability(q, plain, minilm.embed(q), minilm.embed(plain)) > 0.0

@@ -23,7 +23,14 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["HAND_FEATURES", "TextInfo", "hand_features", "pair_vector", "text_info"]
+__all__ = [
+    "HAND_FEATURES",
+    "TextInfo",
+    "hand_features",
+    "pair_vector",
+    "text_info",
+    "vetoed",
+]
 
 
 def _words(text: str) -> frozenset[str]:
@@ -34,6 +41,9 @@ def _words(text: str) -> frozenset[str]:
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]", re.IGNORECASE)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _CAP = re.compile(r"\b[A-Z][a-zA-Z0-9]+(?:\s+[A-Z][a-zA-Z0-9]+)*")
+# Code identifiers: a backticked span, a dotted name (``datasets.Audio``), a snake_case
+# name, or a call (``list_datasets()``).
+_CODE = re.compile(r"`([^`]+)`|\b([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)|\b(\w*_\w+)\b|\b(\w+)\(\)")
 
 QUESTION_WORDS = _words(
     "what how why when where who whom whose which can could should would will is are "
@@ -105,6 +115,8 @@ class TextInfo:
     n_chars: int
     order: tuple[str, ...]
     deictic: bool
+    codes: frozenset[str]
+    text: str
 
 
 def _stem(word: str) -> str:
@@ -144,6 +156,11 @@ def text_info(text: str) -> TextInfo:
         entities.add(match.group(0).lower())
     squashed = " " + " ".join(tokens) + " "
     trigrams = frozenset(squashed[i : i + 3] for i in range(max(0, len(squashed) - 2)))
+    codes = frozenset(
+        c
+        for m in _CODE.finditer(text)
+        if (c := next(g for g in m.groups() if g is not None).strip().removesuffix("()"))
+    )
     return TextInfo(
         tokens=tokens,
         content=content,
@@ -157,6 +174,8 @@ def text_info(text: str) -> TextInfo:
         n_chars=len(text),
         order=order,
         deictic=deictic,
+        codes=codes,
+        text=text,
     )
 
 
@@ -197,7 +216,27 @@ HAND_FEATURES: tuple[str, ...] = (
     "unmatched_edit_max",
     "unmatched_len_max",
     "unmatched_digit",
+    "code_mismatch",
 )
+
+_CODE_MISMATCH = HAND_FEATURES.index("code_mismatch")
+
+
+def _code_mismatch(a: TextInfo, b: TextInfo) -> bool:
+    """A code identifier on one side that the other side's text does not contain
+    (``list_datasets()`` / ``load_dataset()``): an answer about one API is not an answer
+    about another, however alike the sentences read. Containment, not equality, so that
+    dropping the backticks or the call parentheses is not a change."""
+    return any(c not in b.text for c in a.codes) or any(c not in a.text for c in b.codes)
+
+
+def vetoed(features: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+    """Rows of a feature matrix that must never be served, whatever the model says.
+
+    Why a rule and not only a feature: the fact-change rewrites the model learns from hold
+    few code swaps, and one swapped identifier is always a different question."""
+    out: npt.NDArray[np.bool_] = features[:, _CODE_MISMATCH] > 0
+    return out
 
 
 def _discordance(a: tuple[str, ...], b: tuple[str, ...]) -> float:
@@ -283,6 +322,7 @@ def hand_features(a: TextInfo, b: TextInfo, cos: float) -> list[float]:
         edit_max,
         float(min(len_max, 15)),
         1.0 if any(ch.isdigit() for w in unmatched for ch in w) else 0.0,
+        1.0 if _code_mismatch(a, b) else 0.0,
     ]
 
 

@@ -56,12 +56,12 @@ class CacheConfig(MiddlewareOptions):
 
     threshold: float | None = None
     """Verifier probability needed to serve a semantic hit. None: the shipped default
-    operating point (>= 97% precision on the QQP calibration split of the dev pairs). With
+    operating point (>= 96% precision on out-of-fold scores of the QQP dev pairs). With
     ``verify=False`` this is a bare cosine cut-off instead."""
 
     operating_point: str = "default"
-    """Named operating point recorded with the verifier weights: ``default`` (``p97``),
-    ``strict`` (``p99``), ``lenient`` (``p90``), or any ``pNN`` recorded there."""
+    """Named operating point recorded with the verifier weights: ``default`` (``p96``),
+    ``strict`` (``p97``), ``lenient`` (``p90``), or any ``pNN`` recorded there."""
 
     verify: bool = True
     """Run the verification stage. Switching it off is only sensible for benchmarks."""

@@ -27,13 +27,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from flowopt.cache._features import pair_vector
+from flowopt.cache._features import pair_vector, vetoed
 from flowopt.errors import ConfigError
 
 __all__ = ["LearnedVerifier", "Verdict", "Verifier", "default_weights_path"]
 
 Vector = npt.NDArray[np.float32]
-FORMAT = "flowopt-cache-verifier/2"
+FORMAT = "flowopt-cache-verifier/3"
 """Weights format: /2 added the word-alignment features and made the raw embedding
 features optional (``embedding_features`` in the metadata)."""
 
@@ -160,7 +160,8 @@ class LearnedVerifier:
     def probability_of(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         """Probabilities (float64, so high-confidence scores stay distinct)."""
         logit = self.logit_of(features)
-        out: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.clip(logit, -35.0, 35.0)))
+        p = 1.0 / (1.0 + np.exp(-np.clip(logit, -35.0, 35.0)))
+        out: npt.NDArray[np.float64] = np.where(vetoed(features), 0.0, p)
         return out
 
     def probability(self, query: str, cached: str, query_vec: Vector, cached_vec: Vector) -> float:
