@@ -211,6 +211,20 @@ def out_of_fold(
     return scores, y[fit]
 
 
+def calibration_curve(scores: np.ndarray, labels: np.ndarray) -> list[list[float]]:
+    """(threshold, precision, recall) at up to 200 thresholds of the calibration scores,
+    shipped with the weights so that any target precision (``operating_point: p93``) can
+    be turned into a threshold at run time without the training data."""
+    th, prec, rec = curve(scores, labels)
+    keep = th > 0
+    th, prec, rec = th[keep], prec[keep], rec[keep]
+    # Geometric spacing: dense among the top scores, where operating points live.
+    idx = np.unique(np.geomspace(1, len(th), min(200, len(th))).astype(int) - 1)
+    return [
+        [round(float(th[i]), 6), round(float(prec[i]), 4), round(float(rec[i]), 4)] for i in idx
+    ]
+
+
 NAMED = {"lenient": "p90", "default": "p96", "strict": "p97"}
 """Named operating points and the calibrated QQP precision each one stands for. Why
 ``default`` is ``p96`` for a 95% target: QQP's labels cap precision near the top at ~96-97%
@@ -423,6 +437,7 @@ def main() -> None:
         "embedder": MiniLMEmbedder.identity,
         "min_cosine": args.min_cosine,
         "operating_points": thresholds,
+        "calibration_curve": calibration_curve(p_cal, y_cal),
         "trained_on": [args.pairs.name]
         + ([args.paraphrases.name] if args.paraphrases is not None else []),
         "kind": "gbm",

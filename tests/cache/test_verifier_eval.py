@@ -149,3 +149,23 @@ def test_a_swapped_code_identifier_is_never_served(minilm: Any, verifier: Any) -
     assert list(vetoed(x)) == [True, False]
     assert verifier.probability(q, swapped, minilm.embed(q), minilm.embed(swapped)) == 0.0
     assert verifier.probability(q, plain, minilm.embed(q), minilm.embed(plain)) > 0.0
+
+
+def test_any_target_precision_is_an_operating_point() -> None:
+    from flowopt.cache.verifier import LearnedVerifier
+    from flowopt.errors import ConfigError
+
+    def at(point: str) -> float:
+        return LearnedVerifier(operating_point=point).threshold
+
+    assert at("p90") <= at("p93") <= at("p95") <= at("p95.5") <= at("p96") == at("default")
+    curve = LearnedVerifier().meta["calibration_curve"]
+    # p93 is not a recorded point: it is read off the curve, where it promised >= 93%.
+    assert next(precision for th, precision, _ in curve if th == at("p93")) >= 0.93
+    for bad in ("x93", "p", "p150"):
+        try:
+            LearnedVerifier(operating_point=bad)
+        except ConfigError as exc:
+            assert "p93" in (exc.hint or "")
+        else:
+            raise AssertionError(f"{bad!r} was accepted")

@@ -61,7 +61,8 @@ class CacheConfig(MiddlewareOptions):
 
     operating_point: str = "default"
     """Named operating point recorded with the verifier weights: ``default`` (``p96``),
-    ``strict`` (``p97``), ``lenient`` (``p90``), or any ``pNN`` recorded there."""
+    ``strict`` (``p97``), ``lenient`` (``p90``), or any target precision ``pNN`` (``p93``,
+    ``p95.5``), read off the calibration curve recorded with the weights."""
 
     verify: bool = True
     """Run the verification stage. Switching it off is only sensible for benchmarks."""

@@ -19,6 +19,7 @@ are walked at once, level by level, in well under a millisecond.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = ["LearnedVerifier", "Verdict", "Verifier", "default_weights_path"]
 
 Vector = npt.NDArray[np.float32]
 FORMAT = "flowopt-cache-verifier/3"
+_TARGET = re.compile(r"p(\d+(?:\.\d+)?)")
 """Weights format: /2 added the word-alignment features and made the raw embedding
 features optional (``embedding_features`` in the metadata)."""
 
@@ -133,16 +135,33 @@ class LearnedVerifier:
                     (data[f"W{i}"].astype(np.float32), data[f"b{i}"].astype(np.float32))
                     for i in range(int(data["n_layers"]))
                 ]
-        points: dict[str, float] = self.meta.get("operating_points", {})
         if threshold is None:
-            if operating_point not in points:
-                raise ConfigError(
-                    f"unknown verifier operating point {operating_point!r}",
-                    hint=f"use one of {sorted(points)} or pass threshold=",
-                )
-            threshold = float(points[operating_point])
+            threshold = self._threshold_for(operating_point)
         self.threshold = float(threshold)
         self.path = p
+
+    def _threshold_for(self, operating_point: str) -> float:
+        """A recorded point's threshold, or for ``pNN`` (a target precision in percent, e.g.
+        ``p93`` or ``p95.5``) the lowest threshold whose calibration hits reached it, read
+        from the curve recorded with the weights."""
+        points: dict[str, float] = self.meta.get("operating_points", {})
+        if operating_point in points:
+            return float(points[operating_point])
+        known = f"use one of {sorted(points)}, a target precision such as 'p93', or threshold="
+        match = _TARGET.fullmatch(operating_point)
+        curve: list[list[float]] = self.meta.get("calibration_curve", [])
+        if match is None or not curve:
+            raise ConfigError(f"unknown verifier operating point {operating_point!r}", hint=known)
+        target = float(match.group(1)) / 100.0
+        reached = [th for th, precision, _ in curve if precision >= target]
+        if not 0.0 < target <= 1.0 or not reached:
+            best = max(precision for _, precision, _ in curve)
+            raise ConfigError(
+                f"no threshold of this verifier reaches {operating_point} "
+                f"({target:.1%} precision); the most its calibration data supports is {best:.1%}",
+                hint=known,
+            )
+        return float(min(reached))
 
     def logit_of(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         """Log-odds for a matrix of :func:`pair_vector` rows (batch form)."""
