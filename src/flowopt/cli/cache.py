@@ -162,7 +162,10 @@ def _plot(results: dict[str, Any], out: Path, threshold: float, verify: bool) ->
     help="verifier probability (or cosine with --no-verify)",
 )
 @click.option(
-    "--operating-point", default="default", show_default=True, help="shipped threshold name"
+    "--operating-point",
+    default="default",
+    show_default=True,
+    help="default, strict, lenient, or a target precision such as p93",
 )
 @click.option("--no-verify", is_flag=True, help="bare cosine threshold (the baseline)")
 @click.option(
