@@ -7,7 +7,8 @@ A counting stub (a separate process: an OpenAI-compatible server that answers af
 ``--delay`` seconds and counts chat calls) stands in for the engine; a gateway with the
 ``cache`` middleware sits in front of it. For each setup a burst of ``--burst``
 identical deterministic requests is sent at once, then a second burst after the first
-has been answered; the stub's count after each burst is the number of engine calls.
+has been answered, then (another question) one request followed by a burst; the stub's
+count after each burst is the number of engine calls.
 
 Setups: one worker with the in-memory store; two workers (``--workers 2``) with the
 in-memory store (per process: each worker coalesces its own share of the burst); two
@@ -175,13 +176,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 first = asyncio.run(_burst(url, args.burst, question))
                 after_first = _count(stub)
                 second = asyncio.run(_burst(url, args.burst, question))
+                # One request stored by whichever worker got it, then a burst: without a
+                # shared tier the other workers call the engine again.
+                after_second = _count(stub)
+                other = question.replace("router", "modem")
+                asyncio.run(_burst(url, 1, other))
+                before = _count(stub)
+                third = asyncio.run(_burst(url, args.burst, other))
                 row = {
                     "workers": workers,
                     "exact_tier": "redis" if shared else "per-process memory",
                     "burst": args.burst,
                     "engine_calls_first_burst": after_first,
-                    "engine_calls_second_burst": _count(stub) - after_first,
-                    "non_200": sum(1 for s in first + second if s != 200),
+                    "engine_calls_second_burst": after_second - after_first,
+                    "engine_calls_burst_after_one_stored": _count(stub) - before,
+                    "non_200": sum(1 for s in first + second + third if s != 200),
                 }
                 print(json.dumps(row))
                 results.append(row)
