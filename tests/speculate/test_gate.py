@@ -161,8 +161,11 @@ class FakeQueueReader:
 
 async def _until(cond: Any) -> None:
     """Yield to the loop until ``cond()`` holds (synchronisation, not a timed wait)."""
-    while not cond():  # noqa: ASYNC110
+    for _ in range(10_000):  # bounded: a condition that never comes fails, not hangs
+        if cond():
+            return
         await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
 
 
 class FakeClock:
@@ -173,39 +176,58 @@ class FakeClock:
         return self.now
 
 
-async def test_the_queue_is_read_in_the_background_and_never_blocks() -> None:
+class FakePause:
+    """A fake of the poller's wait between reads: records how long it was asked to wait
+    and returns only when the test lets it (``tick``), after moving ``clock`` on by
+    that long, so the test, not the wall clock, decides when the next poll happens."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.asked: list[float] = []
+        self.tick = asyncio.Event()
+
+    async def __call__(self, seconds: float) -> None:
+        self.asked.append(seconds)
+        await self.tick.wait()
+        self.tick.clear()
+        self.clock.now += seconds
+
+
+async def test_the_queue_is_polled_in_the_background_and_never_blocks() -> None:
     reader, clock = FakeQueueReader(3), FakeClock()
-    probe = QueueProbe(reader, interval=1.0, fresh_for=5.0, clock=clock)
+    pause = FakePause(clock)
+    probe = QueueProbe(
+        reader, interval=1.0, fresh_for=5.0, idle_after=3.0, clock=clock, pause=pause
+    )
     reader.release.clear()
-    assert probe.waiting() is None  # nothing read yet: unknown, and a read started
-    await _until(lambda: reader.reads == 1)  # the background read begins (and is held)
-    assert probe.waiting() is None and reader.reads == 1  # one read in flight at most
+    assert probe.waiting() is None  # nothing read yet: unknown, and the poller started
+    await _until(lambda: reader.reads == 1)  # its first read begins (and is held)
+    assert probe.waiting() is None and reader.reads == 1  # a decision never waits for it
     reader.release.set()
-    await probe.settled()
-    assert probe.waiting() == 3
-    clock.now += 0.5
-    assert probe.waiting() == 3 and reader.reads == 1  # cached within the interval
-    reader.value, clock.now = 0, clock.now + 1.0
-    reader.release.clear()
-    assert probe.waiting() == 3  # the old reading while the new one runs
-    await _until(lambda: reader.reads == 2)
-    assert probe.waiting() == 3
-    reader.release.set()
-    await probe.settled()
-    assert probe.waiting() == 0
+    await _until(lambda: len(pause.asked) == 1)
+    assert probe.waiting() == 3 and pause.asked == [1.0]  # at most one read a second
+    reader.value = 0
+    pause.tick.set()  # a second passes; nobody asks, yet the poller reads again
+    await _until(lambda: len(pause.asked) == 2)
+    assert reader.reads == 2 and probe.waiting() == 0  # fresh without a decision's help
     reader.error = OSError("connection refused")
-    clock.now += 1.0
-    probe.waiting()
-    await probe.settled()
+    pause.tick.set()
+    await _until(lambda: len(pause.asked) == 3)
     assert probe.waiting() is None and probe.failures == 1  # failed: unknown, counted
-    reader.error, clock.now = None, clock.now + 1.0
-    probe.waiting()
-    await probe.settled()
-    clock.now += 6.0
-    reader.release.clear()
-    assert probe.waiting() is None  # a reading older than fresh_for is unknown
-    reader.release.set()
+    reader.error = None
+    n = len(pause.asked)
+    while probe.polling:  # seconds pass and no decision asks: the poller stops by itself
+        pause.tick.set()
+        await _until(lambda n=n: not probe.polling or len(pause.asked) > n)
+        n = len(pause.asked)
+    # last asked at 102 (idle_after 3): reads at 103, 104 and 105, then it stops at 106
+    assert (reader.reads, clock.now) == (6, 106.0)
+    clock.now += 10.0
+    assert probe.waiting() is None  # the last reading is too old now: unknown
+    await _until(lambda: len(pause.asked) > n)  # a decision restarted it: it read again
+    assert reader.reads == 7 and probe.waiting() == 0 and probe.polling
     await probe.aclose()
+    assert not probe.polling
 
 
 class FakeQueuedBackend(StepGatedFakeBackend):
@@ -244,6 +266,7 @@ async def test_no_speculation_while_the_backend_reports_queued_requests() -> Non
     second = (await pipe.ainvoke("I want a refund")).speculation[0]
     assert (second.outcome, second.queue_unknown) == ("skipped_queue", False)
     assert (gate.stats.skipped_queue, gate.stats.queue_unknown) == (1, 1)
+    await gate.queue.aclose()
     off = pipeline("q-off", backend=fb, steps=steps(), speculate=[{**edge, "max_queued": None}])
     assert off.graph.flowopt_speculators["classify"].gate.queue is None
 
