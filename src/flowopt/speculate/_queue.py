@@ -11,7 +11,9 @@ arrives is as old as the gap between decisions (seconds to minutes), so most dec
 would see a stale queue. :class:`QueueProbe` therefore polls in the background while the
 edge is in use: the first :meth:`QueueProbe.waiting` starts a poller that reads the
 queue at most once per ``interval`` and stops by itself once no decision has asked for
-``idle_after`` seconds (an idle edge costs the engine nothing). ``waiting`` always
+``idle_after`` seconds (30 by default: long enough to span the gaps of a steady trickle
+of runs, about 30 small reads of ``/metrics`` after the last one; an idle edge then
+costs the engine nothing). ``waiting`` always
 answers at once from the last reading. A reading older than ``fresh_for``, a failed
 read, or none yet is ``None`` ("unknown"): the gate then does not block speculation on
 the queue, and counts the decision (``EdgeStats.queue_unknown``, ``failures`` here).
@@ -44,7 +46,7 @@ class QueueProbe:
         interval: float = 1.0,
         fresh_for: float = 5.0,
         timeout: float = 2.0,
-        idle_after: float = 5.0,
+        idle_after: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         pause: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
