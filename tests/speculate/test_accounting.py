@@ -31,7 +31,12 @@ def _fixed_guesser() -> Any:
 
 
 def _pipe(backend: Any, guess: str, name: str = "acct") -> Any:
-    edge = {"from": "classify", "to": "answer", "guesser": {"fixed-acct": {"label": guess}}}
+    edge = {
+        "from": "classify",
+        "to": "answer",
+        "guesser": {"fixed-acct": {"label": guess}},
+        "max_waste": 1.0,  # no waste ledger: the first run speculates
+    }
     return pipeline(name, backend=backend, steps=steps(), speculate=[edge])
 
 

@@ -30,7 +30,16 @@ def _fixed_guesser() -> Any:
 
 def _pipe(backend: Any, guess: str | None, **kw: Any) -> Any:
     spec = (
-        [{"from": "classify", "to": "answer", "guesser": {"fixed-test": {"label": guess}}}]
+        # max_waste 1: no waste ledger, so the very first run speculates (the ledger is
+        # tested in test_gate.py)
+        [
+            {
+                "from": "classify",
+                "to": "answer",
+                "guesser": {"fixed-test": {"label": guess}},
+                "max_waste": 1.0,
+            }
+        ]
         if guess
         else []
     )

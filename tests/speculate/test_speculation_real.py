@@ -66,7 +66,12 @@ async def test_a_wrong_guess_is_aborted_on_the_server(vllm_url: str, served_mode
             backend=backend,
             steps=steps,
             speculate=[
-                {"from": "pick", "to": "write", "guesser": {"opposite-test": {"label": wrong}}}
+                {
+                    "from": "pick",
+                    "to": "write",
+                    "guesser": {"opposite-test": {"label": wrong}},
+                    "max_waste": 1.0,  # no waste ledger: the first run speculates
+                }
             ],
         )
         result = await pipe.ainvoke("which?")

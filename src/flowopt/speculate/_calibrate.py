@@ -28,6 +28,17 @@ Both the value of a guess (p) and its waste (1 - p) favour the most probable gue
 so the best use of the budget is a threshold: a guess is started when W(p) <= budget,
 wherever its probability ranks among recent traffic. The rule adapts to the edge's own
 hit rates and step times; nothing in it is fitted to a data set.
+
+W(p) is an expectation, and expectations drift over: probabilities are estimates, r is a
+running mean, and a short stretch of bad luck is real waste. So the budget is also a
+*ledger* that holds on what really happened (:meth:`WasteBudget.affords`): a guess is
+started only if the tokens already wasted, plus a reservation for every guess still in
+flight, plus this guess's reservation, stay within ``share`` of the B tokens already
+spent. A reservation is what the guess could waste if it misses (``_RESERVE`` times r of
+an average B run, at most one run): it is charged up front, before anyone knows whether
+the guess is right, and released when the run's real waste is on the books. The ledger
+never lends: before B has run at all, or right after a run of misses, the edge waits
+until enough plain B tokens have paid for the next guess.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ __all__ = ["Calibrator", "WasteBudget"]
 
 _BINS = 10
 _CAP = 500.0
+_RESERVE = 1.5  # a reservation is this many times the expected miss share (at most 1 run)
 
 
 class _Rate:
@@ -108,3 +120,16 @@ class WasteBudget:
 
     def allows(self, p: float, miss_share: float) -> bool:
         return self.share >= 1.0 or self.expected_waste(p, miss_share) <= self.share
+
+    @staticmethod
+    def reservation(mean_b_tokens: float, miss_share: float) -> float:
+        """Tokens a started guess may waste if it misses (charged before it is judged)."""
+        return mean_b_tokens * min(1.0, _RESERVE * miss_share)
+
+    def affords(self, wasted: float, b_tokens: float, in_flight: float, reserve: float) -> bool:
+        """The ledger: ``wasted`` tokens so far, ``in_flight`` tokens reserved by guesses
+        not yet settled and ``reserve`` for this one stay within ``share`` of the
+        ``b_tokens`` B has already spent."""
+        if self.share >= 1.0:
+            return True
+        return reserve > 0 and wasted + in_flight + reserve <= self.share * b_tokens

@@ -96,6 +96,7 @@ class _Tally:
     cost: float | None = None
     estimated: bool = False
     queue_unknown: bool = False
+    reserved: float = 0.0  # tokens the gate reserved for this run's guesses
 
 
 class Speculator:
@@ -141,7 +142,11 @@ class Speculator:
                 span.set_attribute("flowopt.speculation.confidence", guesses[0].confidence)
             admitted, why = self.gate.admit(guesses)
             # read now: another run's decision may overwrite the gate's flag meanwhile
-            tally = _Tally(outcome=f"skipped_{why}", queue_unknown=self.gate.queue_unknown)
+            tally = _Tally(
+                outcome=f"skipped_{why}",
+                queue_unknown=self.gate.queue_unknown,
+                reserved=self.gate.reserved,
+            )
             if tally.queue_unknown:
                 span.set_attribute("flowopt.speculation.queue_unknown", True)
             self.stats.runs += 1
@@ -167,6 +172,7 @@ class Speculator:
         s.wasted_cost += tally.cost or 0.0
         s.saved_ms += tally.saved_ms
         s.lost_ms += tally.lost_ms
+        self.gate.settle(tally.reserved)  # the run's real waste is counted above
         span.set_attribute("flowopt.speculation.outcome", tally.outcome)
         if branches:
             span.set_attribute("flowopt.speculation.branches", branches)

@@ -15,7 +15,13 @@ until A answers, then is cancelled). An edge starts a guess only when
   (:class:`~flowopt.speculate._calibrate.Calibrator`);
 - the expected wasted B tokens stay within ``max_waste`` of B's tokens
   (:class:`~flowopt.speculate._calibrate.WasteBudget`): the most probable guesses of
-  recent traffic get the budget first.
+  recent traffic get the budget first;
+- and the ledger affords it: tokens really wasted so far, plus what every started but
+  unsettled guess (this one included) could still waste, stay within ``max_waste`` of the
+  B tokens already spent. The expectation picks *which* guesses; the ledger makes
+  ``max_waste`` a bound on the realised share rather than an average that drifts over.
+  The caller hands each run's reservation back with :meth:`Gate.settle` once its real
+  waste is counted.
 """
 
 from __future__ import annotations
@@ -132,6 +138,8 @@ class Gate:
         self.calibrator = Calibrator(prior=float(edge.min_samples))
         self.budget = WasteBudget(edge.max_waste)
         self.queue_unknown = False  # the last decision had no fresh queue reading
+        self.reserved = 0.0  # tokens the last admitted run reserved (read it at once)
+        self.in_flight = 0.0  # tokens reserved by started guesses not yet settled
 
     def probability(self, guess: Guess) -> float:
         """The calibrated probability that ``guess`` is A's real output."""
@@ -146,6 +154,10 @@ class Gate:
         if s.t1_ms > 0 and s.t2_ms > 0:
             return min(1.0, s.t1_ms / s.t2_ms)
         return 1.0
+
+    def settle(self, reserved: float) -> None:
+        """A run's real waste is on the books: release what its guesses reserved."""
+        self.in_flight = max(0.0, self.in_flight - reserved)
 
     def judge(self, guesses: Sequence[Guess], actual: str) -> None:
         """A answered ``actual``: every guess of the run is judged (started or not)."""
@@ -167,6 +179,7 @@ class Gate:
         """The guesses to start (maybe none) and why (``speculate``, ``shed``,
         ``queue``, ``gate`` or ``budget``)."""
         s = self.stats
+        self.reserved = 0.0
         ps = [self.probability(g) for g in guesses]
         self.budget.note(ps)
         if shedding(self.layers):
@@ -179,15 +192,24 @@ class Gate:
         why = "gate"
         span = min(s.t1_ms, s.t2_ms)
         r = self.miss_share()
+        mean_b = s.b_tokens / s.b_runs if s.b_runs else 0.0
+        unit = self.budget.reservation(mean_b, r)
+        reserved = 0.0
         for g, p in zip(guesses, ps, strict=True):
             if g.confidence < self.edge.threshold:
                 continue
             if span > 0 and p * span <= self.edge.cost_factor * (1 - p) * span:
                 continue
-            if not self.budget.allows(p, r):
+            ledger = self.budget.affords(
+                s.wasted_tokens, s.b_tokens, self.in_flight + reserved, unit
+            )
+            if not (self.budget.allows(p, r) and ledger):
                 why = "budget"
                 continue
             keep.append(g)
+            reserved += unit
+        self.reserved = reserved
+        self.in_flight += reserved
         if not keep:
             if why == "budget":
                 s.skipped_budget += 1
