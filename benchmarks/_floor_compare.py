@@ -58,14 +58,20 @@ def start_floor(upstream: str, wait: Any) -> tuple[str, subprocess.Popen[bytes]]
 
 
 def start_flowopt(
-    upstream: str, work: Path, wait: Any, workers: int = 1, src: str | None = None
+    upstream: str,
+    work: Path,
+    wait: Any,
+    workers: int = 1,
+    src: str | None = None,
+    middleware: str = "noop",
 ) -> tuple[str, subprocess.Popen[bytes]]:
     """``flowopt serve`` with auth, metrics and OTLP spans on; ``src``: another checkout's
-    ``src/`` (a baseline version, first on ``PYTHONPATH``)."""
+    ``src/`` (a baseline version, first on ``PYTHONPATH``); ``middleware``: the spec's
+    middleware list, comma-separated (empty: none, the gateway's direct-model route)."""
     spec = work / f"gw-floor-{workers}.yaml"
     spec.write_text(
         f"name: overhead\nbackend: {{vllm: {{base_url: '{upstream}', model: stub}}}}\n"
-        "middleware: [noop]\nsteps: [{name: a, prompt: '{input}'}]\n"
+        f"middleware: [{middleware}]\nsteps: [{{name: a, prompt: '{{input}}'}}]\n"
         f"tracing: {{exporter: otlp, endpoint: '{upstream}/v1/traces'}}\n"
         "gateway: {expose_graph: false, api_keys: {bench: '${BENCH_GATEWAY_KEY}'}}\n"
     )
@@ -200,13 +206,16 @@ async def rps(
 
 async def run(args: Any, stub_url: str, work: Path, wait: Any) -> dict[str, Any]:
     floor_url, floor = start_floor(stub_url, wait)
-    gw_url, gw = start_flowopt(stub_url, work, wait)
+    mw = args.middleware
+    gw_url, gw = start_flowopt(stub_url, work, wait, middleware=mw)
     extra: list[subprocess.Popen[bytes]] = []
     try:
         targets = {"direct": stub_url, "floor": floor_url, "flowopt": gw_url}
         procs = {"floor": floor, "flowopt": gw}
         if args.baseline_src:
-            base_url, base = start_flowopt(stub_url, work, wait, src=args.baseline_src)
+            base_url, base = start_flowopt(
+                stub_url, work, wait, src=args.baseline_src, middleware=mw
+            )
             extra.append(base)
             targets["flowopt_baseline"] = base_url
             procs["flowopt_baseline"] = base
@@ -215,7 +224,7 @@ async def run(args: Any, stub_url: str, work: Path, wait: Any) -> dict[str, Any]
             "rps_64": await rps(targets, 64, args.rps_requests, args.stub_tokens, args.rounds),
         }
         if args.workers > 1:
-            url2, gw2 = start_flowopt(stub_url, work, wait, workers=args.workers)
+            url2, gw2 = start_flowopt(stub_url, work, wait, workers=args.workers, middleware=mw)
             extra.append(gw2)
             res[f"rps_64_workers_1_vs_{args.workers}"] = await rps(
                 {"direct": stub_url, "floor": floor_url, "flowopt_w1": gw_url, "flowopt_wN": url2},

@@ -338,6 +338,11 @@ def main() -> None:
     ap.add_argument(
         "--baseline-src", default=None, help="--floor: also run flowopt from this src/ (before)"
     )
+    ap.add_argument(
+        "--middleware",
+        default="noop",
+        help="--floor: flowopt's middleware, comma-separated ('' for none: the direct route)",
+    )
     ap.add_argument("--serve-stub", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_stub is not None:

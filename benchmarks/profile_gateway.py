@@ -1,13 +1,16 @@
 """Profile ``flowopt serve`` under load from the instant stub: cProfile table + flame SVG.
 
     python benchmarks/profile_gateway.py --requests 2000 --svg docs/img/gateway_profile.svg
+    python benchmarks/profile_gateway.py --json --sort cum   # JSON answers, by cumulative time
 
 The gateway runs as its own process under cProfile (auth, metrics and OTLP spans on, as in
-``benchmarks/gateway.py --floor``); this script sends sequential streamed requests, stops
-the gateway with SIGINT (uvicorn shuts down cleanly, cProfile writes its file), prints the
-functions by own time per request and draws an icicle graph (a flame graph drawn top-down)
-from the pstats caller edges: each box's width is the time spent in it on that call path,
-per request. No profiler beyond the standard library is needed.
+``benchmarks/gateway.py --floor``); this script sends sequential streamed (``--json``: JSON)
+requests, stops the gateway with SIGINT (uvicorn shuts down cleanly, cProfile writes its
+file), prints the functions by own (``--sort cum``: cumulative) time per request, then
+the request's own time by part (:data:`GROUPS`: spans, engine answer decode...), and
+draws an icicle graph (a flame graph drawn top-down) from the pstats caller edges: each
+box's width is the time spent in it on that call path, per request. No profiler beyond
+the standard library is needed.
 """
 
 from __future__ import annotations
@@ -102,14 +105,14 @@ def icicle(raw: dict[Func, Any], out: Path, width: int = 1400) -> None:
     out.write_text("\n".join(parts) + "\n")
 
 
-async def load(url: str, n: int, tokens: int) -> None:
+async def load(url: str, n: int, tokens: int, stream: bool) -> None:
     async with aiohttp.ClientSession() as s:
-        body = _body(True, tokens)
+        body = _body(stream, tokens)
         for _ in range(n):
-            await _one(s, url, body, True)
+            await _one(s, url, body, stream)
 
 
-def profile(stub_url: str, n: int, tokens: int, tmp: Path) -> dict[Func, Any]:
+def profile(stub_url: str, n: int, tokens: int, tmp: Path, stream: bool) -> dict[Func, Any]:
     """Raw pstats of a fresh ``flowopt serve`` process that answered ``n`` requests."""
     spec = tmp / "gw.yaml"
     spec.write_text(
@@ -135,11 +138,66 @@ def profile(stub_url: str, n: int, tokens: int, tmp: Path) -> dict[Func, Any]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(url + "/health", gw)
-        asyncio.run(load(url, n, tokens))
+        asyncio.run(load(url, n, tokens, stream))
     finally:
         gw.send_signal(signal.SIGINT)
         gw.wait(30)
     return pstats.Stats(str(prof)).stats  # type: ignore[attr-defined,no-any-return]
+
+
+# What each part of a request is for, by the file its code is in (first match wins).
+GROUPS: list[tuple[str, tuple[str, ...]]] = [
+    ("spans", ("opentelemetry", "flowopt/tracing.py", "gateway/tracing.py", "_span_scope.py")),
+    (
+        "engine answer decode",
+        ("backends/_vllm_stream", "backends/_openai_wire", "stream.py", "backends/"),
+    ),
+    ("HTTP client to the engine (aiohttp)", ("aiohttp", "multidict", "yarl")),
+    (
+        "HTTP server (uvicorn, httptools)",
+        ("uvicorn", "httptools", "gateway/_protocol", "starlette"),
+    ),
+    (
+        "request read + parse + auth",
+        (
+            "gateway/_body",
+            "gateway/_wire",
+            "gateway/_fields",
+            "gateway/auth",
+            "gateway/models",
+            "flowopt/types.py",
+            "flowopt/messages.py",
+        ),
+    ),
+    ("answer encode", ("gateway/_answers", "gateway/_json", "flowopt/_answer")),
+    ("exchange, disconnect, app", ("gateway/app.py", "gateway/_events", "gateway/_disconnect")),
+    ("middleware stack", ("middleware/", "flowopt/pipeline.py")),
+    ("metrics", ("prometheus_client", "gateway/metrics.py")),
+    ("event loop", ("asyncio", "uvloop")),
+]
+
+
+def _group(f: Func) -> str | None:
+    return next((name for name, keys in GROUPS if any(k in f[0] for k in keys)), None)
+
+
+def groups(per: dict[Func, Any]) -> dict[str, float]:
+    """Own time per request by :data:`GROUPS`; a builtin's or another library's own time
+    is charged to its callers' groups, in proportion to each caller edge's time."""
+    out: dict[str, float] = {}
+    for func, (_cc, _nc, tt, _ct, callers) in per.items():
+        if "runners.py" in func[0] or tt <= 0:
+            continue
+        group = _group(func)
+        edges = {c: max(e[3], 0.0) for c, e in callers.items()}
+        if group is None and sum(edges.values()) > 0:
+            total = sum(edges.values())
+            for caller, t in edges.items():
+                g = _group(caller) or "other"
+                out[g] = out.get(g, 0.0) + tt * t / total
+            continue
+        out[group or "other"] = out.get(group or "other", 0.0) + tt
+    return out
 
 
 def diff(big: dict[Func, Any], small: dict[Func, Any], per: int) -> dict[Func, Any]:
@@ -168,20 +226,31 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--svg", default=None)
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--json", action="store_true", help="JSON answers instead of streamed")
+    ap.add_argument(
+        "--sort", choices=("own", "cum"), default="own", help="order the table by own or cum"
+    )
     args = ap.parse_args()
     stub_url, stub = _start_stub(args.tokens)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            small = profile(stub_url, 100, args.tokens, Path(tmp))
-            big = profile(stub_url, 100 + args.requests, args.tokens, Path(tmp))
+            stream = not args.json
+            small = profile(stub_url, 100, args.tokens, Path(tmp), stream)
+            big = profile(stub_url, 100 + args.requests, args.tokens, Path(tmp), stream)
     finally:
         stub.terminate()
         stub.wait(10)
     per = diff(big, small, args.requests)
     hot = [kv for kv in per.items() if kv[1][1] >= 0.5 and "runners.py" not in kv[0][0]]
     print(f"{'own µs/req':>10} {'cum µs/req':>10} {'calls/req':>9}  function")
-    for func, (_cc, nc, tt, ct, _callers) in sorted(hot, key=lambda kv: -kv[1][2])[: args.top]:
+    col = 2 if args.sort == "own" else 3
+    for func, (_cc, nc, tt, ct, _callers) in sorted(hot, key=lambda kv: -kv[1][col])[: args.top]:
         print(f"{tt * 1e6:10.1f} {ct * 1e6:10.1f} {nc:9.2f}  {_name(func)}")
+    by_group = groups(per)
+    total = sum(by_group.values()) or 1.0
+    print(f"\n{'own µs/req':>10} {'share':>6}  part (total {total * 1e6:.0f} µs/request)")
+    for name, t in sorted(by_group.items(), key=lambda kv: -kv[1]):
+        print(f"{t * 1e6:10.0f} {t / total:6.1%}  {name}")
     if args.svg:
         icicle(per, Path(args.svg))
 
