@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from flowopt.gateway._background import free_port  # noqa: E402
+from gateway import _wait_http  # noqa: E402  (benchmarks/gateway.py, beside this script)
 
 
 def _stub_app(delay: float) -> Any:
@@ -84,20 +84,6 @@ def _stub_app(delay: float) -> Any:
     )
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: the process exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not come up in {timeout}s")
-
-
 def _gateway(stub: str, workdir: Path, workers: int, redis_url: str | None) -> tuple[str, Any]:
     cache: dict[str, Any] = {"store": "memory"}
     if redis_url:
@@ -115,7 +101,7 @@ def _gateway(stub: str, workdir: Path, workers: int, redis_url: str | None) -> t
     cmd = [sys.executable, "-m", "flowopt.cli", "serve", str(path), "--port", str(port)]
     proc = subprocess.Popen([*cmd, "--workers", str(workers)])
     url = f"http://127.0.0.1:{port}"
-    _wait(url + "/health", proc)
+    _wait_http(url + "/health", proc)
     return url, proc
 
 
@@ -169,7 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 procs.append(stub_proc)
                 stub = f"http://127.0.0.1:{sport}"
-                _wait(stub + "/v1/models", stub_proc)
+                _wait_http(stub + "/v1/models", stub_proc)
                 url, gw = _gateway(stub, work, workers, redis_url if shared else None)
                 procs.append(gw)
                 question = f"How do I reset my router? ({workers} workers, redis {shared})"
