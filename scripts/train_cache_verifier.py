@@ -77,10 +77,21 @@ def embed_texts(texts: list[str], cache: Path) -> np.ndarray:
     return vecs
 
 
+def bucket(a: str, b: str, salt: str, n: int) -> int:
+    """A pair's fixed pseudo-random bucket in ``range(n)``, by a hash of its text."""
+    return int(hashlib.blake2b(f"{salt}\t{a}\t{b}".encode(), digest_size=8).hexdigest(), 16) % n
+
+
 def in_share(a: str, b: str, share: float, salt: str) -> bool:
     """A fixed pseudo-random share of pairs, chosen by a hash of the pair's text."""
-    h = hashlib.blake2b(f"{salt}\t{a}\t{b}".encode(), digest_size=8).hexdigest()
-    return int(h, 16) % 10_000 < share * 10_000
+    return bucket(a, b, salt, 10_000) < share * 10_000
+
+
+def served_probability(raw_score: Any, x: np.ndarray, min_cosine: float) -> np.ndarray:
+    """The verifier's probability as the runtime serves it: candidates under
+    ``min_cosine`` never reach the verifier, and vetoed pairs are never served."""
+    p = 1.0 / (1.0 + np.exp(-np.clip(raw_score(x), -35, 35)))
+    return np.where((x[:, 0] >= min_cosine) & ~vetoed(x), p, 0.0)
 
 
 def curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -188,13 +199,7 @@ def out_of_fold(
     every non-held-out pair out of fold gives ~6x as many; the shipped model is then fitted
     on all of them. The extra rows (paraphrases and their rewrites) are in every fold's
     training set; they are never scored here, thresholds are set on QQP alone."""
-    fold = np.array(
-        [
-            int(hashlib.blake2b(f"fold\t{rows[i]['a']}\t{rows[i]['b']}".encode(), digest_size=8)
-                .hexdigest(), 16) % args.folds
-            for i in fit
-        ]
-    )  # fmt: skip
+    fold = np.array([bucket(rows[i]["a"], rows[i]["b"], "fold", args.folds) for i in fit])
     n = len(fit)
     w_qqp, w_extra = w_all[: 2 * n], w_all[2 * n :]
     scores = np.zeros(n)
@@ -204,9 +209,7 @@ def out_of_fold(
         yk = np.concatenate([y[fit[tr]], y[fit[tr]], y_extra])
         wk = np.concatenate([w_qqp[tr], w_qqp[n + tr], w_extra])
         _, raw = fit_gbm(xk, yk, wk, args)
-        x_te = x_ba[fit[te]]
-        p = 1.0 / (1.0 + np.exp(-np.clip(raw(x_te), -35, 35)))
-        scores[te] = np.where((x_te[:, 0] >= args.min_cosine) & ~vetoed(x_te), p, 0.0)
+        scores[te] = served_probability(raw, x_ba[fit[te]], args.min_cosine)
         print(f"fold {k + 1}/{args.folds} scored {len(te)} pairs")
     return scores, y[fit]
 
@@ -387,10 +390,7 @@ def main() -> None:
     print(f"fitted gbm in {time.perf_counter() - t0:.0f} s")
 
     def prob(x: np.ndarray) -> np.ndarray:
-        p = 1.0 / (1.0 + np.exp(-np.clip(raw_score(x), -35, 35)))
-        # Candidates under min_cosine never reach the verifier at run time; vetoed pairs
-        # are never served (the runtime applies the same rule).
-        return np.where((x[:, 0] >= args.min_cosine) & ~vetoed(x), p, 0.0)
+        return served_probability(raw_score, x, args.min_cosine)
 
     if args.calibration == "split":
         p_cal, y_cal = prob(x_ba[cal]), y[cal]
@@ -402,8 +402,6 @@ def main() -> None:
         f"p{int(t * 100)}": threshold_for(p_cal, y_cal, t) for t in (0.90, 0.95, 0.96, 0.97, 0.99)
     }
     thresholds.update({name: thresholds[p] for name, p in NAMED.items()})
-    if os.environ.get("FLOWOPT_DUMP_CALIBRATION"):
-        np.savez(os.environ["FLOWOPT_DUMP_CALIBRATION"], p=p_cal, y=y_cal)
     p_hold_q = prob(x_ba[hold])
     cos_hold = np.where(x_ba[hold, 0] >= args.min_cosine, x_ba[hold, 0], 0.0)
     if args.paraphrases is not None:

@@ -35,9 +35,10 @@ __all__ = ["LearnedVerifier", "Verdict", "Verifier", "default_weights_path"]
 
 Vector = npt.NDArray[np.float32]
 FORMAT = "flowopt-cache-verifier/3"
-_TARGET = re.compile(r"p(\d+(?:\.\d+)?)")
 """Weights format: /2 added the word-alignment features and made the raw embedding
-features optional (``embedding_features`` in the metadata)."""
+features optional (``embedding_features`` in the metadata); /3 added the
+``code_mismatch`` feature (the columns after it moved) and the calibration curve."""
+_TARGET = re.compile(r"p(\d+(?:\.\d+)?)")  # an operating point given as target precision
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,10 @@ edge is in use: the first :meth:`QueueProbe.waiting` starts a poller that reads 
 queue at most once per ``interval`` and stops by itself once no decision has asked for
 ``idle_after`` seconds (30 by default: long enough to span the gaps of a steady trickle
 of runs, about 30 small reads of ``/metrics`` after the last one; an idle edge then
-costs the engine nothing). ``waiting`` always
-answers at once from the last reading. A reading older than ``fresh_for``, a failed
-read, or none yet is ``None`` ("unknown"): the gate then does not block speculation on
-the queue, and counts the decision (``EdgeStats.queue_unknown``, ``failures`` here).
+costs the engine nothing). ``waiting`` always answers at once from the last reading. A
+reading older than ``fresh_for``, a failed read, or none yet is ``None`` ("unknown"):
+the gate then does not block speculation on the queue, and counts the decision
+(``EdgeStats.queue_unknown``, ``failures`` here).
 """
 
 from __future__ import annotations
