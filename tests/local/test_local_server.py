@@ -264,3 +264,35 @@ def test_registry_settings_apply_and_can_be_overridden(tmp_path: Path) -> None:
     plain = ServerConfig(model=str(tmp_path), port=9001)
     assert plain.resolved_max_model_len() == 2048 and plain.resolved_kv_cache_gib() == 1
     assert "--tool-call-parser" not in plain.argv(tmp_path)
+
+
+def test_cpus_pin_the_process_and_the_engine_threads(
+    home: Path, fake_python: str, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    core = max(os.sched_getaffinity(0))
+    port = find_free_port()
+    server = LocalServer(port, home=home)
+    cfg = _config(fake_python, model_dir, port, cpus=(core,))
+    assert cfg.env(tmp_path)["VLLM_CPU_OMP_THREADS_BIND"] == str(core)
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in _config(fake_python, model_dir, port).env(tmp_path)
+    state = server.start(cfg, timeout=30)
+    try:
+        assert os.sched_getaffinity(state.pid) == {core}
+    finally:
+        server.stop(timeout=5)
+
+
+def test_cpus_are_parsed_like_taskset_and_checked() -> None:
+    from flowopt.errors import ConfigError
+    from flowopt.local._cpus import parse_cpus
+
+    usable = sorted(os.sched_getaffinity(0))
+    assert parse_cpus(str(usable[0])) == (usable[0],)
+    assert parse_cpus(f"{usable[0]}-{usable[-1]}") == tuple(range(usable[0], usable[-1] + 1))
+    for bad in ("x", "1-0", "-1", ""):
+        with pytest.raises(ConfigError, match="is not a core list"):
+            parse_cpus(bad)
+    with pytest.raises(ConfigError, match=r"cannot run on") as info:
+        parse_cpus("4096")
+    assert "usable cores" in str(info.value.hint)

@@ -1,16 +1,19 @@
 """On the real local vLLM server: a wrong guess's request is cancelled in flight (its
-connection closed, which is what makes vLLM abort it) and the run's result is the one a
-plain run gives.
+connection closed, which is what makes vLLM abort it), the engine really stops generating
+it, and the run's result is the one a plain run gives.
 
-The engine's side is not asserted here: on the shared CPU server, vLLM 0.32's
-``request_success_total{finished_reason="abort"}`` stays at 0 even for a plain httpx
-request cancelled mid-generation, and ``num_requests_running`` counts every client's
-requests; docs/speculation.md says how the abort was checked by hand."""
+vLLM 0.32's ``request_success_total{finished_reason="abort"}`` stays at 0 on the CPU
+build even for a plain cancelled request, so the engine's side is read from what it did:
+the guessed B asks for 400 tokens with ``ignore_eos``; once the engine has drained, its
+``generation_tokens_total`` has grown by far less than that, which only an abort explains
+(a B left running would have generated all 400 before the engine went idle)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
+import httpx
 import pytest
 
 import flowopt
@@ -18,6 +21,31 @@ from flowopt.registry import guessers
 from flowopt.speculate import Guess, speculation_stats
 
 pytestmark = pytest.mark.integration
+
+
+def _metric(text: str, name: str) -> float:
+    """The sum of a Prometheus metric's samples over its labels."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def _drained_generation_tokens(vllm_url: str) -> float:
+    """Wait (polling /metrics, up to 120 s) until the engine runs and queues nothing,
+    then return its generation token counter."""
+    root = vllm_url.rstrip("/").removesuffix("/v1")
+    async with httpx.AsyncClient(timeout=10) as client:
+        for _ in range(1200):
+            text = (await client.get(root + "/metrics")).text
+            busy = _metric(text, "vllm:num_requests_running") + _metric(
+                text, "vllm:num_requests_waiting"
+            )
+            if busy == 0:
+                return _metric(text, "vllm:generation_tokens_total")
+            await asyncio.sleep(0.1)  # polling a condition, with a bound
+    raise AssertionError(f"the engine at {root} did not drain within 120 s")
 
 
 class OppositeGuesser:
@@ -60,6 +88,7 @@ async def test_a_wrong_guess_is_aborted_on_the_server(vllm_url: str, served_mode
     await plain.aclose()
     wrong = "beta" if actual == "alpha" else "alpha"
     guessers.register("opposite-test", OppositeGuesser)
+    before = await _drained_generation_tokens(vllm_url)
     try:
         pipe = flowopt.pipeline(
             "abort-spec",
@@ -83,3 +112,9 @@ async def test_a_wrong_guess_is_aborted_on_the_server(vllm_url: str, served_mode
     assert (stats.speculated, stats.misses, stats.hits) == (1, 1, 0)
     assert stats.cancelled == 1  # the guessed B was still generating when A answered
     assert [h.step for h in result.hops] == ["pick", "write"]  # no hop of the guessed B
+    # the engine's side: A and the plain re-run of B generated the committed tokens (B's
+    # 400); the cancelled guessed B stopped early (left running it would add another 400)
+    generated = await _drained_generation_tokens(vllm_url) - before
+    committed = result.usage.output_tokens
+    assert committed >= 400
+    assert committed <= generated < committed + 400, (generated, committed)

@@ -34,6 +34,7 @@ from typing import Any
 import click
 
 from flowopt.local import llamacpp
+from flowopt.local._cpus import parse_cpus
 from flowopt.local.models import MARKER, MODELS
 from flowopt.local.profiles import PROFILES
 from flowopt.local.server import (
@@ -115,6 +116,13 @@ def command() -> None:
     help="llama.cpp only: threads for generation and prompt processing [default: every core].",
 )
 @click.option(
+    "--cpus",
+    default=None,
+    metavar="LIST",
+    help="vLLM only: cores the server runs on, as taskset writes them (0, 0-3, 0,2), so "
+    "two local engines do not share cores [default: vLLM's choice].",
+)
+@click.option(
     "--server-arg",
     "server_args",
     multiple=True,
@@ -139,6 +147,7 @@ def up(
     kv_cache_gib: int | None,
     profile: str,
     threads: int | None,
+    cpus: str | None,
     server_args: tuple[str, ...],
     timeout: float,
 ) -> None:
@@ -146,6 +155,8 @@ def up(
     if engine == llamacpp.ENGINE:
         if profile != "default":
             raise click.UsageError("--profile selects vLLM flags (--engine vllm)")
+        if cpus is not None:
+            raise click.UsageError("--cpus pins a vLLM server (--engine vllm)")
         if kv_cache_gib is not None:
             raise click.UsageError("--kv-cache-gib is a vLLM setting (llama.cpp sizes its "
                                    "KV cache from --max-model-len)")  # fmt: skip
@@ -167,6 +178,7 @@ def up(
         return
     if threads is not None:
         raise click.UsageError("--threads is a llama.cpp setting (--engine llamacpp)")
+    pinned = parse_cpus(cpus) if cpus is not None else None
     if port is None:
         port = MODELS[model].default_port if model in MODELS else DEFAULT_PORT
     config = ServerConfig(
@@ -178,6 +190,7 @@ def up(
         kv_cache_gib=kv_cache_gib,
         extra_args=split_extra_args(server_args),
         profile=profile,
+        cpus=pinned,
     )
     state = LocalServer(port).start(config, timeout=timeout, log=_echo_err)
     click.echo(f"{state.base_url}/v1  model={state.served_name}  pid={state.pid}")

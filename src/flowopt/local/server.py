@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowopt.local._cpus import affinity_setter, pin_env
 from flowopt.local._procs import (
     cmdline,
     find_free_port,
@@ -104,6 +105,9 @@ class ServerConfig:
     profile: str = "default"
     """Serving profile (:mod:`flowopt.local.profiles`): ``default`` (prefix caching on),
     ``no-prefix-cache`` or ``ngram`` (n-gram speculative decoding)."""
+    cpus: tuple[int, ...] | None = None
+    """Cores the server runs on (process affinity and vLLM's OpenMP thread binding), so
+    two engines on one machine do not share cores; None: vLLM's own choice."""
     python: str = field(default_factory=lambda: os.environ.get(PYTHON_ENV) or sys.executable)
     """Interpreter that has vLLM installed: ``$FLOWOPT_VLLM_PYTHON`` (e.g. vLLM kept in a
     venv of its own), else the one running flowopt."""
@@ -161,6 +165,8 @@ class ServerConfig:
             TRANSFORMERS_OFFLINE="1",
             PYTHONUNBUFFERED="1",
         )
+        if self.cpus:
+            env.update(pin_env(self.cpus))
         return env
 
 
@@ -349,6 +355,7 @@ class LocalServer:
                     env=cfg.env(cache_root),
                     cwd=self.home,
                     start_new_session=True,  # own session + process group: survives us
+                    preexec_fn=affinity_setter(cfg.cpus),
                 )
         except OSError as exc:
             raise ServerStartError(
