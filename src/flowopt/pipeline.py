@@ -39,7 +39,7 @@ from flowopt._inputs import (
 from flowopt._run_options import RunOptions, run_options, trace_id_of, with_parent
 from flowopt.backends.base import Backend
 from flowopt.errors import ConfigError, FlowoptError, InvalidRequestError, StepError
-from flowopt.graph import build_graph
+from flowopt.graph import build_graph, close_graph
 from flowopt.middleware.base import (
     CallNext,
     Middleware,
@@ -198,9 +198,9 @@ class Pipeline:
 
     async def aclose(self) -> None:
         for _, mw in self._middleware:
-            close = getattr(mw, "aclose", None)
-            if close is not None:
+            if (close := getattr(mw, "aclose", None)) is not None:
                 await close()
+        await close_graph(self.graph)
         for b in self._backends.values():
             await b.aclose()
         if self._tracing.provider is not None:

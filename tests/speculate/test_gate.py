@@ -271,6 +271,18 @@ async def test_no_speculation_while_the_backend_reports_queued_requests() -> Non
     assert off.graph.flowopt_speculators["classify"].gate.queue is None
 
 
+@pytest.mark.usefixtures("_fixed")
+async def test_pipeline_aclose_stops_the_queue_poller() -> None:
+    fb = FakeQueuedBackend()
+    edge = {"from": "classify", "to": "answer", "guesser": {"fixed-gate": {"label": "billing"}}}
+    pipe = pipeline("q-close", backend=fb, steps=steps(), speculate=[edge])
+    probe = pipe.graph.flowopt_speculators["classify"].gate.queue
+    await pipe.ainvoke("I want a refund")  # the first decision starts the poller
+    assert probe.polling
+    await pipe.aclose()
+    assert not probe.polling
+
+
 def _fake_metrics_endpoint(pages: dict[str, tuple[int, str]]) -> httpx.MockTransport:
     """A fake vLLM /metrics endpoint per host."""
 
