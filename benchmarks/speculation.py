@@ -14,13 +14,18 @@ step 2 (``answer``) answers with the handler prompt of that intent. Out-of-scope
 (and rows of other intents) are included: the right step-1 answer for them is ``other``.
 
 1. Past traffic: step 1 runs on ``--train`` train rows; a TF-IDF guesser is fitted on
-   *step 1's outputs* (what the speculator must predict), not on the dataset labels.
+   *step 1's outputs* (what the speculator must predict), not on the dataset labels; the
+   first ``--warmup`` of those rows then run through the speculative pipeline, so the
+   gate's online figures (T1, T2, calibration, waste ledger) start from past traffic as
+   in a running deployment (the reported counters are the measured rows' only).
 2. Measured rows (not among those): each runs without and with speculation, the order
    alternating per row, one run at a time, so both see the same server load.
 
 Reported: guess hit rate (against step 1's real output), T1, T2 (medians of the plain
 runs' hops), p50/p95 end to end with and without, the bound p*min(T1,T2)/(T1+T2), the
-share realised, wasted tokens (share of step-2 tokens; the per-run ledger
+share realised (``bound_realised`` from the p50s, clipped to 0..1: a p50 can beat a bound
+on the mean when most runs hit; ``bound_realised_mean`` from the mean latencies, which is
+what the bound bounds), wasted tokens (share of step-2 tokens; the per-run ledger
 ``Result.speculation`` is summed and checked against the edge's figures), the gate's
 decisions (speculated, skipped by threshold/value, waste budget, backend queue), and the
 losslessness check (committed outputs compared with the plain run of the same input;
@@ -216,6 +221,8 @@ async def main() -> None:
     bound = (s.hits / max(1, s.runs)) * min(T1, T2) / (T1 + T2)
     p50_on, p50_off = _pct(lat_on, 0.5), _pct(lat_off, 0.5)
     speedup = 1 - p50_on / p50_off
+    # the bound is on the expected (mean) saving; a p50 can beat it when most runs hit
+    mean_speedup = 1 - statistics.fmean(lat_on) / statistics.fmean(lat_off)
     out = {
         "data": Path(args.data).name,
         "n": len(held),
@@ -237,6 +244,8 @@ async def main() -> None:
         "p50_speedup": round(speedup, 3),
         "bound": round(bound, 3),
         "bound_realised": round(max(0.0, min(1.0, speedup / bound)) if bound > 0 else 0.0, 3),
+        "mean_speedup": round(mean_speedup, 3),
+        "bound_realised_mean": round(mean_speedup / bound, 3) if bound > 0 else 0.0,
         "lossless_differences": diffs,
         "wasted_tokens_per_request": round(s.wasted_tokens / max(1, s.runs), 2),
         "wasted_token_share": round(s.wasted_tokens / max(1, s.b_tokens), 3),
