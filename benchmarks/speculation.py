@@ -213,7 +213,8 @@ async def main() -> None:
             log(f"  {i + 1}/{len(held)}")
     await plain.aclose()
     await spec.aclose()
-    s = _since(speculation_stats(spec)["classify->answer"], warm)
+    lifetime = speculation_stats(spec)["classify->answer"]
+    s = _since(lifetime, warm)
     T1, T2 = statistics.median(t1), statistics.median(t2)
     p = s.hit_rate
     # the bound at the share of runs that committed a guess (hits over all runs: a run the
@@ -249,6 +250,8 @@ async def main() -> None:
         "lossless_differences": diffs,
         "wasted_tokens_per_request": round(s.wasted_tokens / max(1, s.runs), 2),
         "wasted_token_share": round(s.wasted_tokens / max(1, s.b_tokens), 3),
+        # what the waste ledger bounds: the edge's whole life, warm-up included
+        "wasted_token_share_lifetime": round(lifetime.waste_share, 3),
         "wasted_in_results": ledger,
         "skipped": {
             "gate": s.skipped_gate,
