@@ -24,7 +24,7 @@ from langgraph.graph import END, START, StateGraph
 from flowopt.errors import ConfigError
 from flowopt.spec import PipelineSpec, RouteSpec, StepSpec
 
-__all__ = ["build_graph", "state_schema"]
+__all__ = ["build_graph", "close_graph", "state_schema"]
 
 NodeFn = Callable[[StepSpec, dict[str, Any], RunnableConfig], Awaitable[dict[str, Any]]]
 
