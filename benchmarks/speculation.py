@@ -94,9 +94,8 @@ def _since(now: EdgeStats, then: EdgeStats) -> EdgeStats:
     """The edge's counters over the measured rows only (the warm-up's subtracted)."""
     out = copy.copy(now)
     for f in dataclasses.fields(EdgeStats):
-        value = getattr(now, f.name)
-        if f.name not in {"edge", "t1_ms", "t2_ms", "miss_share"}:
-            setattr(out, f.name, value - getattr(then, f.name))
+        if f.name not in {"edge", "t1_ms", "t2_ms", "miss_share"}:  # counters, not EWMAs
+            setattr(out, f.name, getattr(now, f.name) - getattr(then, f.name))
     return out
 
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 import flowopt
+from flowopt.backends.vllm import _metric_sum
 from flowopt.registry import guessers
 from flowopt.speculate import Guess, speculation_stats
 
@@ -24,11 +25,9 @@ pytestmark = pytest.mark.integration
 
 
 def _metric(text: str, name: str) -> float:
-    """The sum of a Prometheus metric's samples over its labels."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith((name + "{", name + " ")):
-            total += float(line.rsplit(" ", 1)[1])
+    """A metric summed over its labels; a missing one fails the test (never reads as 0)."""
+    total = _metric_sum(text, name)
+    assert total is not None, f"/metrics has no {name} sample"
     return total
 
 

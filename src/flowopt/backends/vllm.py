@@ -68,20 +68,26 @@ def _normalise(url: str) -> str:
     return url
 
 
-def _waiting(text: str, url: str) -> int:
-    """The sum of ``vllm:num_requests_waiting`` samples (one per engine) in a
-    Prometheus text exposition."""
+def _metric_sum(text: str, name: str) -> float | None:
+    """The sum of a metric's samples (one per engine or label set) in a Prometheus text
+    exposition; None when it has no sample."""
     found = False
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(("vllm:num_requests_waiting{", "vllm:num_requests_waiting ")):
+        if line.startswith((name + "{", name + " ")):
             rest = line[line.find("}") + 1 :] if "{" in line else line.split(None, 1)[1]
             try:  # "name{labels} value [timestamp]"
                 total += float(rest.split()[0])
             except (ValueError, IndexError):
                 continue
             found = True
-    if not found:
+    return total if found else None
+
+
+def _waiting(text: str, url: str) -> int:
+    """The sum of ``vllm:num_requests_waiting`` samples (one per engine)."""
+    total = _metric_sum(text, "vllm:num_requests_waiting")
+    if total is None:
         raise BackendProtocolError("/metrics has no vllm:num_requests_waiting sample", endpoint=url)
     return int(total)
 
