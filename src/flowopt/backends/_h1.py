@@ -263,8 +263,8 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.resp is None:  # bytes on an idle connection: it cannot be reused
-            self.abort()
+        if self.resp is None or self.resp.body_done:
+            self.abort()  # bytes after the answer (or on an idle connection): not reusable
             return
         self.got_bytes = True
         self.last = self.loop.time()
