@@ -1,0 +1,495 @@
+"""Lean spans: the OpenTelemetry SDK's spans, made for a fraction of the SDK's cost.
+
+Why: every middleware hop, backend call and gateway request has a span, and on these
+machines the SDK spends ~20 µs on one (``Tracer.start_span`` builds a ``BoundedAttributes``
+and a ``BoundedList`` with their locks, a sampler result, a lock per span; ``end`` takes
+the lock again and copies the span into a new ``ReadableSpan`` for the processors). A
+gateway request with its three spans paid ~0.4 ms of CPU for tracing.
+
+:class:`LeanTracer` wraps a tracer. When the tracer is *exactly* the SDK's
+``opentelemetry.sdk.trace.Tracer`` it makes :class:`_LeanSpan` objects itself, following
+``Tracer.start_span`` step for step (parent from the given or current context, trace and
+span ids from the tracer's id generator, the tracer's sampler, its tracer metrics, resource,
+scope and span limits, the span processor's ``on_start``/``_on_ending``/``on_end``), with
+what costs and changes nothing removed:
+
+- no locks: a span is written by the task that owns it; Python's dict and attribute writes
+  are atomic, and a write racing ``end()`` is dropped or kept, as with the SDK's lock held
+  by whichever comes first;
+- attributes in a plain dict: values of the types flowopt sets (str, int, float, bool, a
+  list of those) are stored as the SDK would store them (lists as tuples, strings cut to
+  the limit); anything else goes through the SDK's own ``_clean_attribute_value``. The
+  attribute count limit evicts the oldest key, as ``BoundedAttributes`` does;
+- events and links lists made on first use;
+- the default sampler (``ParentBased(ALWAYS_ON)``) and ``ALWAYS_ON`` decided inline;
+  any other sampler is asked through ``should_sample``;
+- processor hooks that are known no-ops (the SDK's own ``on_start``/``_on_ending`` of the
+  batch and simple processors) are skipped; ``on_end`` is always called;
+- the span itself goes to ``on_end`` (it is immutable once ended) instead of a copy.
+
+A span with links, a disabled tracer (tracer configurator), a parent context of a wrong
+type and an unsampled local parent under the default sampler go to the SDK's own
+``start_span``. Any other tracer (a user's ``Tracer`` subclass, a no-op tracer) is
+delegated to unchanged. A ``ProxyTracer`` (no SDK provider installed yet) is resolved on
+each start as OpenTelemetry does, so a provider installed later is picked up.
+``FLOWOPT_LEAN_SPANS=0`` turns all of this off (every tracer is used as given).
+``tests/core/test_lean_trace.py`` checks the exported spans against the SDK's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from time import time_ns
+from typing import Any
+
+from opentelemetry import trace as trace_api
+from opentelemetry.attributes import _clean_attribute_value
+from opentelemetry.context import Context
+from opentelemetry.sdk import trace as sdk_trace
+from opentelemetry.sdk.trace import sampling
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    get_current_span,
+    use_span,
+)
+from opentelemetry.util import types
+from opentelemetry.util._decorator import _agnosticcontextmanager
+
+__all__ = ["LeanTracer", "lean_tracer"]
+
+# The SDK's logger, so warnings read as they always did.
+_log = logging.getLogger(sdk_trace.__name__)
+
+_SdkTracer = sdk_trace.Tracer
+_SyncMulti = sdk_trace.SynchronousMultiSpanProcessor
+_DEFAULT_ON = sampling.DEFAULT_ON
+_ALWAYS_ON = sampling.ALWAYS_ON
+_SAMPLE = sampling.Decision.RECORD_AND_SAMPLE
+_RECORD = sampling.Decision.RECORD_ONLY
+_INTERNAL = SpanKind.INTERNAL
+_UNSET = Status(StatusCode.UNSET)
+_OK = StatusCode.OK
+# TraceFlags by (sampled, random trace id): immutable ints, shared.
+_FLAGS = {
+    (s, r): TraceFlags(
+        (TraceFlags.SAMPLED if s else TraceFlags.DEFAULT)
+        | (TraceFlags.RANDOM_TRACE_ID if r else TraceFlags.DEFAULT)
+    )
+    for s in (False, True)
+    for r in (False, True)
+}
+# Values stored as given (the SDK's cleaning returns them unchanged); str is cut to length.
+_SCALARS = frozenset({bool, int, float, bytes, type(None)})
+_PLAIN = _SCALARS | {str}
+# Processor hooks that do nothing: skipping them changes nothing.
+_NOOP_HOOKS = frozenset(
+    {
+        sdk_trace.SpanProcessor.on_start,
+        sdk_trace.SpanProcessor._on_ending,
+        BatchSpanProcessor.on_start,
+        BatchSpanProcessor._on_ending,
+        SimpleSpanProcessor.on_start,
+        SimpleSpanProcessor._on_ending,
+    }
+)
+
+
+def _hook_needed(proc: Any, hook: str) -> bool:
+    return hook in getattr(proc, "__dict__", {}) or getattr(type(proc), hook) not in _NOOP_HOOKS
+
+
+class _Hooks:
+    """The span processor of one SDK tracer, with its no-op hooks weeded out. Rebuilt when
+    a processor is added (the SDK replaces its tuple then)."""
+
+    __slots__ = ("ending", "procs", "source", "starting", "sync")
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.sync = type(source) is _SyncMulti
+        self.procs: tuple[Any, ...] | None = None
+        self.starting: tuple[Any, ...] = ()
+        self.ending: tuple[Any, ...] = ()
+
+    def refresh(self, procs: tuple[Any, ...]) -> None:
+        self.starting = tuple(p for p in procs if _hook_needed(p, "on_start"))
+        self.ending = tuple(p for p in procs if _hook_needed(p, "_on_ending"))
+        self.procs = procs
+
+
+class _LeanSpan(sdk_trace.Span):
+    """An SDK ``Span`` (so also a ``ReadableSpan`` for processors and exporters) without
+    the SDK's per-span locks and bounded containers. Made only by :class:`LeanTracer`,
+    which fills the slots (``__init__`` is never called)."""
+
+    __slots__ = (
+        "_attributes",
+        "_context",
+        "_dropped",
+        "_end_time",
+        "_events",
+        "_hooks",
+        "_instrumentation_info",
+        "_instrumentation_scope",
+        "_kind",
+        "_limits",
+        "_links",
+        "_name",
+        "_parent",
+        "_record_end_metrics",
+        "_record_exception",
+        "_resource",
+        "_set_status_on_exception",
+        "_start_time",
+        "_status",
+    )
+
+    _attributes: dict[str, Any]  # type: ignore[assignment]
+    _dropped: int
+    _hooks: _Hooks
+    _limits: sdk_trace.SpanLimits
+
+    @property
+    def dropped_attributes(self) -> int:
+        return self._dropped
+
+    def _put(self, key: str, value: Any) -> None:
+        """``BoundedAttributes._setitem_locked``: a new key goes last; a full dict drops
+        its oldest key."""
+        attrs = self._attributes
+        if key in attrs:
+            del attrs[key]
+        maxlen = self._limits.max_span_attributes
+        if maxlen is not None and len(attrs) >= maxlen:
+            if maxlen == 0:
+                self._dropped += 1
+                return
+            _log.warning(
+                "Attributes dict is full. Dropping the oldest key-value pair from attributes "
+                "to make space for the new key-value pair.",
+            )
+            del attrs[next(iter(attrs))]
+            self._dropped += 1
+        attrs[key] = value
+
+    def _clean(self, key: Any, value: Any) -> None:
+        """One attribute the fast path does not take, stored as ``BoundedAttributes``
+        would store it (a bad key dropped and counted, the value cleaned by the SDK)."""
+        maxlen = self._limits.max_span_attributes
+        if maxlen == 0:
+            self._dropped += 1
+            return
+        cleaned = _clean_attribute_value({key: value}, self._limits.max_span_attribute_length)
+        self._dropped += 1 - len(cleaned)
+        for k, v in cleaned.items():
+            self._put(k, v)
+
+    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        if self._end_time is not None:
+            _log.warning("Setting attribute on ended span.")
+            return
+        maxvl = self._limits.max_span_attribute_length
+        for key, value in attributes.items():
+            t = type(value)
+            if type(key) is not str or not key:
+                self._clean(key, value)
+            elif t in _SCALARS or (t is str and (maxvl is None or len(value) <= maxvl)):  # type: ignore[arg-type]
+                self._put(key, value)
+            elif (t is list or t is tuple) and all(
+                type(x) in (_PLAIN if maxvl is None else _SCALARS)
+                for x in value  # type: ignore[union-attr]
+            ):
+                self._put(key, tuple(value))  # type: ignore[arg-type]
+            else:
+                self._clean(key, value)
+
+    def set_attribute(self, key: str, value: types.AnyValue) -> None:
+        self.set_attributes({key: value})
+
+    def _ended(self, what: str) -> bool:
+        if self._end_time is None:
+            return False
+        _log.warning("Tried calling %s on an ended span.", what)
+        return True
+
+    def _add_event(self, event: sdk_trace.EventBase) -> None:
+        if self._ended("_add_event"):
+            return
+        if type(self._events) is tuple:
+            self._events = BoundedList(self._limits.max_events)
+        self._events.append(event)  # type: ignore[attr-defined]
+
+    def _add_link(self, link: trace_api.Link) -> None:
+        if self._ended("_add_link"):
+            return
+        if type(self._links) is tuple:
+            self._links = BoundedList(self._limits.max_links)
+        self._links.append(link)  # type: ignore[attr-defined]
+
+    def update_name(self, name: str) -> None:
+        if not self._ended("update_name"):
+            self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if self._ended("set_status"):
+            return
+        # As the SDK: OK is final; UNSET never overwrites.
+        if isinstance(status, Status):
+            if self._status.status_code is _OK or status.status_code is StatusCode.UNSET:
+                return
+            if description is not None:
+                _log.warning(
+                    "Description %s ignored. Use either `Status` or `(StatusCode, Description)`",
+                    description,
+                )
+            self._status = status
+        elif isinstance(status, StatusCode):
+            if self._status.status_code is _OK or status is StatusCode.UNSET:
+                return
+            self._status = Status(status, description)
+
+    def start(self, start_time: int | None = None, parent_context: Context | None = None) -> None:
+        _log.warning("Calling start() on a started span.")
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end_time is not None:
+            _log.warning("Calling end() on an ended span.")
+            return
+        self._end_time = end_time if end_time is not None else time_ns()
+        if self._record_end_metrics:
+            self._record_end_metrics()
+        hooks = self._hooks
+        if hooks.sync:
+            procs = hooks.source._span_processors
+            if procs is not hooks.procs:
+                hooks.refresh(procs)
+            for p in hooks.ending:
+                p._on_ending(self)
+            for p in procs:
+                p.on_end(self)
+        else:
+            hooks.source._on_ending(self)
+            hooks.source.on_end(self)
+
+    def _readable_span(self) -> sdk_trace.ReadableSpan:
+        return self
+
+
+class LeanTracer(trace_api.Tracer):
+    """A tracer whose spans are :class:`_LeanSpan` when ``tracer`` is the SDK's; any other
+    tracer does the work itself. ``wrapped`` is the tracer given."""
+
+    __slots__ = ("_base", "_hooks", "_other", "_sdk")
+
+    def __init__(self, tracer: trace_api.Tracer) -> None:
+        self._base = tracer
+        self._sdk: sdk_trace.Tracer | None = tracer if type(tracer) is _SdkTracer else None
+        # Neither an SDK tracer nor a proxy that may become one: always delegate.
+        self._other = self._sdk is None and type(tracer) is not trace_api.ProxyTracer
+        self._hooks: _Hooks | None = None
+
+    @property
+    def wrapped(self) -> trace_api.Tracer:
+        return self._base
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+    def __repr__(self) -> str:
+        return f"LeanTracer({self._base!r})"
+
+    def _resolve(self) -> sdk_trace.Tracer | None:
+        """The SDK tracer behind a proxy once the global provider is an SDK one (then for
+        good: the global provider is set once), else None."""
+        if self._other:
+            return None
+        real = self._base._tracer  # type: ignore[attr-defined]  # ProxyTracer's lookup
+        if type(real) is _SdkTracer:
+            self._sdk = real
+            return real
+        if not isinstance(real, trace_api.NoOpTracer):
+            self._other = True  # a non-SDK global provider: the proxy forwards to it
+        return None
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = _INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace_api.Link] | None = (),
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace_api.Span:
+        t = self._sdk or self._resolve()
+        if t is None or links or not t._tracer_config.is_enabled:
+            return (t or self._base).start_span(
+                name,
+                context=context,
+                kind=kind,
+                attributes=attributes,
+                links=links,
+                start_time=start_time,
+                record_exception=record_exception,
+                set_status_on_exception=set_status_on_exception,
+            )
+        parent: Any = get_current_span(context).get_span_context()
+        if parent is not None and not isinstance(parent, SpanContext):
+            return t.start_span(name, context, kind, attributes, links, start_time)  # raises
+        sampler = t.sampler
+        fast = sampler is _DEFAULT_ON or sampler is _ALWAYS_ON
+        ids = t.id_generator
+        if parent is None or not parent.is_valid:
+            parent = None
+            trace_id = ids.generate_trace_id()
+            random_id = ids.is_trace_id_random()
+            trace_state = None
+        else:
+            flags = parent.trace_flags
+            if sampler is _DEFAULT_ON and not flags.sampled:
+                return t.start_span(name, context, kind, attributes, links, start_time)
+            trace_id = parent.trace_id
+            random_id = flags.random_trace_id
+            trace_state = parent.trace_state
+        if fast:
+            decision = _SAMPLE
+            initial: Any = attributes
+        else:
+            result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            decision = result.decision
+            initial = result.attributes
+            trace_state = result.trace_state
+        span_context = SpanContext(
+            trace_id,
+            ids.generate_span_id(),
+            False,
+            _FLAGS[decision is _SAMPLE, bool(random_id)],
+            trace_state,
+        )
+        record_end = t._tracer_metrics.start_span(parent, decision)
+        if decision is not _SAMPLE and decision is not _RECORD:
+            return NonRecordingSpan(span_context)
+        hooks = self._hooks
+        source = t.span_processor
+        if hooks is None or hooks.source is not source:
+            hooks = self._hooks = _Hooks(source)
+        span = object.__new__(_LeanSpan)
+        span._name = name
+        span._context = span_context
+        span._kind = kind
+        span._parent = parent
+        span._resource = t.resource
+        span._instrumentation_info = t.instrumentation_info
+        span._instrumentation_scope = t._instrumentation_scope
+        span._limits = t._span_limits
+        span._attributes = {}
+        span._dropped = 0
+        span._events = ()
+        span._links = ()
+        span._status = _UNSET
+        span._end_time = None
+        span._hooks = hooks
+        span._record_end_metrics = record_end
+        span._record_exception = record_exception
+        span._set_status_on_exception = set_status_on_exception
+        if initial:
+            span.set_attributes(initial)
+        span._start_time = start_time if start_time is not None else time_ns()
+        if hooks.sync:
+            procs = source._span_processors
+            if procs is not hooks.procs:
+                hooks.refresh(procs)
+            for p in hooks.starting:
+                p.on_start(span, parent_context=context)
+        else:
+            source.on_start(span, parent_context=context)
+        return span
+
+    def start_as_current_span(  # type: ignore[override]
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = _INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace_api.Link] | None = (),
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Any:
+        if self._sdk is None and self._resolve() is None:
+            # The proxy resolves on each use itself; another tracer keeps its own way.
+            return self._base.start_as_current_span(
+                name,
+                context=context,
+                kind=kind,
+                attributes=attributes,
+                links=links,
+                start_time=start_time,
+                record_exception=record_exception,
+                set_status_on_exception=set_status_on_exception,
+                end_on_exit=end_on_exit,
+            )
+        return self._current(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+            end_on_exit,
+        )
+
+    @_agnosticcontextmanager
+    def _current(
+        self,
+        name: str,
+        context: Context | None,
+        kind: SpanKind,
+        attributes: types.Attributes,
+        links: Sequence[trace_api.Link] | None,
+        start_time: int | None,
+        record_exception: bool,
+        set_status_on_exception: bool,
+        end_on_exit: bool,
+    ) -> Iterator[trace_api.Span]:
+        """The SDK's ``start_as_current_span``: start a span, make it current."""
+        span = self.start_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+        )
+        with use_span(
+            span,
+            end_on_exit=end_on_exit,
+            record_exception=record_exception,
+            set_status_on_exception=set_status_on_exception,
+        ) as current:
+            yield current
+
+
+def lean_tracer(tracer: trace_api.Tracer) -> trace_api.Tracer:
+    """``tracer`` behind a :class:`LeanTracer` (unless it is one already, or
+    ``FLOWOPT_LEAN_SPANS`` is ``0``/``false``)."""
+    if isinstance(tracer, LeanTracer):
+        return tracer
+    if os.environ.get("FLOWOPT_LEAN_SPANS", "").strip().lower() in ("0", "false", "no"):
+        return tracer
+    return LeanTracer(tracer)
