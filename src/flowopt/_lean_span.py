@@ -65,28 +65,23 @@ _TRACE_MAX = (1 << 128) - 1
 _SPAN_MAX = (1 << 64) - 1
 
 
-def _tuple_span_context(trace_id: int, span_id: int, flags: TraceFlags, state: Any) -> SpanContext:
-    """``SpanContext(trace_id, span_id, False, flags, state)`` without the constructor's
-    call: the same tuple, built directly (checked against the constructor at import)."""
-    valid = 0 < trace_id <= _TRACE_MAX and 0 < span_id <= _SPAN_MAX
-    fields = (trace_id, span_id, False, flags, state or DEFAULT_TRACE_STATE, valid)
-    return tuple.__new__(SpanContext, fields)  # type: ignore[type-var]
-
-
-def _ctor_span_context(trace_id: int, span_id: int, flags: TraceFlags, state: Any) -> SpanContext:
-    return SpanContext(trace_id, span_id, False, flags, state)
-
-
 def _same_layout() -> bool:
-    for ids in ((1, 2), (0, 2), (1 << 128, 1)):
-        a = _tuple_span_context(ids[0], ids[1], _FLAGS[True, True], None)
-        b = SpanContext(ids[0], ids[1], False, _FLAGS[True, True], None)
-        if a != b or a.is_valid != b.is_valid or a.trace_state is not b.trace_state:
+    """Whether ``SpanContext(t, s, False, flags, state)`` is the tuple
+    ``(t, s, False, flags, state or DEFAULT_TRACE_STATE, is_valid)``: then the lean tracer
+    builds that tuple itself, saving the constructor's call on every span."""
+    flags = _FLAGS[True, True]
+    for t, s in ((1, 2), (0, 2), (1 << 128, 1), (3, 1 << 64)):
+        valid = 0 < t <= _TRACE_MAX and 0 < s <= _SPAN_MAX
+        mine = tuple.__new__(SpanContext, (t, s, False, flags, DEFAULT_TRACE_STATE, valid))  # type: ignore[type-var]
+        theirs = SpanContext(t, s, False, flags, None)
+        if tuple(mine) != tuple(theirs) or mine.is_valid is not theirs.is_valid:
+            return False
+        if mine.trace_state is not theirs.trace_state:
             return False
     return True
 
 
-_span_context = _tuple_span_context if _same_layout() else _ctor_span_context
+_TUPLE_CONTEXT = _same_layout()
 
 
 def _hook_needed(proc: Any, hook: str) -> bool:

@@ -51,6 +51,7 @@ from opentelemetry import trace as trace_api
 from opentelemetry.context import Context
 from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, use_span
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _agnosticcontextmanager
 
@@ -62,10 +63,12 @@ from flowopt._lean_span import (
     _INTERNAL,
     _RECORD,
     _SAMPLE,
+    _SPAN_MAX,
+    _TRACE_MAX,
+    _TUPLE_CONTEXT,
     _Hooks,
     _LeanSpan,
     _SdkTracer,
-    _span_context,
 )
 
 __all__ = ["LeanTracer", "lean_tracer"]
@@ -131,7 +134,7 @@ class LeanTracer(trace_api.Tracer):
                 set_status_on_exception=set_status_on_exception,
             )
         parent: Any = current_span(context).get_span_context()
-        if parent is not None and not isinstance(parent, SpanContext):
+        if type(parent) is not SpanContext and not isinstance(parent, SpanContext | None):
             return t.start_span(name, context, kind, attributes, links, start_time)  # raises
         sampler = t.sampler
         fast = sampler is _DEFAULT_ON or sampler is _ALWAYS_ON
@@ -156,12 +159,15 @@ class LeanTracer(trace_api.Tracer):
             decision = result.decision
             initial = result.attributes
             trace_state = result.trace_state
-        span_context = _span_context(
-            trace_id,
-            ids.generate_span_id(),
-            _FLAGS[decision is _SAMPLE, bool(random_id)],
-            trace_state,
-        )
+        span_id = ids.generate_span_id()
+        flags = _FLAGS[decision is _SAMPLE, bool(random_id)]
+        if _TUPLE_CONTEXT:  # SpanContext(trace_id, span_id, False, flags, trace_state)
+            valid = 0 < trace_id <= _TRACE_MAX and 0 < span_id <= _SPAN_MAX
+            state = DEFAULT_TRACE_STATE if trace_state is None else trace_state
+            fields = (trace_id, span_id, False, flags, state, valid)
+            span_context = tuple.__new__(SpanContext, fields)  # type: ignore[type-var]
+        else:
+            span_context = SpanContext(trace_id, span_id, False, flags, trace_state)
         record_end = t._tracer_metrics.start_span(parent, decision)
         if decision is not _SAMPLE and decision is not _RECORD:
             return NonRecordingSpan(span_context)

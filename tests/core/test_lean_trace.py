@@ -322,3 +322,22 @@ def test_processor_hooks_run_as_in_the_sdk() -> None:
     ctx = context.Context()
     tracer.start_span("second", ctx).end()
     assert seen == [("start", ("second", True, ctx)), ("ending", True), ("end", "second")]
+
+
+@pytest.mark.parametrize("fallback", ["span_context_constructor", "runtime_context_calls"])
+def test_the_fallbacks_export_the_same_spans(
+    fallback: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The paths taken when a shortcut's check fails (another SpanContext layout, another
+    runtime context than the ContextVar one) give the same spans too."""
+    import flowopt._fast_context
+    import flowopt._lean_trace
+
+    assert flowopt._lean_trace._TUPLE_CONTEXT and flowopt._fast_context._var is not None
+    if fallback == "span_context_constructor":
+        monkeypatch.setattr(flowopt._lean_trace, "_TUPLE_CONTEXT", False)
+    else:
+        monkeypatch.setattr(flowopt._fast_context, "_var", None)
+    sdk, lean = _both(_hops)
+    assert len(sdk) == 5
+    assert [_view(s) for s in lean] == [_view(s) for s in sdk]
