@@ -85,7 +85,10 @@ _TUPLE_CONTEXT = _same_layout()
 
 
 def _hook_needed(proc: Any, hook: str) -> bool:
-    return hook in getattr(proc, "__dict__", {}) or getattr(type(proc), hook) not in _NOOP_HOOKS
+    """Whether ``proc.<hook>`` may do something (patched on the instance, or not one of
+    the SDK's no-op methods)."""
+    overridden = hook in getattr(proc, "__dict__", {})
+    return overridden or getattr(type(proc), hook, None) not in _NOOP_HOOKS
 
 
 class _Hooks:
@@ -116,12 +119,12 @@ class _LeanSpan(sdk_trace.Span):
         "_attributes",
         "_context",
         "_end_time",
-        "_hooks",
         "_instrumentation_info",
         "_instrumentation_scope",
         "_kind",
         "_limits",
         "_name",
+        "_open",
         "_parent",
         "_record_end_metrics",
         "_resource",
@@ -138,7 +141,7 @@ class _LeanSpan(sdk_trace.Span):
     _set_status_on_exception = True
 
     _attributes: dict[str, Any]  # type: ignore[assignment]
-    _hooks: _Hooks
+    _open: list[_Hooks]  # [hooks] until ended: end() pops it, atomically, once
     _limits: sdk_trace.SpanLimits
 
     @property
@@ -244,13 +247,14 @@ class _LeanSpan(sdk_trace.Span):
         _log.warning("Calling start() on a started span.")
 
     def end(self, end_time: int | None = None) -> None:
-        if self._end_time is not None:
+        try:
+            hooks = self._open.pop()  # one winner when two threads end it (the SDK's lock)
+        except IndexError:
             _log.warning("Calling end() on an ended span.")
             return
         self._end_time = end_time if end_time is not None else time_ns()
         if self._record_end_metrics:
             self._record_end_metrics()
-        hooks = self._hooks
         if hooks.sync:
             procs = hooks.source._span_processors
             if procs is not hooks.procs:

@@ -92,6 +92,9 @@ class LeanTracer(trace_api.Tracer):
         return self._base
 
     def __getattr__(self, name: str) -> Any:
+        """The wrapped tracer's other attributes (``sampler``, ``resource``...)."""
+        if name.startswith("__") or name in LeanTracer.__slots__:
+            raise AttributeError(name)  # not set yet (copy, unpickling): no recursion
         return getattr(self._base, name)
 
     def __repr__(self) -> str:
@@ -186,7 +189,7 @@ class LeanTracer(trace_api.Tracer):
         span._limits = t._span_limits
         span._attributes = {}
         span._end_time = None
-        span._hooks = hooks
+        span._open = [hooks]
         span._record_end_metrics = record_end
         if not record_exception:
             span._record_exception = False

@@ -9,6 +9,7 @@ where the scenario fixes every timestamp.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -134,6 +135,8 @@ def _hops(tracer: trace.Tracer) -> None:
             chat.set_attributes({"nested": {"a": [1, "b"]}, "": "bad key", "b": b"x"})
             record_error(chat, ValueError("backend said no"))
             chat.end()
+            chat.end()  # exported once, as by the SDK
+            chat.add_event("late")  # ignored
         mw.set_attributes({"flowopt.cache.action": "miss", "flowopt.cache.score": 0.5})
         mw.update_name("middleware cache2")
         mw.set_status(Status(StatusCode.OK))
@@ -276,7 +279,8 @@ class FakeTracer(trace.Tracer):
 
 def test_other_tracers_are_delegated_to() -> None:
     fake = FakeTracer()
-    tracer = LeanTracer(fake)
+    tracer = copy.copy(LeanTracer(fake))  # a copy (no recursion through __getattr__)
+    assert tracer.wrapped is fake and tracer.calls is fake.calls  # other attributes: fake's
     assert tracer.start_span("a", kind=SpanKind.CLIENT) is trace.INVALID_SPAN
     with tracer.start_as_current_span("b", end_on_exit=False) as span:
         assert span is trace.INVALID_SPAN
