@@ -17,7 +17,7 @@ import pytest
 from opentelemetry import context, trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
@@ -345,3 +345,47 @@ def test_the_fallbacks_export_the_same_spans(
     sdk, lean = _both(_hops)
     assert len(sdk) == 5
     assert [_view(s) for s in lean] == [_view(s) for s in sdk]
+
+
+class FakeRecordOnlySampler(Sampler):
+    """A fake sampler: records, does not sample, adds an attribute and a trace state."""
+
+    def should_sample(
+        self, parent_context: Any, trace_id: int, name: str, *a: Any, **k: Any
+    ) -> Any:
+        from opentelemetry.sdk.trace.sampling import Decision, SamplingResult
+
+        state = trace.TraceState([("vendor", "x")])
+        return SamplingResult(Decision.RECORD_ONLY, {"sampler.rate": 0.5}, state)
+
+    def get_description(self) -> str:
+        return "FakeRecordOnlySampler"
+
+
+class FakeCollector(SpanProcessor):
+    """A fake processor: keeps every span it is given at its end."""
+
+    def __init__(self) -> None:
+        self.seen: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.seen.append(span)
+
+
+def test_record_only_spans_reach_on_end_unsampled() -> None:
+    """A sampler's RECORD_ONLY: a recording, unsampled span with the sampler's attributes
+    and trace state; processors' on_end sees it (exporters behind the SDK's processors
+    drop it)."""
+    ended: list[list[ReadableSpan]] = []
+    for lean in (False, True):
+        collector = FakeCollector()
+        provider, exporter = _provider(False, FakeRecordOnlySampler())
+        provider.add_span_processor(collector)
+        tracer = provider.get_tracer("t")
+        _timed(LeanTracer(tracer) if lean else tracer)
+        assert exporter.get_finished_spans() == ()
+        ended.append(collector.seen)
+    assert len(ended[0]) == 2
+    assert [_view(s) for s in ended[1]] == [_view(s) for s in ended[0]]
+    assert _view(ended[1][0])["trace_state"] == "vendor=x"
+    assert _view(ended[1][0])["flags"] & 1 == 0
