@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 from typing import Any
@@ -21,8 +22,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from flowopt import Request, Response, pipeline
+from flowopt._lean_trace import LeanTracer
+from flowopt._span_scope import activated
 from flowopt.middleware.base import build_stack, traced_backend
 from flowopt.middleware.builtin import NoOp
+from flowopt.tracing import PipelineTracing
 
 
 class _DropExporter(SpanExporter):
@@ -57,34 +61,54 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-async def hop_cost(n_mw: int = 10, calls: int = 20000, traced: bool = False) -> dict[str, float]:
-    """Per-hop cost = (latency with n no-op middleware - latency with none) / n."""
-    backend = _InstantBackend()
-    bare = build_stack([], traced_backend(backend, name="b"), traced=traced)  # type: ignore[arg-type]
+def _stacks(backend: Any, n_mw: int, traced: bool, tracing: Any) -> tuple[Any, Any]:
+    """(no middleware, n no-op middleware) over ``backend``, made with ``tracing``."""
+    bare = build_stack([], traced_backend(backend, name="b", tracing=tracing), traced=traced)
     stack = build_stack(
         [(f"noop{i}", NoOp()) for i in range(n_mw)],
-        traced_backend(backend, name="b"),  # type: ignore[arg-type]
+        traced_backend(backend, name="b", tracing=tracing),
         traced=traced,
+        tracing=tracing,
     )
+    return bare, stack
+
+
+async def hop_cost(n_mw: int = 10, calls: int = 20000, traced: bool = False) -> dict[str, Any]:
+    """Per-hop cost = (latency with n no-op middleware - latency with none) / n.
+
+    Traced, three tracers in one interleaved loop: flowopt's (the lean spans of
+    ``flowopt._lean_trace``), the plain SDK tracer behind the same code, and bare SDK spans
+    (start, make current, end: no flowopt code at all)."""
+    backend = _InstantBackend()
+    variants: dict[str, tuple[Any, Any]] = {}
+    sdk_tracer = trace.get_tracer("flowopt")
+    if traced:
+        lean = PipelineTracing(tracer=LeanTracer(sdk_tracer))
+        variants["lean"] = _stacks(backend, n_mw, True, lean)
+        variants["sdk"] = _stacks(backend, n_mw, True, PipelineTracing(tracer=sdk_tracer))
+    else:
+        variants["untraced"] = _stacks(backend, n_mw, False, None)
     req = Request.chat("hi")
-    base: list[float] = []
-    full: list[float] = []
+    base: dict[str, list[float]] = {k: [] for k in variants}
+    full: dict[str, list[float]] = {k: [] for k in variants}
     sdk: list[float] = []
     tracer = trace.get_tracer("overhead-baseline")
     for _ in range(1000):  # warm-up
-        await bare(req)
-        await stack(req)
+        for bare, stack in variants.values():
+            await bare(req)
+            await stack(req)
     for _ in range(calls):
-        t0 = time.perf_counter_ns()
-        await bare(req)
-        t1 = time.perf_counter_ns()
-        await stack(req)
-        t2 = time.perf_counter_ns()
-        base.append((t1 - t0) / 1000)
-        full.append((t2 - t1) / 1000)
+        for key, (bare, stack) in variants.items():
+            t0 = time.perf_counter_ns()
+            await bare(req)
+            t1 = time.perf_counter_ns()
+            await stack(req)
+            t2 = time.perf_counter_ns()
+            base[key].append((t1 - t0) / 1000)
+            full[key].append((t2 - t1) / 1000)
         if traced:
-            # The floor of a traced hop, interleaved: n bare SDK spans made current and
-            # ended (what any hop with its own span costs), no flowopt code at all.
+            # The floor of a traced hop with the SDK, interleaved: n bare SDK spans made
+            # current and ended (what any hop with its own SDK span costs).
             t3 = time.perf_counter_ns()
             for _ in range(n_mw):
                 span = tracer.start_span("baseline")
@@ -92,17 +116,71 @@ async def hop_cost(n_mw: int = 10, calls: int = 20000, traced: bool = False) -> 
                 context.detach(token)
                 span.end()
             sdk.append((time.perf_counter_ns() - t3) / 1000)
-    out = {
-        "middleware": n_mw,
-        "traced": traced,
-        "hop_p50_us": (_pct(full, 0.5) - _pct(base, 0.5)) / n_mw,
-        "hop_p99_us": (_pct(full, 0.99) - _pct(base, 0.99)) / n_mw,
-        "stack_p50_us": _pct(full, 0.5),
-        "bare_p50_us": _pct(base, 0.5),
-    }
+    out: dict[str, Any] = {"middleware": n_mw, "traced": traced}
+    for key in variants:
+        out[key] = {
+            "hop_p50_us": (_pct(full[key], 0.5) - _pct(base[key], 0.5)) / n_mw,
+            "hop_p99_us": (_pct(full[key], 0.99) - _pct(base[key], 0.99)) / n_mw,
+            "stack_p50_us": _pct(full[key], 0.5),
+            "bare_p50_us": _pct(base[key], 0.5),
+        }
     if traced:
         out["sdk_span_p50_us"] = _pct(sdk, 0.5) / n_mw
-        out["hop_vs_sdk_span_p50"] = out["hop_p50_us"] / out["sdk_span_p50_us"]
+        out["lean_vs_sdk_hop_p50"] = out["lean"]["hop_p50_us"] / out["sdk"]["hop_p50_us"]
+        out["lean_hop_vs_sdk_span_p50"] = out["lean"]["hop_p50_us"] / out["sdk_span_p50_us"]
+        out["sdk_hop_vs_sdk_span_p50"] = out["sdk"]["hop_p50_us"] / out["sdk_span_p50_us"]
+    return out
+
+
+def request_spans(calls: int = 5000) -> dict[str, float]:
+    """The spans of one gateway request, nothing else: the SERVER span under a caller's
+    ``traceparent``, one middleware span with its decision, the backend CLIENT span with
+    its GenAI request and response attributes (flowopt's own functions throughout), lean
+    and plain SDK tracer interleaved. Returns p50 µs per request for each."""
+    from flowopt.gateway.tracing import end_span, server_span
+    from flowopt.tracing import record_decisions, record_request, record_response
+    from flowopt.types import Decision, Usage
+
+    sdk_tracer = trace.get_tracer("flowopt")
+    tracers = {"lean": LeanTracer(sdk_tracer), "sdk": sdk_tracer}
+    headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    req = Request.chat("hi", model="smollm2")
+    resp = Response(
+        text="ok",
+        model="smollm2",
+        usage=Usage(12, 30),
+        latency_ms=12.5,
+        endpoint="http://127.0.0.1:8011/v1",
+        decisions=(Decision("cache", "miss", {"score": 0.42}),),
+    )
+
+    def one(tracer: Any) -> None:
+        route = "/v1/chat/completions"
+        server, _ = server_span(f"POST {route}", headers, route, tracer)
+        with activated(server):
+            mw = tracer.start_span("middleware cache")
+            with activated(mw):
+                chat = tracer.start_span("chat smollm2", kind=trace.SpanKind.CLIENT)
+                record_request(chat, req, provider="vllm", endpoint="http://127.0.0.1:8011/v1")
+                with activated(chat):
+                    pass
+                record_response(chat, resp)
+                chat.end()
+            record_decisions(mw, resp.decisions, "cache")
+            mw.end()
+        end_span(server, 200)
+
+    times: dict[str, list[float]] = {k: [] for k in tracers}
+    for _ in range(500):
+        for tracer in tracers.values():
+            one(tracer)
+    for _ in range(calls):
+        for key, tracer in tracers.items():
+            t0 = time.perf_counter_ns()
+            one(tracer)
+            times[key].append((time.perf_counter_ns() - t0) / 1000)
+    out = {f"{k}_p50_us": _pct(v, 0.5) for k, v in times.items()}
+    out["lean_vs_sdk_p50"] = out["lean_p50_us"] / out["sdk_p50_us"]
     return out
 
 
@@ -196,18 +274,32 @@ def main() -> None:
     print("(a) per no-op middleware hop, in-process")
     r = asyncio.run(hop_cost(calls=args.calls, traced=False))
     report["hop"].append(r)
-    print(f"  untraced: p50 {r['hop_p50_us']:.2f} us  p99 {r['hop_p99_us']:.2f} us per hop")
+    u = r["untraced"]
+    print(f"  untraced: p50 {u['hop_p50_us']:.2f} us  p99 {u['hop_p99_us']:.2f} us per hop")
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(_DropExporter(), max_queue_size=1 << 20))
     trace.set_tracer_provider(provider)
     r = asyncio.run(hop_cost(calls=args.calls, traced=True))
     report["hop"].append(r)
+    for key, label in (("lean", "flowopt lean spans"), ("sdk", "plain SDK tracer")):
+        print(
+            f"  traced ({label}, batch processor): p50 {r[key]['hop_p50_us']:.2f} us  "
+            f"p99 {r[key]['hop_p99_us']:.2f} us per hop"
+        )
     print(
-        f"  traced (SDK, batch processor): p50 {r['hop_p50_us']:.2f} us  "
-        f"p99 {r['hop_p99_us']:.2f} us per hop; a bare SDK span (start, current, end) "
-        f"{r['sdk_span_p50_us']:.2f} us in the same loop: hop / SDK span "
-        f"{r['hop_vs_sdk_span_p50']:.2f}x"
+        f"  bare SDK span (start, current, end) {r['sdk_span_p50_us']:.2f} us in the same "
+        f"loop; lean hop / SDK hop {r['lean_vs_sdk_hop_p50']:.2f}x, lean hop / SDK span "
+        f"{r['lean_hop_vs_sdk_span_p50']:.2f}x, SDK hop / SDK span "
+        f"{r['sdk_hop_vs_sdk_span_p50']:.2f}x"
     )
+    q = request_spans(max(1000, args.calls // 2))
+    report["request_spans"] = q
+    print(
+        f"  one gateway request's 3 spans (~25 attributes): lean {q['lean_p50_us']:.1f} us, "
+        f"SDK {q['sdk_p50_us']:.1f} us p50 ({q['lean_vs_sdk_p50']:.2f}x)"
+    )
+    report["load"] = os.getloadavg()
+    print(f"  load average {report['load'][0]:.2f} {report['load'][1]:.2f} {report['load'][2]:.2f}")
     if args.base_url:
         print(
             f"(b) throughput vs bare openai client, {args.requests} requests x "

@@ -5,7 +5,8 @@ Why: every middleware hop, every backend call and every gateway request enters a
 this way, and ``use_span`` is a ``@contextmanager`` generator (a generator object, its
 frames and the ``contextlib`` wrapper per entry). This class does the same three things
 (attach the span to the context, detach it, and on an ``Exception`` record it on the span
-and set an ERROR status, exactly as ``use_span`` does) with none of that machinery.
+and set an ERROR status, exactly as ``use_span`` does) with none of that machinery, and
+attaches through :mod:`flowopt._fast_context` (one ContextVar call each way).
 ``tests/core/test_span_scope.py`` checks it against ``use_span``.
 """
 
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from opentelemetry import context as context_api
-from opentelemetry.trace import Span, Status, StatusCode, set_span_in_context
+from opentelemetry.trace import Span, Status, StatusCode
+
+from flowopt._fast_context import attach_span, detach
 
 __all__ = ["activated"]
 
@@ -28,7 +30,7 @@ class activated:
         self._span = span
 
     def __enter__(self) -> Span:
-        self._token = context_api.attach(set_span_in_context(self._span))
+        self._token = attach_span(self._span)  # context.attach(set_span_in_context(span))
         return self._span
 
     def __exit__(
@@ -37,7 +39,7 @@ class activated:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        context_api.detach(self._token)
+        detach(self._token)
         # As use_span: an Exception (not a bare BaseException such as a cancellation or
         # GeneratorExit) is recorded as an event and sets the status; it propagates.
         if isinstance(exc, Exception) and self._span.is_recording():

@@ -54,8 +54,7 @@ def server_span(
         )
         span = NonRecordingSpan(ctx)
     elif span.is_recording():
-        span.set_attribute("http.request.method", "POST")
-        span.set_attribute("http.route", route)
+        span.set_attributes({"http.request.method": "POST", "http.route": route})
     return span, format(ctx.trace_id, "032x")
 
 
