@@ -104,7 +104,14 @@ def app_from_env() -> Any:
     configure_from_env()  # each worker process installs its own exporter
     pipe = load(path)
     limit = os.environ.get(MAX_BODY_ENV)
-    return create_app(pipe, _settings(pipe.spec, int(limit) if limit else None))
+    return _own_process(create_app(pipe, _settings(pipe.spec, int(limit) if limit else None)))
+
+
+def _own_process(app: Any) -> Any:
+    """The app as `flowopt serve` runs it: the process is the gateway's, so it may freeze
+    its start-up heap (see ``Gateway.freeze_heap``)."""
+    app.state.gateway.freeze_heap = True
+    return app
 
 
 def serve(
@@ -151,7 +158,7 @@ def serve(
 
     configure_from_env()
     uvicorn.run(
-        create_app(Pipeline(parsed), settings),
+        _own_process(create_app(Pipeline(parsed), settings)),
         host=host,
         port=port,
         log_level=log_level,
