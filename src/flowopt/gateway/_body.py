@@ -197,24 +197,27 @@ def _too_deep(where: str) -> HTTPProblem:
 
 
 def _within_depth(value: Any) -> Any:
-    """``value`` when no container in it is nested deeper than :data:`MAX_DEPTH`."""
-    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    """``value`` when no container in it is nested deeper than :data:`MAX_DEPTH`.
+
+    Depths only: the path to name in the error is found again, by :func:`_walk_all`,
+    when there is one (building a path string for every container of every good body
+    was most of this check's cost)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    pop, push = stack.pop, stack.append
     while stack:
-        node, where, depth = stack.pop()
+        node, depth = pop()
         if depth > MAX_DEPTH:
-            raise _too_deep(where)
-        if isinstance(node, dict):
-            stack.extend(
-                (v, _path(where, k), depth + 1)
-                for k, v in node.items()
-                if isinstance(v, dict | list)
-            )
-        elif isinstance(node, list):
-            stack.extend(
-                (v, _path(where, i), depth + 1)
-                for i, v in enumerate(node)
-                if isinstance(v, dict | list)
-            )
+            _walk_all(value)  # raises, naming where
+            raise _too_deep("")  # pragma: no cover - _walk_all found it first
+        kind = type(node)
+        if kind is dict:
+            for v in node.values():
+                if type(v) is dict or type(v) is list:
+                    push((v, depth + 1))
+        elif kind is list:
+            for v in node:
+                if type(v) is dict or type(v) is list:
+                    push((v, depth + 1))
     return value
 
 
