@@ -58,7 +58,9 @@ def icicle(raw: dict[Func, Any], out: Path, width: int = 1400) -> None:
     roots = [
         (f, v[3])
         for f, v in raw.items()
-        if v[3] > 0 and not any(e[3] > 0 for e in v[4].values()) and "runners.py" not in f[0]
+        if v[3] > 0
+        and not _outer(f)
+        and not any(e[3] > 0 and not _outer(c) for c, e in v[4].items())
     ]
     total = sum(ct for _, ct in roots) or 1.0
     boxes: list[tuple[float, int, float, str, float]] = []
@@ -178,6 +180,26 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("metrics", ("prometheus_client", "gateway/metrics.py")),
     ("event loop", ("asyncio", "uvloop")),
 ]
+
+
+# The process's outer synchronous frames (the CLI, uvicorn.run, asyncio.run): they span
+# the whole serve, so after the two runs are subtracted they would hold every request's
+# time a second time; the icicle starts below them, at the event loop's callbacks.
+_OUTER = (
+    "runners.py",
+    "click/",
+    "flowopt/cli/",
+    "uvicorn/server.py",
+    "uvicorn/_compat.py",
+    "uvicorn/main.py",
+    "gateway/server.py",
+    "serve.py",
+    "<string>",
+)
+
+
+def _outer(f: Func) -> bool:
+    return any(k in f[0] for k in _OUTER)
 
 
 def _group(f: Func) -> str | None:
