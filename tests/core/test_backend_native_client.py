@@ -264,3 +264,21 @@ async def _garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
     await _read_request(reader)
     writer.write(b"NOT HTTP AT ALL\r\n\r\n")
     await writer.drain()
+
+
+async def test_a_failed_connect_gives_its_place_back(
+    serve: Callable[[Handler], Awaitable[tuple[_Server, str]]],
+    client: Callable[..., NativeClient],
+) -> None:
+    from flowopt.backends.http import TransportConnectError
+    from flowopt.local.server import find_free_port
+
+    _, url = await serve(_answer(b"x"))
+    c = client(max_connections=1, connect_timeout=0.5)
+    for _ in range(3):  # a leaked place would leave none for the live server
+        with pytest.raises(TransportConnectError, match="cannot connect"):
+            await c.post(
+                f"http://127.0.0.1:{find_free_port()}/v1/x", b"{}", timeout=5.0, connect_timeout=0.5
+            )
+    resp = await c.post(url, b"{}", timeout=5.0, connect_timeout=0.5)
+    assert await resp.read() == b"x"

@@ -118,8 +118,15 @@ class NativeClient:
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
-        self._open -= 1
-        self._notify()
+        self._free_slot(conn)
+
+    def _free_slot(self, conn: Connection) -> None:
+        """Give back ``conn``'s place under the limit, once (a connect that timed out
+        may still see its late connection lost)."""
+        if conn.counted:
+            conn.counted = False
+            self._open -= 1
+            self._notify()
 
     def _notify(self) -> None:
         while self._waiters:
@@ -176,9 +183,8 @@ class NativeClient:
                 connect_timeout,
             )
         except BaseException as exc:
-            if not conn.lost:  # connection_lost did not run: the slot is still counted
-                self._open -= 1
-                self._notify()
+            conn.abort()  # a connection made just as the wait ended is not kept
+            self._free_slot(conn)
             if isinstance(exc, TimeoutError):
                 raise TransportTimeout(
                     f"no connection within {connect_timeout:.3g}s", connecting=True

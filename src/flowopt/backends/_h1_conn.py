@@ -174,6 +174,7 @@ class Connection(asyncio.Protocol):
     """One connection and the answer it is carrying; fed by the event loop."""
 
     __slots__ = (
+        "counted",
         "got_bytes",
         "idle_since",
         "keep",
@@ -199,6 +200,7 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.resp: Answer | None = None
         self.lost = False
+        self.counted = True  # holds one of the client's max_connections places
         self.keep = False
         self.paused = False
         self.got_bytes = False
