@@ -228,7 +228,7 @@ class Pipeline:
         await self.start()
         if backend is not None:
             self._check_backend(backend)
-            request = request.replace(route=backend, pinned=True)
+            request = request.pinned_to(backend)
         return await self._handler(request)
 
     def _check_backend(self, backend: str) -> None:

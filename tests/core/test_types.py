@@ -83,3 +83,27 @@ def test_content_hash_ignores_identity_not_content() -> None:
     c = Request.chat("q", tenant="a", params={"temperature": 0.5})
     assert a.content_hash() == b.content_hash()
     assert a.content_hash() != c.content_hash()
+
+
+def test_pinned_to_is_replace_with_the_route_pinned() -> None:
+    """The hot path's field-by-field copy equals what ``dataclasses.replace`` makes, keeps
+    every field (the request id included) and leaves the original alone."""
+    req = Request.chat(
+        "hi",
+        tenant="t",
+        user="u",
+        metadata={"k": [1, 2]},
+        avoid={"http://e": 5.0},
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        params={"temperature": 0.5},
+    )
+    pinned = req.pinned_to("strong")
+    assert pinned == dataclasses.replace(req, route="strong", pinned=True)
+    assert all(
+        getattr(pinned, f.name) is getattr(req, f.name)
+        for f in dataclasses.fields(Request)
+        if f.name not in ("route", "pinned")
+    )
+    assert (req.route, req.pinned) == (None, False)
+    assert pinned.pinned_to("strong") is pinned
+    assert pinned.routed("weak") is pinned  # a pin holds

@@ -119,6 +119,6 @@ async def test_a_pump_started_after_the_client_left_is_cancelled_inside_its_gene
             await gen.aclose()
 
     with pytest.raises(ClientLeft):
-        await watch.guard(pump(), None)
+        await watch.guard(pump())
     assert closed.is_set()
     watch.close()

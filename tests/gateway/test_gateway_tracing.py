@@ -59,3 +59,42 @@ async def test_server_span_and_pipeline_spans_share_the_pipelines_provider() -> 
         ["middleware noop", "POST /v1/chat/completions"],
         ["middleware noop", "step answer", "pipeline gw-own", "POST /v1/chat/completions"],
     ]
+
+
+async def test_a_streamed_graph_run_is_a_child_of_the_request_span() -> None:
+    """The stream's events are produced after the endpoint returned (the ASGI server calls
+    the response): the graph's spans, started then, must still hang under the request."""
+    trace_id, parent = "5bf92f3577b34da6a3ce929d0e0e4737", "00f067aa0ba902b8"
+    with otlp_receiver() as rx:
+        pipe = pipeline(
+            "gw-stream",
+            backend=FakeBackend(),
+            steps=[{"name": "answer", "prompt": "{input}"}],
+            middleware=["noop"],
+            tracing={"exporter": "otlp", "endpoint": rx.endpoint, "service_name": "gw-stream"},
+        )
+        app = create_app(pipe)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw"
+        ) as c:
+            answer = await c.post(
+                "/v1/chat/completions",
+                headers={"traceparent": f"00-{trace_id}-{parent}-01"},
+                json={
+                    "model": "gw-stream",
+                    "stream": True,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            )
+        assert answer.status_code == 200 and answer.text.endswith("data: [DONE]\n\n")
+        assert pipe.tracing.force_flush()
+        spans = rx.of_trace(trace_id)
+    by_id = {str(s["span_id"]): s for s in spans}
+    chats = [s for s in spans if str(s["name"]).startswith("chat ")]
+    assert len(chats) == 1, rx.dump()
+    assert _chain(chats[0], by_id) == [
+        "middleware noop",
+        "step answer",
+        "pipeline gw-stream",
+        "POST /v1/chat/completions",
+    ]

@@ -268,7 +268,9 @@ class TextChunks:
     stand-ins and splitting there, so they are the full encoder's by construction. They
     are rebuilt only when a chunk's ``passthrough`` is another object than the last one's
     (the backend reuses one object while the engine's extra fields stay the same: a few
-    times per stream), so the engine's fields cost nothing per token.
+    times per stream), so the engine's fields cost nothing per token. Nothing is built
+    before the first chunk: it brings the stream's first ``passthrough`` (vLLM sends
+    fields of its own with every token), so building for none first would be wasted.
     """
 
     __slots__ = ("_call", "_chat", "_for", "_head", "_mid", "_model", "_tail")
@@ -277,8 +279,8 @@ class TextChunks:
         self._call = call
         self._model = model
         self._chat = chat
-        self._for: Mapping[str, Any] = EMPTY
-        self._head, self._mid, self._tail = self._parts(EMPTY)
+        self._for: Mapping[str, Any] | None = None  # what the parts below were built for
+        self._head = self._mid = self._tail = b""
 
     def _parts(self, passthrough: Mapping[str, Any]) -> tuple[bytes, bytes, bytes]:
         encode = chat_chunk if self._chat else completion_chunk

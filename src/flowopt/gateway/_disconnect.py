@@ -13,9 +13,9 @@ disconnected, so a handler that only sends would keep a vLLM generation running 
 
 The generation routes use one :class:`DisconnectWatch` per request instead: a single
 watcher task for the whole answer, the backend call awaited in the request's own task
-(the request span is current there), the stream's pump in a task made with a copy of
-that context, so the OTel span that is current when the answer starts stays the parent
-of everything the work does. :func:`until_disconnect` (work in a child task, whose
+(the request span is current there), then the stream's pump in that same task with the
+request span made current again, so the OTel span that is current when the answer starts
+stays the parent of everything the work does. :func:`until_disconnect` (work in a child task, whose
 ``create_task`` copies the context) remains for the embeddings route.
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 from collections.abc import (
     AsyncGenerator,
     Awaitable,
@@ -32,6 +31,7 @@ from collections.abc import (
     MutableMapping,
     Sequence,
 )
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 __all__ = ["ClientLeft", "DisconnectWatch", "EventStreamResponse", "until_disconnect"]
@@ -133,31 +133,25 @@ class DisconnectWatch:
         finally:
             self._target = None
 
-    async def guard(self, pump: Coroutine[Any, Any, T], context: contextvars.Context | None) -> T:
-        """Run ``pump`` (the stream's) in a task made in ``context``; cancel it and raise
-        :class:`ClientLeft` if the client leaves first (or had left already).
+    async def guard(self, pump: Coroutine[Any, Any, T]) -> T:
+        """Await ``pump`` (the stream's) in this task, as :meth:`run` does, but always
+        let it start: cancelled before its first step, its event generator would never
+        start, so its ``finally`` (closing the backend stream) would never run either.
+        A client that had already left cancels it at its first suspension.
 
-        The task becomes cancellable only once it runs: cancelled before its first step,
-        its event generator would never start, so its ``finally`` (closing the backend
-        stream) would never run either.
+        Why in this task and not a task of its own: a task per streamed answer costs its
+        creation, a context copy and a loop turn before the first event goes out.
         """
-
-        async def pumped() -> T:
-            self._target = asyncio.current_task()
-            if self.left:
-                asyncio.get_running_loop().call_soon(self._cancel_target)
-            return await pump
-
-        task = asyncio.get_running_loop().create_task(pumped(), context=context)
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._watch())
+        task = asyncio.current_task()
+        assert task is not None
+        self._start(task)
+        if self.left:
+            asyncio.get_running_loop().call_soon(self._cancel_target)
         try:
-            return await task
+            return await pump
         except asyncio.CancelledError:
-            me = asyncio.current_task()
-            if self.left and (me is None or me.cancelling() == 0):
+            if self.left and task.uncancel() == 0:
                 raise ClientLeft() from None
-            await _cancel(task)  # cancelled from outside: let the pump clean up first
             raise
         finally:
             self._target = None
@@ -170,10 +164,10 @@ class DisconnectWatch:
 class EventStreamResponse:
     """An ASGI ``text/event-stream`` answer fed by an async generator of encoded events.
 
-    ``on_disconnect`` is called when the client left before the last event. ``context``
-    is the context the events are produced in: pass ``contextvars.copy_context()`` taken
-    where the request's span is current, since the ASGI server calls this response after
-    the endpoint returned, outside that span.
+    ``on_disconnect`` is called when the client left before the last event. ``scope`` is
+    entered around the events' production (in the ASGI server's task, which calls this
+    response after the endpoint returned): pass one that makes the request's span current
+    again, so what the events do is its child.
     """
 
     def __init__(
@@ -182,12 +176,12 @@ class EventStreamResponse:
         *,
         headers: Sequence[tuple[str, str]] = (),
         on_disconnect: Callable[[], None] | None = None,
-        context: contextvars.Context | None = None,
+        scope: Callable[[], AbstractContextManager[Any]] | None = None,
         watch: DisconnectWatch | None = None,
     ) -> None:
         self._events = events
         self._watch = watch
-        self._context = context
+        self._scope = scope
         self._on_disconnect = on_disconnect
         self._headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -197,6 +191,10 @@ class EventStreamResponse:
         ]
 
     async def _pump(self, send: Send) -> None:
+        with self._scope() if self._scope is not None else contextlib.nullcontext():
+            await self._relay(send)
+
+    async def _relay(self, send: Send) -> None:
         events = self._events
         try:
             data: bytes | None = await anext(events, None)
@@ -220,7 +218,7 @@ class EventStreamResponse:
         await send({"type": "http.response.start", "status": 200, "headers": self._headers})
         watch = self._watch or DisconnectWatch(receive)
         try:
-            await watch.guard(self._pump(send), self._context)  # re-raises a pump failure
+            await watch.guard(self._pump(send))  # re-raises a pump failure
         except ClientLeft:
             if self._on_disconnect is not None:
                 self._on_disconnect()

@@ -25,12 +25,12 @@ those wrap every ``send``, and a stream sends once per token.
 
 from __future__ import annotations
 
-import contextvars
 import gc
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
@@ -242,7 +242,7 @@ class Gateway:
             events,
             headers=list(ex.headers.items()),
             on_disconnect=ex.left,
-            context=contextvars.copy_context(),  # the request span is current here
+            scope=partial(activated, ex.span),  # the request span, current again
             watch=watch,
         )
 
