@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from flowopt.gateway._disconnect import ClientLeft, DisconnectWatch
+from flowopt.gateway._disconnect import ClientLeft, DisconnectWatch, EventStreamResponse
 
 
 class Client:
@@ -122,3 +122,84 @@ async def test_a_pump_started_after_the_client_left_is_cancelled_inside_its_gene
         await watch.guard(pump())
     assert closed.is_set()
     watch.close()
+
+
+def _endless(closed: list[bool]) -> Any:
+    async def events() -> Any:
+        try:
+            while True:
+                yield b"data: x\n\n"
+                await asyncio.sleep(0.01)
+        finally:
+            closed.append(True)
+
+    return events()
+
+
+async def _nothing_sent(message: Any) -> None:
+    return None
+
+
+async def test_a_client_leaving_as_the_stream_opens_ends_it_as_a_disconnect() -> None:
+    """The disconnect is read in the same loop turn in which the call that opens the
+    stream completes: the watcher's cancel is still pending when the pump starts in the
+    same task. It must reach that task once, so the request ends as a client that left
+    (a second cancel would make the first look like someone else's)."""
+    loop = asyncio.get_running_loop()
+    client = Client()
+    opened: asyncio.Future[str] = loop.create_future()
+    closed: list[bool] = []
+    left: list[int] = []
+    watch = DisconnectWatch(client.receive)
+
+    async def open_stream() -> str:
+        return await opened
+
+    async def request() -> None:  # what Gateway._generate and GatewayApp.__call__ do
+        await watch.run(open_stream())
+        answer = EventStreamResponse(
+            _endless(closed), on_disconnect=lambda: left.append(1), watch=watch
+        )
+        await answer({}, client.receive, _nothing_sent)
+
+    task = asyncio.ensure_future(request())
+    for _ in range(3):  # the watcher waits in receive, the request in run
+        await asyncio.sleep(0)
+
+    def both() -> None:  # the client's EOF and the engine's headers, one selector turn
+        client.leave()
+        opened.set_result("response")
+
+    loop.call_soon(both)
+    await asyncio.wait_for(task, 5)  # ends normally: no CancelledError escapes
+    assert left == [1] and closed == [True] and watch.left
+
+
+async def test_a_shutdown_in_the_turn_the_client_leaves_stays_a_cancellation() -> None:
+    """The server cancels the request task (shutdown) in the same turn in which the
+    client's disconnect is read: the server's cancellation goes on; it is not turned
+    into a client that left."""
+    loop = asyncio.get_running_loop()
+    client = Client()
+    started = asyncio.Event()
+    closed: list[bool] = []
+    left: list[int] = []
+
+    async def events() -> Any:
+        started.set()
+        async for data in _endless(closed):
+            yield data
+
+    answer = EventStreamResponse(events(), on_disconnect=lambda: left.append(1))
+    task = asyncio.ensure_future(answer({}, client.receive, _nothing_sent))
+    await started.wait()
+    await asyncio.sleep(0.005)
+
+    def both() -> None:
+        client.leave()
+        task.cancel()
+
+    loop.call_soon(both)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert left == [] and closed == [True]

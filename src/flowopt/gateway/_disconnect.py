@@ -87,12 +87,14 @@ class DisconnectWatch:
     ``asyncio.wait``. Call :meth:`close` when the answer is done.
     """
 
-    __slots__ = ("_receive", "_target", "_task", "left")
+    __slots__ = ("_fired", "_pending", "_receive", "_target", "_task", "left")
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
         self._task: asyncio.Task[None] | None = None
         self._target: asyncio.Task[Any] | None = None
+        self._fired: asyncio.Task[Any] | None = None  # the task our cancel was sent to
+        self._pending = False  # a _cancel_target callback is scheduled
         self.left = False
 
     async def _watch(self) -> None:
@@ -100,18 +102,44 @@ class DisconnectWatch:
         with contextlib.suppress(Exception):
             await _wait_disconnect(self._receive)
         self.left = True
-        asyncio.get_running_loop().call_soon(self._cancel_target)
+        self._schedule_cancel()
+
+    def _schedule_cancel(self) -> None:
+        if not self._pending:
+            self._pending = True
+            asyncio.get_running_loop().call_soon(self._cancel_target)
 
     def _cancel_target(self) -> None:
         # Whatever is watched when this runs (a loop turn after the disconnect was read):
-        # the request's task inside :meth:`run`, or a pump that has started (:meth:`guard`).
-        if self._target is not None:
-            self._target.cancel()
+        # the request's task inside :meth:`run` or :meth:`guard`. Once per task: the
+        # request task is watched twice (opening the call, then the stream), and a second
+        # cancel would make the first look like someone else's.
+        self._pending = False
+        target = self._target
+        if target is not None and self._fired is not target:
+            self._fired = target
+            target.cancel()
 
     def _start(self, target: asyncio.Task[Any]) -> None:
         self._target = target
         if self._task is None:
             self._task = asyncio.ensure_future(self._watch())
+
+    async def _watched(self, task: asyncio.Task[Any], work: Coroutine[Any, Any, T]) -> T:
+        self._start(task)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            # Ours only if our cancel reached this task and nobody else's (a server
+            # shutdown) is pending too: then the request ends with ClientLeft. Any other
+            # cancellation goes on, even when the client also left in the same turn.
+            if self._fired is task:
+                self._fired = None
+                if task.uncancel() == 0:
+                    raise ClientLeft() from None
+            raise
+        finally:
+            self._target = None
 
     async def run(self, work: Coroutine[Any, Any, T]) -> T:
         """Await ``work`` in this task; cancel it and raise :class:`ClientLeft` if the
@@ -121,17 +149,7 @@ class DisconnectWatch:
             raise ClientLeft()
         task = asyncio.current_task()
         assert task is not None
-        self._start(task)
-        try:
-            return await work
-        except asyncio.CancelledError:
-            # Ours (the client left, nobody else cancelled this task): the request ends
-            # with ClientLeft; anyone else's cancellation goes on.
-            if self.left and task.uncancel() == 0:
-                raise ClientLeft() from None
-            raise
-        finally:
-            self._target = None
+        return await self._watched(task, work)
 
     async def guard(self, pump: Coroutine[Any, Any, T]) -> T:
         """Await ``pump`` (the stream's) in this task, as :meth:`run` does, but always
@@ -144,17 +162,9 @@ class DisconnectWatch:
         """
         task = asyncio.current_task()
         assert task is not None
-        self._start(task)
-        if self.left:
-            asyncio.get_running_loop().call_soon(self._cancel_target)
-        try:
-            return await pump
-        except asyncio.CancelledError:
-            if self.left and task.uncancel() == 0:
-                raise ClientLeft() from None
-            raise
-        finally:
-            self._target = None
+        if self.left:  # the callback runs once the pump has started and suspended
+            self._schedule_cancel()
+        return await self._watched(task, pump)
 
     def close(self) -> None:
         if self._task is not None:
