@@ -203,3 +203,27 @@ async def test_a_shutdown_in_the_turn_the_client_leaves_stays_a_cancellation() -
     with pytest.raises(asyncio.CancelledError):
         await task
     assert left == [] and closed == [True]
+
+
+async def test_a_failing_send_finishes_the_answer_through_on_error() -> None:
+    """Anything but a cancellation or the client leaving that ends the stream early (here
+    the server's ``send`` failing) reaches ``on_error`` once and goes on, and the event
+    generator is closed: the request's span and in-flight count are finished."""
+    client = Client()
+    closed: list[bool] = []
+    errors: list[Exception] = []
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        if len(sent) == 2:  # the start and one event went out
+            raise RuntimeError("the transport broke")
+        sent.append(message)
+
+    answer = EventStreamResponse(
+        _endless(closed),
+        on_disconnect=lambda: pytest.fail("not a disconnect"),
+        on_error=errors.append,
+    )
+    with pytest.raises(RuntimeError, match="transport broke"):
+        await answer({}, client.receive, send)
+    assert [type(e) for e in errors] == [RuntimeError] and closed == [True]

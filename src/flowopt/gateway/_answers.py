@@ -258,6 +258,9 @@ _TEXT = "\x00flowopt-text\x00"
 _FINISH = "\x00flowopt-finish\x00"
 
 
+_UNBUILT = object()  # no chunk carries it: the first chunk always builds the parts
+
+
 class TextChunks:
     """Encodes the common streamed chunk (choice 0's text and finish reason, no logprobs)
     of one call from pre-built bytes: byte-identical to :func:`chat_chunk` /
@@ -279,7 +282,7 @@ class TextChunks:
         self._call = call
         self._model = model
         self._chat = chat
-        self._for: Mapping[str, Any] | None = None  # what the parts below were built for
+        self._for: object = _UNBUILT  # the passthrough the parts below were built for
         self._head = self._mid = self._tail = b""
 
     def _parts(self, passthrough: Mapping[str, Any]) -> tuple[bytes, bytes, bytes]:

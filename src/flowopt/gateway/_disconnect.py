@@ -174,7 +174,10 @@ class DisconnectWatch:
 class EventStreamResponse:
     """An ASGI ``text/event-stream`` answer fed by an async generator of encoded events.
 
-    ``on_disconnect`` is called when the client left before the last event. ``scope`` is
+    ``on_disconnect`` is called when the client left before the last event, ``on_error``
+    when anything else but a cancellation ended the answer early (``send`` or closing the
+    events failed: the event generators turn their own failures into error events), so
+    the request's book-keeping is finished either way. ``scope`` is
     entered around the events' production (in the ASGI server's task, which calls this
     response after the endpoint returned): pass one that makes the request's span current
     again, so what the events do is its child.
@@ -186,6 +189,7 @@ class EventStreamResponse:
         *,
         headers: Sequence[tuple[str, str]] = (),
         on_disconnect: Callable[[], None] | None = None,
+        on_error: Callable[[Exception], object] | None = None,
         scope: Callable[[], AbstractContextManager[Any]] | None = None,
         watch: DisconnectWatch | None = None,
     ) -> None:
@@ -193,6 +197,7 @@ class EventStreamResponse:
         self._watch = watch
         self._scope = scope
         self._on_disconnect = on_disconnect
+        self._on_error = on_error
         self._headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -225,12 +230,16 @@ class EventStreamResponse:
             await events.aclose()
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
         watch = self._watch or DisconnectWatch(receive)
         try:
+            await send({"type": "http.response.start", "status": 200, "headers": self._headers})
             await watch.guard(self._pump(send))  # re-raises a pump failure
         except ClientLeft:
             if self._on_disconnect is not None:
                 self._on_disconnect()
+        except Exception as exc:
+            if self._on_error is not None:
+                self._on_error(exc)
+            raise
         finally:
             watch.close()

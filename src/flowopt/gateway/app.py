@@ -242,6 +242,7 @@ class Gateway:
             events,
             headers=list(ex.headers.items()),
             on_disconnect=ex.left,
+            on_error=ex.failed,
             scope=partial(activated, ex.span),  # the request span, current again
             watch=watch,
         )
