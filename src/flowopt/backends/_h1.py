@@ -21,7 +21,9 @@ arrive. This client does just that, on the same C parser uvicorn uses (llhttp th
 
 It speaks only what engines answer: Content-Length, chunked or read-to-close bodies,
 gzip/deflate when a server compresses although not asked to; no proxies, no redirects,
-no cookies. ``http: aiohttp`` or ``httpx`` on the backend picks a general client instead.
+no cookies (``http: auto`` picks httpx when the environment names a proxy for a remote
+engine, see :mod:`._reach`). ``http: aiohttp`` or ``httpx`` on the backend picks a general
+client instead.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class NativeClient:
         timeout: float,
         connect_timeout: float,
         keepalive: float = 4.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self._limit = max(1, max_connections)
@@ -95,7 +98,7 @@ class NativeClient:
         self._open = 0  # connections open or being opened
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._sweep: asyncio.TimerHandle | None = None
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls  # None: the system's store, built at the first https connection
         self._closed = False
 
     @property

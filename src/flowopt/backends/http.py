@@ -17,12 +17,14 @@ flowopt's typed errors does not depend on which library carried the bytes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import ssl
+from collections.abc import AsyncIterator, Mapping, Sequence
 from functools import partial
 from typing import Any, Protocol
 
 import httpx
 
+from flowopt.backends._reach import proxied, warn_if_proxy_ignored
 from flowopt.errors import ConfigError, MissingDependencyError
 
 __all__ = [
@@ -137,6 +139,7 @@ class HttpxClient:
         timeout: float,
         connect_timeout: float,
         transport: httpx.AsyncBaseTransport | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
@@ -146,6 +149,7 @@ class HttpxClient:
             limits=limits,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             transport=transport,
+            verify=True if tls is None else tls,
         )
 
     @property
@@ -241,6 +245,7 @@ class AiohttpClient:
         timeout: float,
         connect_timeout: float,
         keepalive: float = 4.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         import aiohttp
 
@@ -248,7 +253,10 @@ class AiohttpClient:
         self._default = (timeout, connect_timeout)
         self._default_timeout = self._timeout(timeout, connect_timeout)
         connector = aiohttp.TCPConnector(
-            limit=max_connections, limit_per_host=0, keepalive_timeout=keepalive
+            limit=max_connections,
+            limit_per_host=0,
+            keepalive_timeout=keepalive,
+            ssl=True if tls is None else tls,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -341,15 +349,23 @@ def make_client(
     timeout: float,
     connect_timeout: float,
     transport: httpx.AsyncBaseTransport | None,
+    urls: Sequence[str] = (),
+    tls: ssl.SSLContext | None = None,
 ) -> HTTPClient:
     """Build the client ``http`` names: ``auto`` (with no custom transport: native when
-    ``httptools`` is importable, else aiohttp when it is, else httpx), ``native``,
-    ``aiohttp`` or ``httpx``. Called inside the event loop the client will serve."""
+    ``httptools`` is importable, else aiohttp when it is, else httpx; httpx also when the
+    environment names a proxy for one of ``urls``, see :mod:`._reach`), ``native``,
+    ``aiohttp`` or ``httpx``; every one verifies TLS with ``tls`` when given. Called inside
+    the event loop the client will serve."""
     check_choice(http, transport)
     if http == "auto" and transport is None:
         http = "native" if _importable("httptools") else "aiohttp"
         if http == "aiohttp" and not _importable("aiohttp"):
             http = "httpx"
+        if proxied(urls):
+            http = "httpx"  # the one of the three that goes through a proxy
+    elif http in ("native", "aiohttp"):
+        warn_if_proxy_ignored(http, urls)
     if http == "native":
         try:
             from flowopt.backends._h1 import NativeClient
@@ -362,6 +378,7 @@ def make_client(
             max_connections=max_connections,
             timeout=timeout,
             connect_timeout=connect_timeout,
+            tls=tls,
         )
     if http == "aiohttp":
         try:
@@ -370,6 +387,7 @@ def make_client(
                 max_connections=max_connections,
                 timeout=timeout,
                 connect_timeout=connect_timeout,
+                tls=tls,
             )
         except ImportError as exc:
             raise MissingDependencyError(
@@ -381,4 +399,5 @@ def make_client(
         timeout=timeout,
         connect_timeout=connect_timeout,
         transport=transport,
+        tls=tls,
     )

