@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ import trustme
 
 from flowopt import BackendUnavailable, ConfigError, Request, VLLMBackend
 from flowopt.backends._h1 import NativeClient
-from flowopt.backends._reach import proxied
+from flowopt.backends._reach import proxy_for
 from flowopt.backends.http import HttpxClient
 
 CLIENTS = ["native", "aiohttp", "httpx"]
@@ -188,42 +188,64 @@ def test_a_bad_ca_file_fails_when_the_backend_is_built(tmp_path: Path) -> None:
         VLLMBackend("https://127.0.0.1:9", model="m", ca_file=str(junk))
 
 
-def test_proxied_reads_the_environment_and_skips_loopback(
+async def test_a_plain_http_server_on_an_https_url_says_so(
+    make: Callable[..., VLLMBackend],
+) -> None:
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plain, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        for http in CLIENTS:
+            b = make(f"https://127.0.0.1:{port}", http=http)
+            with pytest.raises(BackendUnavailable, match="TLS handshake failed") as err:
+                await b.generate(Request.chat("hi"))
+            assert "use http://" in (err.value.hint or ""), http
+    finally:
+        server.close()
+
+
+def test_proxy_for_reads_the_environment_and_skips_this_machine(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    urls = [
-        "http://engine.example:8000",
-        "https://gpu.example",
+    remote = ["http://engine.example:8000", "https://gpu.example", "http://inside.corp:8000"]
+    local = [
         "http://127.0.0.1:8000",
+        "http://127.1:8000",
+        "http://0.0.0.0:8000",
         "http://localhost:8000",
+        "http://vllm.localhost:8000",
         "http://[::1]:8000",
-        "http://inside.corp:8000",
+        "http://[::ffff:127.0.0.1]:8000",
     ]
-    assert proxied(urls) == []
+    assert [proxy_for(u) for u in remote + local] == [None] * 10
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.corp:3128")
     monkeypatch.setenv("NO_PROXY", "inside.corp")
-    assert proxied(urls) == ["http://engine.example:8000"]
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
-    assert proxied(urls) == ["http://engine.example:8000", "https://gpu.example"]
+    assert [proxy_for(u) for u in remote] == ["http://proxy.corp:3128", None, None]
+    assert [proxy_for(u) for u in local] == [None] * 7
+    monkeypatch.setenv("ALL_PROXY", "http://all.corp:3128")
+    assert proxy_for("https://gpu.example") == "http://all.corp:3128"
+    monkeypatch.setenv("HTTPS_PROXY", "http://tls.corp:3128")
+    assert proxy_for("https://gpu.example") == "http://tls.corp:3128"
 
 
-@pytest.fixture
-def _env_proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], None]]:
-    def set_to(port: int) -> None:
-        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
-
-    yield set_to
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_auto_goes_through_the_environments_proxy_to_a_remote_engine(
-    _env_proxy: Callable[[int], None],
+    monkeypatch: pytest.MonkeyPatch,
     make: Callable[..., VLLMBackend],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     proxy = _Engine()  # a forward proxy that answers itself and keeps what it was asked
     server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    caplog.set_level(logging.INFO, logger="flowopt.backends")
     try:
-        _env_proxy(server.sockets[0].getsockname()[1])
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
         # engine.invalid never resolves: only the proxy can carry this request
         remote = make("http://engine.invalid:8000")
         assert isinstance(remote._http(), HttpxClient)
@@ -232,13 +254,36 @@ async def test_auto_goes_through_the_environments_proxy_to_a_remote_engine(
         assert proxy.heads[0].startswith(
             b"POST http://engine.invalid:8000/v1/chat/completions HTTP/1.1"
         )
-        local = make("http://127.0.0.1:8000")
-        assert isinstance(local._http(), NativeClient)  # a loopback engine stays direct
-        assert caplog.records == []
+        assert "goes through the environment's proxy" in caplog.text
+        local = make("http://0.0.0.0:8000")
+        assert isinstance(local._http(), NativeClient)  # an engine on this machine: direct
+        assert _warnings(caplog) == []
 
         native = make("http://engine.invalid:8000", http="native")
-        with caplog.at_level(logging.WARNING, logger="flowopt.backends"):
-            native._http()
-        assert "connects directly to http://engine.invalid:8000" in caplog.text
+        native._http()
+        assert any("connects directly" in w for w in _warnings(caplog))
     finally:
         server.close()
+
+
+async def test_a_proxy_that_is_down_or_unusable_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+    make: Callable[..., VLLMBackend],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from flowopt.local.server import find_free_port
+
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{find_free_port()}")
+    down = make("http://engine.invalid:8000")
+    with pytest.raises(BackendUnavailable, match="cannot connect through the proxy") as err:
+        await down.generate(Request.chat("hi"))
+    assert "proxy up" in (err.value.hint or "")
+
+    monkeypatch.delenv("HTTP_PROXY")
+    monkeypatch.setenv("ALL_PROXY", "socks4://127.0.0.1:1080")  # a scheme httpx lacks
+    auto = make("http://engine.invalid:8000")
+    assert isinstance(auto._http(), NativeClient)  # stays direct, and says why
+    assert any("cannot use (socks4://127.0.0.1:1080)" in w for w in _warnings(caplog))
+    explicit = make("http://engine.invalid:8000", http="httpx")
+    with pytest.raises(ConfigError, match="httpx cannot use the proxy settings"):
+        await explicit.generate(Request.chat("hi"))

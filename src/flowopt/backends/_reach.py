@@ -2,81 +2,123 @@
 TLS certificate is checked against, and what a failed TLS handshake means.
 
 Why one place: the three HTTP clients differ by default. httpx honours ``HTTP(S)_PROXY``
-/ ``NO_PROXY`` and verifies with certifi's bundle; aiohttp (as flowopt configures it) and
-the native client read no proxy variables and verify with the system's store. The
-backend decides here, once, and gives every client the same answer:
+/ ``ALL_PROXY`` / ``NO_PROXY``; aiohttp (as flowopt configures it) and the native client
+read no proxy variables. The backend decides here, once, and gives every client the same
+answer:
 
-- ``http: auto`` picks httpx when the environment names a proxy for a backend URL that is
-  not loopback (a remote engine behind a corporate proxy works as curl would reach it);
-  a loopback engine keeps the fast client, which is where a proxy set for the rest of the
-  machine is never meant to apply. ``http: native`` or ``aiohttp`` named explicitly with a
-  proxy in force logs a warning, since they will connect directly.
-- ``ca_file`` (a PEM bundle) builds one ``ssl.SSLContext`` that all three clients use, for
-  an engine whose certificate a private CA signed.
-- A handshake that fails says why (not trusted, wrong host name, not TLS) and how to fix
-  it, instead of the "is the server running?" of a refused connection.
+- ``http: auto`` picks httpx when the environment names a proxy httpx can use (http,
+  https; SOCKS5 with ``socksio``) for a backend URL that is not this machine (a remote
+  engine behind a corporate proxy is reached as curl would); an engine on this machine
+  keeps the fast client, since a proxy set for the rest of the machine is never meant for
+  it. A proxy httpx cannot use, or ``http: native``/``aiohttp`` named explicitly with a
+  proxy in force, logs a warning and connects directly.
+- Every client verifies against the same store: the system's (``SSL_CERT_FILE`` is read),
+  or the one ``ca_file`` (a PEM bundle) builds, for an engine a private CA signed; so a
+  switch to httpx for a proxy does not change which certificates are trusted.
+- A handshake that fails says why (not trusted, wrong host name, not TLS, refused) and
+  how to fix it, instead of the "is the server running?" of a refused connection.
+
+On macOS and Windows ``urllib``'s proxy lookup also reads the system's proxy settings.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import logging
+import socket
 import ssl
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from flowopt.errors import ConfigError
 
-__all__ = ["proxied", "tls_context", "tls_failure", "warn_if_proxy_ignored"]
+__all__ = ["choose", "proxy_for", "tls_context", "tls_failure"]
 
 _log = logging.getLogger("flowopt.backends")
 
 
 def _loopback(host: str) -> bool:
-    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+    """This machine: ``localhost`` names, loopback and unspecified addresses (``0.0.0.0``,
+    the address vLLM prints at start-up), IPv4-mapped and short forms (``127.1``)."""
+    name = host.lower().strip("[]")
+    if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(name)
     except ValueError:
-        return False
+        try:  # inet_aton reads the short and octal forms a URL may carry ("127.1")
+            ip = ipaddress.ip_address(socket.inet_aton(name))
+        except OSError:
+            return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or ip.is_unspecified or bool(mapped and mapped.is_loopback)
 
 
-def proxied(urls: Iterable[str]) -> list[str]:
-    """The non-loopback URLs among ``urls`` for which the environment names a proxy
-    (``HTTP_PROXY`` for http://, ``HTTPS_PROXY`` for https://, ``ALL_PROXY``), after
-    ``NO_PROXY``: the same variables httpx, requests and curl read."""
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTP_PROXY`` for http://,
+    ``HTTPS_PROXY`` for https://, else ``ALL_PROXY``; upper or lower case), after
+    ``NO_PROXY``: the variables httpx, requests and curl read (CIDR ranges in ``NO_PROXY``
+    are not read, as httpx does not). None for loopback hosts: a proxy set for the rest of
+    the machine is never meant for an engine on it."""
     proxies = urllib.request.getproxies()
     if not proxies:
-        return []
-    out: list[str] = []
-    for url in urls:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if not host or _loopback(host):
-            continue
-        if parts.scheme not in proxies and "all" not in proxies:
-            continue
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        if urllib.request.proxy_bypass(netloc) or urllib.request.proxy_bypass(host):
-            continue
-        out.append(url)
-    return out
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if not host or _loopback(host):
+        return None
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy:
+        return None
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    if urllib.request.proxy_bypass(netloc) or urllib.request.proxy_bypass(host):
+        return None
+    return proxy
 
 
-def warn_if_proxy_ignored(kind: str, urls: Iterable[str]) -> None:
-    """Log once per client built: ``kind`` (native or aiohttp) connects directly although
-    the environment names a proxy for these URLs."""
-    skipped = proxied(urls)
-    if skipped:
+def _usable(proxy: str) -> bool:
+    """Whether httpx can go through ``proxy``: http(s) always, SOCKS5 with ``socksio``."""
+    scheme = urlsplit(proxy if "://" in proxy else f"http://{proxy}").scheme.lower()
+    if scheme in ("http", "https"):
+        return True
+    if scheme in ("socks5", "socks5h"):
+        return importlib.util.find_spec("socksio") is not None
+    return False
+
+
+def choose(http: str, urls: Sequence[str]) -> str:
+    """The client to build for ``urls``: ``http`` as chosen, except that ``auto`` becomes
+    ``httpx`` when the environment names a proxy it can use for one of them; logs which
+    proxy, and warns where one is named but will not be used (an explicit direct client,
+    or a proxy scheme httpx cannot speak)."""
+    routes = [(u, p) for u in urls if (p := proxy_for(u)) is not None]
+    if not routes:
+        return http
+    shown = ", ".join(f"{u} -> {p}" for u, p in routes)
+    if http == "httpx":
+        return http
+    if http != "auto":
         _log.warning(
-            "http: %s connects directly to %s although the environment sets a proxy for it;"
-            " use http: auto or httpx to go through the proxy, or add the host to NO_PROXY"
+            "http: %s connects directly although the environment sets a proxy (%s);"
+            " use http: auto or httpx to go through it, or add the host to NO_PROXY"
             " to silence this",
-            kind,
-            ", ".join(skipped),
+            http,
+            shown,
         )
+        return http
+    bad = [p for _, p in routes if not _usable(p)]
+    if bad:
+        _log.warning(
+            "the environment sets a proxy flowopt cannot use (%s): connecting directly;"
+            " http(s) proxies work, SOCKS5 with the socksio package",
+            ", ".join(sorted(set(bad))),
+        )
+        return http
+    _log.info("the backend goes through the environment's proxy (%s) with httpx", shown)
+    return "httpx"
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
@@ -134,8 +176,22 @@ def tls_failure(exc: BaseException) -> tuple[str, str] | None:
             " (or SSL_CERT_FILE for the whole process)",
         )
     if cause is not None:
+        reason = str(cause.reason or cause)
+        plain = any(m in reason.upper() for m in _NOT_TLS)
         return (
-            f"TLS handshake failed ({cause.reason or cause})",
-            "is the server speaking TLS on this port? use http:// for a plain HTTP server",
+            f"TLS handshake failed ({reason})",
+            "the server does not speak TLS on this port: use http:// for a plain HTTP server"
+            if plain
+            else "the server refused the handshake: does it want a client certificate or a"
+            " TLS version this Python lacks? `openssl s_client -connect HOST:PORT` shows why",
         )
     return None
+
+
+# What OpenSSL reports when the other end answered a ClientHello in plain HTTP.
+_NOT_TLS = (
+    "WRONG_VERSION_NUMBER",
+    "PACKET_LENGTH_TOO_LONG",
+    "HTTP_REQUEST",
+    "RECORD_LAYER_FAILURE",
+)

