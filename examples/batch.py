@@ -86,7 +86,16 @@ def main() -> int:
             for raw in client.files.content(batch.error_file_id).text.splitlines():
                 error = json.loads(raw)["error"]
                 print(f"error on line {error['line']}: {error['message']}")
+            if batch.usage is not None:
+                print(
+                    f"usage: {batch.usage.input_tokens} input + "
+                    f"{batch.usage.output_tokens} output tokens"
+                )
             ok = batch.request_counts is not None and batch.request_counts.completed == 4
+            # the files are the only copy of the questions and answers: delete them when done
+            for fid in (upload.id, batch.output_file_id, batch.error_file_id):
+                ok = client.files.delete(fid).deleted and ok
+            print(f"files left: {len(client.files.list().data)}")
     return 0 if ok else 1
 
 

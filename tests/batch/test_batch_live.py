@@ -133,6 +133,12 @@ def test_openai_client_runs_a_batch_through_the_gateway(
         body = record["response"]["body"]
         assert record["response"]["status_code"] == 200
         assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] >= 1
+    # the batch's usage is its answers' usage added up
+    used = [r["response"]["body"]["usage"] for r in out]
+    assert final.usage is not None
+    assert final.usage.input_tokens == sum(u["prompt_tokens"] for u in used)
+    assert final.usage.output_tokens == sum(u["completion_tokens"] for u in used)
+    assert final.usage.total_tokens == final.usage.input_tokens + final.usage.output_tokens
     errors = [json.loads(x) for x in client.files.content(final.error_file_id).text.splitlines()]
     by_id = {e["custom_id"]: e for e in errors}
     assert by_id[None]["error"]["line"] == 6

@@ -72,3 +72,30 @@ def test_two_workers_share_a_job_and_answer_each_line_once(postgres_dsn: str) ->
     assert ids == [f"c{i}" for i in range(40)]
     for s in stores:
         s.close()
+
+
+def test_files_list_delete_usage_and_the_added_column(postgres_dsn: str) -> None:
+    store = open_store(postgres_dsn)
+    assert isinstance(store, PostgresJobStore)
+    with store._tx() as cur:  # a store made before usage_totals existed
+        cur.execute("ALTER TABLE flowopt_batch_jobs DROP COLUMN usage_totals")
+    store.close()
+    store = open_store(postgres_dsn)  # opening adds it back
+    job_id = _job(store, 2)  # type: ignore[arg-type]
+    store.register("w")
+    for line in store.claim(job_id, "w", 5):
+        usage = {"prompt_tokens": 5, "completion_tokens": 2}
+        body = {"custom_id": line.custom_id, "response": {"body": {"usage": usage}}}
+        store.complete(line, "w", ok=True, record=json.dumps(body))
+    assert store.finish(job_id)
+    job = store.job(job_id, "t")
+    assert job is not None and job["usage"]["input_tokens"] == 10
+    assert job["usage"]["output_tokens"] == 4 and job["usage"]["total_tokens"] == 14
+    mine = {f["id"] for f in store.files("t", purpose="batch_output")}
+    assert job["output_file_id"] in mine
+    page = store.files("t", limit=1)
+    assert len(page) == 1 and store.files("t", after=page[0]["id"], limit=1) != page
+    assert not store.delete_file(job["output_file_id"], "someone-else")
+    assert store.delete_file(job["output_file_id"], "t")
+    assert store.file_content(job["output_file_id"], "t") is None
+    store.close()

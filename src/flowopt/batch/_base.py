@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["SCHEMA", "StoreBase", "now"]
+__all__ = ["ADDED_COLUMNS", "SCHEMA", "StoreBase", "now"]
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS flowopt_batch_files (
@@ -27,7 +27,7 @@ SCHEMA = (
         id TEXT PRIMARY KEY, tenant TEXT, endpoint TEXT NOT NULL, input_file_id TEXT NOT NULL,
         completion_window TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL,
         expires_at INTEGER, times TEXT NOT NULL, output_file_id TEXT, error_file_id TEXT,
-        metadata TEXT, errors TEXT)""",
+        metadata TEXT, errors TEXT, usage_totals TEXT)""",
     """CREATE TABLE IF NOT EXISTS flowopt_batch_lines (
         job_id TEXT NOT NULL, number INTEGER NOT NULL, custom_id TEXT, body TEXT,
         state TEXT NOT NULL, worker TEXT, attempts INTEGER NOT NULL DEFAULT 0, record TEXT,
@@ -38,6 +38,26 @@ SCHEMA = (
         id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
         heartbeat DOUBLE PRECISION NOT NULL)""",
 )
+
+
+_FILE_COLS = "id, filename, purpose, bytes, created_at"
+
+
+def _file_object(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "id": row[0],
+        "object": "file",
+        "bytes": row[3],
+        "created_at": row[4],
+        "filename": row[1],
+        "purpose": row[2],
+        "status": "processed",
+    }
+
+
+# (column, type) of flowopt_batch_jobs added since its first version; stores made before
+# get them at open.
+ADDED_COLUMNS = (("usage_totals", "TEXT"),)
 
 
 def now() -> int:
@@ -84,6 +104,15 @@ class StoreBase(abc.ABC):
         with self._tx() as cur:
             for stmt in SCHEMA:
                 self._exec(cur, stmt.format(blob=self.blob))
+            self._add_missing_columns(cur)
+
+    def _add_missing_columns(self, cur: Any) -> None:
+        """Columns added after a store was first made (sqlite has no ``ADD COLUMN IF NOT
+        EXISTS``; Postgres overrides this with it)."""
+        have = {r[1] for r in self._exec(cur, "PRAGMA table_info(flowopt_batch_jobs)").fetchall()}
+        for name, kind in ADDED_COLUMNS:
+            if name not in have:
+                self._exec(cur, f"ALTER TABLE flowopt_batch_jobs ADD COLUMN {name} {kind}")
 
     # -- files ------------------------------------------------------------------------------
     def put_file(
@@ -110,21 +139,51 @@ class StoreBase(abc.ABC):
         with self._tx() as cur:
             row = self._exec(
                 cur,
-                "SELECT id, filename, purpose, bytes, created_at FROM flowopt_batch_files "
+                f"SELECT {_FILE_COLS} FROM flowopt_batch_files "
                 "WHERE id = ? AND tenant IS NOT DISTINCT FROM ?",
                 (fid, tenant),
             ).fetchone()
-        if row is None:
-            return None
-        return {
-            "id": row[0],
-            "object": "file",
-            "bytes": row[3],
-            "created_at": row[4],
-            "filename": row[1],
-            "purpose": row[2],
-            "status": "processed",
-        }
+        return None if row is None else _file_object(row)
+
+    def files(
+        self,
+        tenant: str | None,
+        *,
+        purpose: str | None = None,
+        after: str | None = None,
+        limit: int = 10_000,
+        ascending: bool = False,
+    ) -> list[dict[str, Any]]:
+        """This tenant's file objects by ``created_at`` (newest first unless
+        ``ascending``), after the cursor ``after`` (a file id), at most ``limit``."""
+        sql = f"SELECT {_FILE_COLS} FROM flowopt_batch_files WHERE tenant IS NOT DISTINCT FROM ?"
+        params: tuple[Any, ...] = (tenant,)
+        if purpose is not None:
+            sql += " AND purpose = ?"
+            params += (purpose,)
+        cmp, order = (">", "ASC") if ascending else ("<", "DESC")
+        if after:
+            sql += (
+                f" AND (created_at, id) {cmp} (SELECT created_at, id FROM flowopt_batch_files"
+                " WHERE id = ?)"
+            )
+            params += (after,)
+        sql += f" ORDER BY created_at {order}, id {order} LIMIT ?"
+        with self._tx() as cur:
+            rows = self._exec(cur, sql, (*params, limit)).fetchall()
+        return [_file_object(r) for r in rows]
+
+    def delete_file(self, fid: str, tenant: str | None) -> bool:
+        """Delete this tenant's file and its bytes; False when there was none. A batch
+        that names it keeps running (its lines were copied in when it was created) and
+        keeps its ``*_file_id``, whose content is then a 404, as OpenAI's is."""
+        with self._tx() as cur:
+            gone = self._exec(
+                cur,
+                "DELETE FROM flowopt_batch_files WHERE id = ? AND tenant IS NOT DISTINCT FROM ?",
+                (fid, tenant),
+            ).rowcount
+        return bool(gone)
 
     def file_content(self, fid: str, tenant: str | None) -> bytes | None:
         with self._tx() as cur:

@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from flowopt.batch._base import ADDED_COLUMNS
 from flowopt.batch._base import SCHEMA as _SCHEMA
 from flowopt.batch.store import JobStore
 from flowopt.errors import MissingDependencyError, StoreError
@@ -64,6 +65,11 @@ class PostgresJobStore(JobStore):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             for stmt in _SCHEMA:
                 cur.execute(stmt.format(blob=self.blob))
+            self._add_missing_columns(cur)
+
+    def _add_missing_columns(self, cur: Any) -> None:
+        for name, kind in ADDED_COLUMNS:
+            cur.execute(f"ALTER TABLE flowopt_batch_jobs ADD COLUMN IF NOT EXISTS {name} {kind}")
 
     def _claim_rows(self, cur: Any, job_id: str, limit: int) -> list[tuple[Any, ...]]:
         cur.execute(

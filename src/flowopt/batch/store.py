@@ -40,8 +40,12 @@ __all__ = ["Claimed", "JobStore", "SqliteJobStore", "open_store"]
 _OPEN = ("in_progress", "cancelling")  # job states with work left
 _JOB_COLS = (
     "id, tenant, endpoint, input_file_id, completion_window, status, created_at, expires_at, "
-    "times, output_file_id, error_file_id, metadata, errors"
+    "times, output_file_id, error_file_id, metadata, errors, usage_totals"
 )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _window_seconds(window: str) -> int:
@@ -115,7 +119,7 @@ class JobStore(WorkerRows):
             self._exec(
                 cur,
                 f"INSERT INTO flowopt_batch_jobs ({_JOB_COLS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, NULL)",
                 (
                     jid,
                     tenant,
@@ -169,6 +173,8 @@ class JobStore(WorkerRows):
                 "failed": failed,
             },
             "metadata": json.loads(row[11]) if row[11] else None,
+            # token totals of the answered lines, once the batch is closed
+            "usage": json.loads(row[13]) if row[13] else None,
         }
         for key in (
             "in_progress_at",
@@ -293,9 +299,48 @@ class JobStore(WorkerRows):
                 self._drop_pending(cur, job_id, "batch_expired" if expired else "batch_cancelled")
             out_id = self._write_file(cur, job_id, tenant, "done", "output")
             err_id = self._write_file(cur, job_id, tenant, "error", "errors")
+            usage = self._usage(cur, job_id)
+            # The files now hold every record: the per-line copies go, so that deleting
+            # the files (DELETE /v1/files/...) deletes the batch's answers.
+            self._exec(
+                cur, "UPDATE flowopt_batch_lines SET record = NULL WHERE job_id = ?", (job_id,)
+            )
             self._set_status(cur, job_id, "finalizing")
-            self._set_status(cur, job_id, final, output_file_id=out_id, error_file_id=err_id)
+            self._set_status(
+                cur,
+                job_id,
+                final,
+                output_file_id=out_id,
+                error_file_id=err_id,
+                usage_totals=json.dumps(usage),
+            )
         return True
+
+    def _usage(self, cur: Any, job_id: str) -> dict[str, Any]:
+        """OpenAI's batch ``usage``: the answered lines' token counts added up (an
+        embeddings line has input tokens only)."""
+        rows = self._exec(
+            cur,
+            "SELECT record FROM flowopt_batch_lines WHERE job_id = ? AND state = 'done'",
+            (job_id,),
+        ).fetchall()
+        inp = out = cached = reasoning = 0
+        for (record,) in rows:
+            body = (json.loads(record).get("response") or {}).get("body") or {}
+            used = body.get("usage") if isinstance(body, dict) else None
+            if not isinstance(used, dict):
+                continue
+            inp += _int(used.get("prompt_tokens"))
+            out += _int(used.get("completion_tokens"))
+            cached += _int((used.get("prompt_tokens_details") or {}).get("cached_tokens"))
+            reasoning += _int((used.get("completion_tokens_details") or {}).get("reasoning_tokens"))
+        return {
+            "input_tokens": inp,
+            "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens": out,
+            "output_tokens_details": {"reasoning_tokens": reasoning},
+            "total_tokens": inp + out,
+        }
 
     def _drop_pending(self, cur: Any, job_id: str, code: str) -> None:
         rows = self._exec(

@@ -1,12 +1,12 @@
 """OpenAI's Files and Batches API on the gateway: ``/v1/files`` and ``/v1/batches``.
 
 What the official client calls (``client.files.create(file=..., purpose="batch")``,
-``client.batches.create/retrieve/cancel/list``, ``client.files.content``), answered in the
-shapes it parses. Files and jobs live in the batch store (``gateway.batch.store``) and
-belong to the tenant that made them: another key sees a 404. A background task in each
-gateway process works on open jobs (:class:`~flowopt.batch.worker.BatchWorker`), so a job
-created on one worker of ``--workers N``, or left half done by a restart, is finished by
-whichever process is up.
+``client.files.retrieve/list/delete/content``,
+``client.batches.create/retrieve/cancel/list``), answered in the shapes it parses. Files
+and jobs live in the batch store (``gateway.batch.store``) and belong to the tenant that
+made them: another key sees a 404. A background task in each gateway process works on
+open jobs (:class:`~flowopt.batch.worker.BatchWorker`), so a job created on one worker of
+``--workers N``, or left half done by a restart, is finished by whichever process is up.
 
 Why the multipart body is parsed with the standard library's ``email`` parser: an upload
 is one form with two fields, and the parser handles MIME boundaries correctly; the usual
@@ -46,6 +46,27 @@ _POLL_S = 5.0  # how often a gateway looks for jobs another process created or l
 
 def _not_found(what: str, ident: str) -> HTTPProblem:
     return HTTPProblem(404, f"no {what} {clip(ident, 80)}", code="not_found", param=None)
+
+
+def _limit(raw: str | None, most: int) -> int:
+    """A list's ``limit``: 1 to ``most`` (OpenAI's range), ``most`` when not given."""
+    if raw is None:
+        return most
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise HTTPProblem(400, f"limit must be an integer from 1 to {most}", param="limit")
+    return int(raw)
+
+
+def _page(found: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    """OpenAI's cursor page over ``found`` (fetched with ``limit + 1`` to see if more)."""
+    page = found[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(found) > limit,
+    }
 
 
 def _multipart(content_type: str, raw: bytes) -> tuple[str | None, str, bytes]:
@@ -90,7 +111,9 @@ class Batches:
     def routes(self) -> list[Route]:
         return [
             Route("/v1/files", self.create_file, methods=["POST"]),
+            Route("/v1/files", self.list_files, methods=["GET"]),
             Route("/v1/files/{file_id}", self.get_file, methods=["GET"]),
+            Route("/v1/files/{file_id}", self.delete_file, methods=["DELETE"]),
             Route("/v1/files/{file_id}/content", self.file_content, methods=["GET"]),
             Route("/v1/batches", self.create_batch, methods=["POST"]),
             Route("/v1/batches", self.list_batches, methods=["GET"]),
@@ -200,6 +223,37 @@ class Batches:
 
         return await self._guarded(request, go)
 
+    async def list_files(self, request: HTTPRequest) -> HTTPResponse:
+        q = request.query_params
+        purpose, after, order = q.get("purpose"), q.get("after") or None, q.get("order", "desc")
+
+        async def go(tenant: str | None, store: JobStore) -> Any:
+            limit = _limit(q.get("limit"), 10_000)
+            if order not in ("asc", "desc"):
+                raise HTTPProblem(400, "order must be 'asc' or 'desc'", param="order")
+            found = await asyncio.to_thread(
+                lambda: store.files(
+                    tenant,
+                    purpose=purpose,
+                    after=after,
+                    limit=limit + 1,
+                    ascending=order == "asc",
+                )
+            )
+            return _page(found, limit)
+
+        return await self._guarded(request, go)
+
+    async def delete_file(self, request: HTTPRequest) -> HTTPResponse:
+        fid = request.path_params["file_id"]
+
+        async def go(tenant: str | None, store: JobStore) -> Any:
+            if not await asyncio.to_thread(store.delete_file, fid, tenant):
+                raise _not_found("file", fid)
+            return {"id": fid, "object": "file", "deleted": True}
+
+        return await self._guarded(request, go)
+
     async def file_content(self, request: HTTPRequest) -> HTTPResponse:
         fid = request.path_params["file_id"]
 
@@ -276,13 +330,6 @@ class Batches:
 
         async def go(tenant: str | None, store: JobStore) -> Any:
             jobs = await asyncio.to_thread(lambda: store.jobs(tenant, after=after, limit=limit + 1))
-            page = jobs[:limit]
-            return {
-                "object": "list",
-                "data": page,
-                "first_id": page[0]["id"] if page else None,
-                "last_id": page[-1]["id"] if page else None,
-                "has_more": len(jobs) > limit,
-            }
+            return _page(jobs, limit)
 
         return await self._guarded(request, go)
