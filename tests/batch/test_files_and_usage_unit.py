@@ -13,6 +13,7 @@ from tests.batch.test_store_unit import CHAT, _job, _line
 
 from flowopt.batch import SqliteJobStore
 from flowopt.batch._base import SCHEMA
+from flowopt.errors import InvalidRequestError
 
 
 @pytest.fixture
@@ -103,3 +104,42 @@ def test_a_store_made_before_usage_totals_gets_the_column(tmp_path: Path) -> Non
     job = store.job(job_id)
     assert job is not None and job["endpoint"] == CHAT and job["usage"] is None
     SqliteJobStore(path).close()  # opening again finds the column there
+
+
+def test_a_cursor_that_names_nothing_of_this_tenants_is_an_error(store: SqliteJobStore) -> None:
+    mine = [_put(store, f"f{i}.jsonl") for i in range(2)]
+    theirs = _put(store, "other.jsonl", tenant="globex")
+    store.delete_file(mine[0], None)
+    # neither a deleted file nor another tenant's reads as "the end of the list"
+    for cursor in (mine[0], theirs, "file-never"):
+        with pytest.raises(InvalidRequestError) as err:
+            store.files(None, after=cursor)
+        assert err.value.param == "after"
+    job = _job(store, [_line("a")], tenant="globex")
+    with pytest.raises(InvalidRequestError):
+        store.jobs(None, after=job)
+
+
+def test_odd_usage_details_do_not_stop_a_batch_closing(store: SqliteJobStore) -> None:
+    job_id = _job(store, [_line("a")])
+    store.register("w")
+    (a,) = store.claim(job_id, "w", 1)
+    usage = {"prompt_tokens": 3, "completion_tokens": True, "prompt_tokens_details": "n/a"}
+    record = {"custom_id": "a", "response": {"body": {"usage": usage}}}
+    store.complete(a, "w", ok=True, record=json.dumps(record))
+    assert store.finish(job_id)
+    job = store.job(job_id)
+    assert job is not None and job["status"] == "completed"
+    assert job["usage"]["input_tokens"] == 3 and job["usage"]["output_tokens"] == 0
+
+
+def test_a_batch_that_fails_at_creation_keeps_no_line_records(store: SqliteJobStore) -> None:
+    job_id = _job(store, ["not json", '{"custom_id": "x"}'])
+    job = store.job(job_id)
+    assert job is not None and job["status"] == "failed" and job["errors"]["data"]
+    with store._tx() as cur:
+        kept = cur.execute(
+            "SELECT COUNT(*) FROM flowopt_batch_lines WHERE job_id = ? AND record IS NOT NULL",
+            (job_id,),
+        ).fetchone()[0]
+    assert kept == 0

@@ -72,5 +72,9 @@ def test_the_openai_client_lists_and_deletes_files(gateway: str) -> None:
 
     with pytest.raises(openai.BadRequestError, match="limit"):
         acme.files.list(limit=0)
+    with pytest.raises(openai.BadRequestError, match="limit"):
+        acme.files.list(extra_query={"limit": "\u00b2"})  # a digit, not an ASCII one
+    with pytest.raises(openai.BadRequestError, match="after"):
+        acme.files.list(after=made[0])  # deleted: not an empty last page
     with pytest.raises(openai.BadRequestError, match="order"):
         acme.files.list(extra_query={"order": "sideways"})

@@ -17,7 +17,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ADDED_COLUMNS", "SCHEMA", "StoreBase", "now"]
+from flowopt.errors import InvalidRequestError
+
+__all__ = ["ADDED_COLUMNS", "SCHEMA", "StoreBase", "gone_cursor", "now"]
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS flowopt_batch_files (
@@ -64,11 +66,24 @@ def now() -> int:
     return int(time.time())
 
 
+def gone_cursor(what: str, after: str) -> InvalidRequestError:
+    """A list's ``after`` that names nothing (deleted, or never this tenant's): an error,
+    not an empty page that would read as the end of the list."""
+    return InvalidRequestError(
+        f"after: no {what} {after[:60]!r} to continue from (deleted since the last page?)",
+        param="after",
+        hint="list again from the start; to delete many, list them all first, then delete",
+    )
+
+
 class StoreBase(abc.ABC):
     """Dialect-neutral logic; subclasses give a connection, a transaction and a claim."""
 
     blob = "BLOB"
     placeholder = "?"
+    # Row locks on the job row (Postgres); sqlite's BEGIN IMMEDIATE already serialises.
+    lock_for_update = ""
+    lock_for_share = ""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -165,11 +180,21 @@ class StoreBase(abc.ABC):
         if after:
             sql += (
                 f" AND (created_at, id) {cmp} (SELECT created_at, id FROM flowopt_batch_files"
-                " WHERE id = ?)"
+                " WHERE id = ? AND tenant IS NOT DISTINCT FROM ?)"
             )
-            params += (after,)
+            params += (after, tenant)
         sql += f" ORDER BY created_at {order}, id {order} LIMIT ?"
         with self._tx() as cur:
+            if (
+                after
+                and not self._exec(
+                    cur,
+                    "SELECT 1 FROM flowopt_batch_files WHERE id = ? "
+                    "AND tenant IS NOT DISTINCT FROM ?",
+                    (after, tenant),
+                ).fetchone()
+            ):
+                raise gone_cursor("file", after)
             rows = self._exec(cur, sql, (*params, limit)).fetchall()
         return [_file_object(r) for r in rows]
 

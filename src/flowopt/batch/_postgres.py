@@ -27,6 +27,8 @@ class PostgresJobStore(JobStore):
 
     blob = "BYTEA"
     placeholder = "%s"
+    lock_for_update = " FOR UPDATE"
+    lock_for_share = " FOR SHARE"
 
     def __init__(self, dsn: str) -> None:
         try:
@@ -68,8 +70,18 @@ class PostgresJobStore(JobStore):
             self._add_missing_columns(cur)
 
     def _add_missing_columns(self, cur: Any) -> None:
+        # Looked up first: ALTER TABLE takes an exclusive lock on the table even when the
+        # column is there, and every gateway worker and batch runner opens the store.
+        cur.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+            "current_schema() AND table_name = 'flowopt_batch_jobs'"
+        )
+        have = {r[0] for r in cur.fetchall()}
         for name, kind in ADDED_COLUMNS:
-            cur.execute(f"ALTER TABLE flowopt_batch_jobs ADD COLUMN IF NOT EXISTS {name} {kind}")
+            if name not in have:
+                cur.execute(
+                    f"ALTER TABLE flowopt_batch_jobs ADD COLUMN IF NOT EXISTS {name} {kind}"
+                )
 
     def _claim_rows(self, cur: Any, job_id: str, limit: int) -> list[tuple[Any, ...]]:
         cur.execute(

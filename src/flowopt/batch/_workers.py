@@ -112,7 +112,8 @@ class WorkerRows(StoreBase):
         from it; None when it is gone, not running, or past its window."""
         job = self._exec(
             cur,
-            "SELECT status, endpoint, tenant, expires_at FROM flowopt_batch_jobs WHERE id = ?",
+            "SELECT status, endpoint, tenant, expires_at FROM flowopt_batch_jobs WHERE id = ?"
+            + self.lock_for_share,  # finish() waits for this claim (Postgres)
             (job_id,),
         ).fetchone()
         if job is None or job[0] != "in_progress" or _past(job[3]):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from flowopt._batch_spec import DEFAULT_STORE
+from flowopt.batch._base import gone_cursor
 from flowopt.batch._base import now as _now
 from flowopt.batch._lines import ENDPOINTS, BadLine, error_record, parse_lines
 from flowopt.batch._workers import Claimed, WorkerRows
@@ -46,6 +47,11 @@ _JOB_COLS = (
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _field(obj: Any, key: str) -> Any:
+    # An engine's usage details may be null or, from an odd backend, not an object.
+    return obj.get(key) if isinstance(obj, dict) else None
 
 
 def _window_seconds(window: str) -> int:
@@ -107,6 +113,10 @@ class JobStore(WorkerRows):
             status, times, errors = "in_progress", {"in_progress_at": created}, None
             if not good:
                 status, times = "failed", {"failed_at": created}
+                # no error file for a batch that never ran: its errors are on the batch
+                self._exec(
+                    cur, "UPDATE flowopt_batch_lines SET record = NULL WHERE job_id = ?", (jid,)
+                )
                 first = bad[:1000]
                 errors = {
                     "object": "list",
@@ -213,9 +223,16 @@ class JobStore(WorkerRows):
             if after:
                 sql += (
                     " AND (created_at, id) < (SELECT created_at, id FROM flowopt_batch_jobs "
-                    "WHERE id = ?)"
+                    "WHERE id = ? AND tenant IS NOT DISTINCT FROM ?)"
                 )
-                params += (after,)
+                params += (after, tenant)
+                if not self._exec(
+                    cur,
+                    "SELECT 1 FROM flowopt_batch_jobs WHERE id = ? AND "
+                    "tenant IS NOT DISTINCT FROM ?",
+                    (after, tenant),
+                ).fetchone():
+                    raise gone_cursor("batch", after)
             sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
             rows = self._exec(cur, sql, (*params, limit)).fetchall()
             return [self._job_object(r, self._counts(cur, r[0])) for r in rows]
@@ -278,9 +295,12 @@ class JobStore(WorkerRows):
         """Write the output and error files and close the job, once, when no line is left
         to run (for a cancelled or expired job: none running). True when it closed now."""
         with self._tx() as cur:
+            # Locked (Postgres), so a claim that read the job as open commits before this
+            # counts its lines: none becomes `running` after the count.
             row = self._exec(
                 cur,
-                "SELECT status, expires_at, tenant FROM flowopt_batch_jobs WHERE id = ?",
+                "SELECT status, expires_at, tenant FROM flowopt_batch_jobs WHERE id = ?"
+                + self.lock_for_update,
                 (job_id,),
             ).fetchone()
             if row is None or row[0] not in _OPEN:
@@ -332,8 +352,8 @@ class JobStore(WorkerRows):
                 continue
             inp += _int(used.get("prompt_tokens"))
             out += _int(used.get("completion_tokens"))
-            cached += _int((used.get("prompt_tokens_details") or {}).get("cached_tokens"))
-            reasoning += _int((used.get("completion_tokens_details") or {}).get("reasoning_tokens"))
+            cached += _int(_field(used.get("prompt_tokens_details"), "cached_tokens"))
+            reasoning += _int(_field(used.get("completion_tokens_details"), "reasoning_tokens"))
         return {
             "input_tokens": inp,
             "input_tokens_details": {"cached_tokens": cached},

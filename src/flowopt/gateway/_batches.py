@@ -52,7 +52,7 @@ def _limit(raw: str | None, most: int) -> int:
     """A list's ``limit``: 1 to ``most`` (OpenAI's range), ``most`` when not given."""
     if raw is None:
         return most
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= most:
         raise HTTPProblem(400, f"limit must be an integer from 1 to {most}", param="limit")
     return int(raw)
 
