@@ -81,20 +81,6 @@ async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
         s.close()
 
 
-@pytest.fixture
-async def make() -> AsyncIterator[Callable[..., VLLMBackend]]:
-    """VLLMBackends closed at the end of the test (aiohttp warns about open sessions)."""
-    made: list[VLLMBackend] = []
-
-    def build(url: str, **kw: object) -> VLLMBackend:
-        made.append(VLLMBackend(url, model="m", **kw))  # type: ignore[arg-type]
-        return made[-1]
-
-    yield build
-    for b in made:
-        await b.aclose()
-
-
 def _ok(text: str = "hello") -> bytes:
     return json.dumps(
         {

@@ -129,19 +129,6 @@ async def tls_engine(
         s.close()
 
 
-@pytest.fixture
-async def make() -> AsyncIterator[Callable[..., VLLMBackend]]:
-    made: list[VLLMBackend] = []
-
-    def build(url: str, **kw: object) -> VLLMBackend:
-        made.append(VLLMBackend(url, model="m", **kw))  # type: ignore[arg-type]
-        return made[-1]
-
-    yield build
-    for b in made:
-        await b.aclose()
-
-
 @pytest.mark.parametrize("http", CLIENTS)
 async def test_an_https_engine_of_a_private_ca_answers_with_ca_file(
     http: str,
