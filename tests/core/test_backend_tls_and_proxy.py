@@ -23,7 +23,7 @@ import trustme
 
 from flowopt import BackendUnavailable, ConfigError, Request, VLLMBackend
 from flowopt.backends._h1 import NativeClient
-from flowopt.backends._reach import proxy_for
+from flowopt.backends._reach import proxy_for, shown_proxy
 from flowopt.backends.http import HttpxClient
 
 CLIENTS = ["native", "aiohttp", "httpx"]
@@ -274,3 +274,25 @@ async def test_a_proxy_that_is_down_or_unusable_says_so(
     explicit = make("http://engine.invalid:8000", http="httpx")
     with pytest.raises(ConfigError, match="httpx cannot use the proxy settings"):
         await explicit.generate(Request.chat("hi"))
+
+
+def test_a_proxys_credentials_never_reach_a_log_or_an_error() -> None:
+    assert shown_proxy("http://proxy.corp:3128") == "http://proxy.corp:3128"
+    assert shown_proxy("http://alice:s3cret@proxy.corp:3128") == "http://***@proxy.corp:3128"
+    assert shown_proxy("socks5://tok@[fd00::1]:1080") == "socks5://***@[fd00::1]:1080"
+
+
+async def test_a_proxy_with_credentials_is_logged_without_them(
+    monkeypatch: pytest.MonkeyPatch,
+    make: Callable[..., VLLMBackend],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from flowopt.local.server import find_free_port
+
+    caplog.set_level(logging.INFO, logger="flowopt.backends")
+    monkeypatch.setenv("HTTP_PROXY", f"http://alice:s3cret@127.0.0.1:{find_free_port()}")
+    b = make("http://engine.invalid:8000")
+    with pytest.raises(BackendUnavailable) as err:
+        await b.generate(Request.chat("hi"))
+    assert "s3cret" not in str(err.value) and "***@127.0.0.1" in str(err.value)
+    assert "s3cret" not in caplog.text and "***@127.0.0.1" in caplog.text

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from flowopt.errors import ConfigError
 
-__all__ = ["choose", "proxy_for", "tls_context", "tls_failure"]
+__all__ = ["choose", "proxy_for", "shown_proxy", "tls_context", "tls_failure"]
 
 _log = logging.getLogger("flowopt.backends")
 
@@ -79,6 +79,18 @@ def proxy_for(url: str) -> str | None:
     return proxy
 
 
+def shown_proxy(proxy: str) -> str:
+    """``proxy`` fit for a log or an error: a user name and password in it (a proxy URL
+    often carries them) are replaced by ``***``."""
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    if parts.username is None and parts.password is None:
+        return proxy
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
 def _usable(proxy: str) -> bool:
     """Whether httpx can go through ``proxy``: http(s) always, SOCKS5 with ``socksio``."""
     scheme = urlsplit(proxy if "://" in proxy else f"http://{proxy}").scheme.lower()
@@ -97,7 +109,7 @@ def choose(http: str, urls: Sequence[str]) -> str:
     routes = [(u, p) for u in urls if (p := proxy_for(u)) is not None]
     if not routes:
         return http
-    shown = ", ".join(f"{u} -> {p}" for u, p in routes)
+    shown = ", ".join(f"{u} -> {shown_proxy(p)}" for u, p in routes)
     if http == "httpx":
         return http
     if http != "auto":
@@ -114,7 +126,7 @@ def choose(http: str, urls: Sequence[str]) -> str:
         _log.warning(
             "the environment sets a proxy flowopt cannot use (%s): connecting directly;"
             " http(s) proxies work, SOCKS5 with the socksio package",
-            ", ".join(sorted(set(bad))),
+            ", ".join(sorted({shown_proxy(p) for p in bad})),
         )
         return http
     _log.info("the backend goes through the environment's proxy (%s) with httpx", shown)
@@ -122,7 +134,7 @@ def choose(http: str, urls: Sequence[str]) -> str:
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
-    """The verifying context for ``ca_file`` (None: each client's default store). Checked
+    """The verifying context for ``ca_file`` (None: the clients use the system's). Checked
     when the backend is built, so a wrong path fails at start-up, not at the first call."""
     if ca_file is None:
         return None

@@ -28,7 +28,7 @@ from flowopt.backends._openai_wire import (
     loads_event,
     parse_completion,
 )
-from flowopt.backends._reach import proxy_for, tls_context, tls_failure
+from flowopt.backends._reach import proxy_for, shown_proxy, tls_context, tls_failure
 from flowopt.backends._replicas import Replicas
 from flowopt.backends._vllm_stream import streamed_response
 from flowopt.backends.base import ModelInfo
@@ -246,7 +246,7 @@ class VLLMBackend:
                 return BackendUnavailable(tls[0], endpoint=url, request_id=rid, hint=tls[1])
             proxy = proxy_for(url) if isinstance(self._client, HttpxClient) else None
             return BackendUnavailable(
-                "cannot connect" + (f" through the proxy {proxy}" if proxy else ""),
+                "cannot connect" + (f" through the proxy {shown_proxy(proxy)}" if proxy else ""),
                 endpoint=url,
                 request_id=rid,
                 hint="is the proxy up, and does it reach the engine? (HTTP(S)_PROXY/NO_PROXY)"
