@@ -346,8 +346,11 @@ class JobStore(WorkerRows):
         ).fetchall()
         inp = out = cached = reasoning = 0
         for (record,) in rows:
-            body = (json.loads(record).get("response") or {}).get("body") or {}
-            used = body.get("usage") if isinstance(body, dict) else None
+            try:
+                rec = json.loads(record)
+            except (TypeError, ValueError):
+                continue  # never a reason for a batch not to close
+            used = _field(_field(_field(rec, "response"), "body"), "usage")
             if not isinstance(used, dict):
                 continue
             inp += _int(used.get("prompt_tokens"))
