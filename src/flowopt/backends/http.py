@@ -147,7 +147,7 @@ class HttpxClient:
         self._client = httpx.AsyncClient(
             headers=dict(headers),
             limits=limits,
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            timeout=_httpx_timeout(timeout, connect_timeout),
             transport=transport,
             # The system's store (and SSL_CERT_FILE), as the other two clients verify
             # with, not certifi's: an engine's private CA added to the system stays
@@ -167,7 +167,7 @@ class HttpxClient:
             url,
             content=body,
             headers={"content-type": "application/json"},
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            timeout=_httpx_timeout(timeout, connect_timeout),
         )
         try:
             return _HttpxResponse(await self._client.send(req, stream=True))
@@ -183,6 +183,13 @@ class HttpxClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _httpx_timeout(timeout: float, connect_timeout: float) -> httpx.Timeout:
+    # Waiting for a free pooled connection counts against the connect timeout, as with the
+    # native and aiohttp clients (httpx's pool wait would otherwise default to the read
+    # timeout, and a request could wait that long for a connection, then that long again).
+    return httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout)
 
 
 def _system_store(transport: httpx.AsyncBaseTransport | None) -> ssl.SSLContext | bool:
