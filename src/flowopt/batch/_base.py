@@ -185,18 +185,21 @@ class StoreBase(abc.ABC):
             params += (after, tenant)
         sql += f" ORDER BY created_at {order}, id {order} LIMIT ?"
         with self._tx() as cur:
-            if (
-                after
-                and not self._exec(
-                    cur,
-                    "SELECT 1 FROM flowopt_batch_files WHERE id = ? "
-                    "AND tenant IS NOT DISTINCT FROM ?",
-                    (after, tenant),
-                ).fetchone()
-            ):
-                raise gone_cursor("file", after)
+            if after:
+                self._check_cursor(cur, "flowopt_batch_files", "file", after, tenant)
             rows = self._exec(cur, sql, (*params, limit)).fetchall()
         return [_file_object(r) for r in rows]
+
+    def _check_cursor(
+        self, cur: Any, table: str, what: str, after: str, tenant: str | None
+    ) -> None:
+        """Raise :func:`gone_cursor` unless ``after`` is a row of ``tenant``'s in ``table``."""
+        if not self._exec(
+            cur,
+            f"SELECT 1 FROM {table} WHERE id = ? AND tenant IS NOT DISTINCT FROM ?",
+            (after, tenant),
+        ).fetchone():
+            raise gone_cursor(what, after)
 
     def delete_file(self, fid: str, tenant: str | None) -> bool:
         """Delete this tenant's file and its bytes; False when there was none. A batch

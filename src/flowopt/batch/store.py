@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from flowopt._batch_spec import DEFAULT_STORE
-from flowopt.batch._base import gone_cursor
 from flowopt.batch._base import now as _now
 from flowopt.batch._lines import ENDPOINTS, BadLine, error_record, parse_lines
 from flowopt.batch._workers import Claimed, WorkerRows
@@ -226,13 +225,7 @@ class JobStore(WorkerRows):
                     "WHERE id = ? AND tenant IS NOT DISTINCT FROM ?)"
                 )
                 params += (after, tenant)
-                if not self._exec(
-                    cur,
-                    "SELECT 1 FROM flowopt_batch_jobs WHERE id = ? AND "
-                    "tenant IS NOT DISTINCT FROM ?",
-                    (after, tenant),
-                ).fetchone():
-                    raise gone_cursor("batch", after)
+                self._check_cursor(cur, "flowopt_batch_jobs", "batch", after, tenant)
             sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
             rows = self._exec(cur, sql, (*params, limit)).fetchall()
             return [self._job_object(r, self._counts(cur, r[0])) for r in rows]
